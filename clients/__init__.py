@@ -1,0 +1,1 @@
+"""fedtrain's Flower ClientApp."""

@@ -1,0 +1,263 @@
+"""Build a validated :class:`RunConfig` from defaults, a TOML file and ``key=value`` overrides.
+
+All problems are collected before failing, so a user fixes a config in one pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fedtrain.config.schema import SECTIONS, RunConfig
+from fedtrain.errors import ConfigError
+
+__all__ = [
+    "KNOWN_PHASES",
+    "dump_toml",
+    "flat_keys",
+    "load_config",
+    "parse_overrides",
+    "parse_class_keep",
+    "parse_int_list",
+]
+
+# Phases the server knows how to run; `fedtrain.plan.PHASES` must match (a test checks).
+KNOWN_PHASES = ("finetune",)
+
+_PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
+
+
+def flat_keys() -> dict[str, tuple[str, dataclasses.Field]]:
+    """Map every kebab-case key to its section name and dataclass field."""
+    keys: dict[str, tuple[str, dataclasses.Field]] = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            key = f.name.replace("_", "-")
+            if key in keys:  # pragma: no cover - guards the schema itself
+                raise RuntimeError(f"config key {key!r} is declared twice")
+            keys[key] = (section, f)
+    return keys
+
+
+def parse_overrides(text: str) -> dict[str, Any]:
+    """Parse Flower's ``"key=value key2=value2"`` syntax.
+
+    Values are TOML (``0.1``, ``true``, ``'text'``); unlike ``flwr run``, a bare word that is
+    not valid TOML is taken as a string, so ``model=cnn`` works.
+    """
+    pairs = _PAIR.findall(text)
+    leftover = _PAIR.sub("", text).strip()
+    if leftover:
+        raise ConfigError(
+            f"cannot parse {leftover!r} in --run-config; use space-separated key=value pairs, "
+            "e.g. \"num-rounds=5 model='cnn'\""
+        )
+    out: dict[str, Any] = {}
+    for key, raw in pairs:
+        try:
+            out[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = raw
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass an existing .toml file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+    # Accept a whole pyproject.toml as well as a flat file of keys.
+    table = data.get("tool", {}).get("flwr", {}).get("app", {}).get("config")
+    if table is not None:
+        data = table
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            if key not in SECTIONS:
+                raise ConfigError(
+                    f"config file {str(path)!r}: table [{key}] is not a section; use flat keys "
+                    f"or one of the sections {', '.join(SECTIONS)}"
+                )
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def _check_value(key: str, f: dataclasses.Field, value: Any) -> tuple[Any, str | None]:
+    """Coerce ``value`` to the field's type and check its range; return (value, problem)."""
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
+    meta = f.metadata
+    if kind is bool:
+        if not isinstance(value, bool):
+            return value, f"{key}={value!r} must be true or false"
+    elif kind is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return value, f"{key}={value!r} must be an integer"
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value, f"{key}={value!r} must be a number"
+        value = float(value)
+        if math.isnan(value):
+            return value, f"{key}=nan is not allowed"
+    elif not isinstance(value, str):
+        return value, f"{key}={value!r} must be a string (quote it: {key}='{value}')"
+    if meta.get("choices") and value not in meta["choices"]:
+        close = difflib.get_close_matches(str(value), meta["choices"], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return value, f"{key}={value!r} is not one of {', '.join(meta['choices'])}{hint}"
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and (value < low or (meta["low_open"] and value == low)):
+        op = ">" if meta["low_open"] else ">="
+        return value, f"{key}={value!r} is out of range: must be {op} {low}"
+    if high is not None and (value > high or (meta["high_open"] and value == high)):
+        op = "<" if meta["high_open"] else "<="
+        return value, f"{key}={value!r} is out of range: must be {op} {high}"
+    return value, None
+
+
+def parse_int_list(key: str, text: str) -> list[int]:
+    """Parse ``"128,64"`` into ``[128, 64]``; raise :class:`ConfigError` naming ``key``."""
+    try:
+        values = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ConfigError(f"{key}={text!r} must be comma-separated positive integers, e.g. '128,64'") from None
+    if not values or any(v <= 0 for v in values):
+        raise ConfigError(f"{key}={text!r} must be comma-separated positive integers, e.g. '128,64'")
+    return values
+
+
+def parse_class_keep(text: str) -> dict[int, float]:
+    """Parse ``"0:0.1,3:0.5"`` into ``{0: 0.1, 3: 0.5}``."""
+    keep: dict[int, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            cls, ratio = part.split(":")
+            keep[int(cls)] = float(ratio)
+        except ValueError:
+            raise ConfigError(f"class-keep={text!r}: {part!r} must be class:ratio, e.g. '0:0.1,3:0.5'") from None
+        if not 0.0 < keep[int(cls)] <= 1.0:
+            raise ConfigError(f"class-keep={text!r}: ratio {ratio} for class {cls} must be in (0, 1]")
+    return keep
+
+
+def _cross_checks(cfg: RunConfig) -> list[str]:
+    """Checks that involve more than one key."""
+    problems: list[str] = []
+    for check in (
+        lambda: parse_int_list("hidden-sizes", cfg.model.hidden_sizes),
+        lambda: parse_int_list("cnn-channels", cfg.model.cnn_channels),
+        lambda: parse_class_keep(cfg.data.class_keep),
+    ):
+        try:
+            check()
+        except ConfigError as err:
+            problems.extend(err.problems)
+    if not problems and cfg.model.model == "cnn":
+        bad = [c for c in parse_int_list("cnn-channels", cfg.model.cnn_channels) if c % cfg.model.cnn_groups]
+        if bad:
+            problems.append(f"cnn-groups={cfg.model.cnn_groups} must divide every cnn-channels value; {bad} do not")
+    if cfg.strategy.min_clients > cfg.partition.num_clients:
+        problems.append(
+            f"min-clients={cfg.strategy.min_clients} is larger than num-clients={cfg.partition.num_clients}; "
+            "the server would wait forever: lower min-clients"
+        )
+    if cfg.data.dataset == "file" and not cfg.data.data_path:
+        problems.append("dataset='file' needs data-path: set data-path='path/to/data.npz' (or .csv, IDX or image folder)")
+    if cfg.data.dataset == "digits" and cfg.data.data_path:
+        problems.append(f"data-path={cfg.data.data_path!r} is ignored with dataset='digits': also set dataset='file'")
+    phases = [p.strip() for p in cfg.strategy.plan.split(",") if p.strip()]
+    unknown = [p for p in phases if p not in KNOWN_PHASES]
+    if not phases or unknown:
+        problems.append(f"plan={cfg.strategy.plan!r} has unknown phases {unknown}; known phases: {', '.join(KNOWN_PHASES)}")
+    if cfg.strategy.strategy == "krum" and 2 * cfg.strategy.krum_malicious + 2 >= cfg.partition.num_clients:
+        problems.append(
+            f"krum-malicious={cfg.strategy.krum_malicious} needs num-clients > 2*f+2 = "
+            f"{2 * cfg.strategy.krum_malicious + 2}; lower krum-malicious or add clients"
+        )
+    if cfg.strategy.fraction_evaluate > 0 and cfg.partition.client_eval_fraction == 0:
+        problems.append("fraction-evaluate>0 needs client-eval-fraction>0 (clients have nothing to evaluate on); set one of them")
+    if cfg.output.run_name and not re.fullmatch(r"[A-Za-z0-9_-]+", cfg.output.run_name):
+        problems.append(f"run-name={cfg.output.run_name!r} may only hold letters, digits, '-' and '_'")
+    return problems
+
+
+def load_config(
+    *,
+    file: str | Path | None = None,
+    overrides: Mapping[str, Any] | str | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """Return the validated config: defaults, then ``base``, then ``file``, then ``overrides``.
+
+    Raises
+    ------
+    ConfigError
+        Listing every unknown key (with the closest valid key), wrong type and out-of-range value.
+    """
+    values: dict[str, Any] = {}
+    if base:
+        values.update(base)
+    if file is not None:
+        values.update(_read_toml(Path(file)))
+    if isinstance(overrides, str):
+        overrides = parse_overrides(overrides)
+    if overrides:
+        values.update(overrides)
+
+    keys = flat_keys()
+    problems: list[str] = []
+    per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for key, value in values.items():
+        if key not in keys:
+            close = difflib.get_close_matches(key, keys, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "; see docs/configuration.md"
+            problems.append(f"unknown config key {key!r}{hint}")
+            continue
+        section, f = keys[key]
+        value, problem = _check_value(key, f, value)
+        if problem:
+            problems.append(problem)
+        else:
+            per_section[section][f.name] = value
+    if problems:
+        raise ConfigError(problems)
+    cfg = RunConfig(**{s: cls(**per_section[s]) for s, cls in SECTIONS.items()})
+    problems = _cross_checks(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "inf" if value == math.inf else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(value)
+
+
+def dump_toml(cfg: RunConfig) -> str:
+    """Serialise the config as flat TOML, one commented block per section."""
+    lines: list[str] = []
+    keys = flat_keys()
+    flat = cfg.to_flat()
+    for section in SECTIONS:
+        lines.append(f"# --- {section} ---")
+        for key, (sec, _) in keys.items():
+            if sec == section:
+                lines.append(f"{key} = {_toml_value(flat[key])}")
+    return "\n".join(lines) + "\n"

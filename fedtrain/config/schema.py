@@ -1,0 +1,261 @@
+"""The typed run configuration: one dataclass per section, flat kebab-case keys.
+
+Every setting is declared once here, with its default, type, allowed values and meaning.
+The Flower app table (``[tool.flwr.app.config]`` in ``pyproject.toml``) and
+``docs/configuration.md`` are generated from these declarations and a test keeps them equal.
+A field ``learning_rate`` is the key ``learning-rate``; keys are unique across sections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "PartitionConfig",
+    "RunConfig",
+    "RuntimeConfig",
+    "StrategyConfig",
+    "TrainConfig",
+    "setting",
+]
+
+
+def setting(
+    default: Any,
+    help: str,  # noqa: A002 - mirrors argparse's name
+    *,
+    choices: tuple[str, ...] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Any:
+    """Declare one configuration field with its meaning and allowed range."""
+    meta = {
+        "help": help,
+        "choices": choices,
+        "low": low,
+        "high": high,
+        "low_open": low_open,
+        "high_open": high_open,
+    }
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how it is prepared."""
+
+    dataset: str = setting(
+        "digits",
+        "`digits` (scikit-learn's 8x8 digits, embedded) or `file` (read `data-path`).",
+        choices=("digits", "file"),
+    )
+    data_path: str = setting(
+        "",
+        "Path of the user data when `dataset=file`: a .npz (arrays x, y), a .csv, a folder "
+        "with IDX files (MNIST format) or an image folder (one subfolder per class).",
+    )
+    data_format: str = setting(
+        "auto",
+        "Format of `data-path`; `auto` infers it from the suffix or folder contents.",
+        choices=("auto", "npz", "csv", "idx", "image-folder"),
+    )
+    label_column: str = setting("label", "Name of the label column in a CSV file.")
+    test_fraction: float = setting(
+        0.2, "Share of the data held out as the central test split (stratified).",
+        low=0.0, high=0.9, low_open=True,
+    )
+    val_fraction: float = setting(
+        0.1, "Share of the remaining data the server keeps for validation (early stopping, "
+        "best checkpoint); 0 uses the test split.", low=0.0, high=0.5,
+    )
+    normalize: str = setting(
+        "standard",
+        "Input scaling, fitted on the training split and stored with the model: "
+        "`standard` (z-score, clipped to +-5), `minmax` (to [0, 1]) or `none`.",
+        choices=("standard", "minmax", "none"),
+    )
+    label_noise: float = setting(
+        0.0, "Share of training labels replaced by a different random class (experiments).",
+        low=0.0, high=1.0, high_open=True,
+    )
+    class_keep: str = setting(
+        "",
+        "Class imbalance for experiments: `class:ratio` pairs, e.g. `0:0.1,3:0.5` keeps 10% "
+        "of class 0 and 50% of class 3 in the training split. Empty keeps everything.",
+    )
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """How the training split is divided among clients."""
+
+    num_clients: int = setting(10, "Number of clients (partitions, SuperNodes).", low=1)
+    partitioner: str = setting(
+        "dirichlet",
+        "`iid`, `dirichlet` (label skew, see `dirichlet-alpha`), `pathological` "
+        "(`classes-per-client` classes each) or `quantity-skew` (sizes ~ Dirichlet).",
+        choices=("iid", "dirichlet", "pathological", "quantity-skew"),
+    )
+    dirichlet_alpha: float = setting(
+        0.5, "Concentration of the label Dirichlet; smaller is more skewed.", low=0.0, low_open=True,
+    )
+    classes_per_client: int = setting(2, "Classes per client for `pathological`.", low=1)
+    quantity_alpha: float = setting(
+        1.0, "Concentration of the size Dirichlet for `quantity-skew`.", low=0.0, low_open=True,
+    )
+    min_partition_size: int = setting(
+        10, "Smallest allowed client partition; skewed draws are repeated until it holds.", low=1,
+    )
+    client_eval_fraction: float = setting(
+        0.1, "Share of each client's partition kept for client-side evaluation.",
+        low=0.0, high=0.5,
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network the federation trains."""
+
+    model: str = setting("mlp", "`mlp` or `cnn` (small CNN with GroupNorm).", choices=("mlp", "cnn"))
+    hidden_sizes: str = setting(
+        "128,64", "MLP hidden layer widths, comma-separated; each is one addressable layer.",
+    )
+    activation: str = setting(
+        "relu", "Hidden activation.",
+        choices=("relu", "leaky_relu", "prelu", "elu", "gelu", "tanh", "sigmoid"),
+    )
+    dropout: float = setting(0.0, "Dropout after each hidden layer.", low=0.0, high=1.0, high_open=True)
+    residual: bool = setting(False, "Skip connections around hidden layers of equal width.")
+    init: str = setting(
+        "default", "Weight initialisation: torch's `default`, `xavier`, `kaiming` or `orthogonal`.",
+        choices=("default", "xavier", "kaiming", "orthogonal"),
+    )
+    cnn_channels: str = setting("16,32", "CNN convolution channels, comma-separated.")
+    cnn_groups: int = setting(4, "GroupNorm groups per convolution (must divide its channels).", low=1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training on each client."""
+
+    local_epochs: int = setting(1, "Local epochs per round.", low=1)
+    batch_size: int = setting(
+        32, "Mini-batch size; 0 = full batch (gradient descent), 1 = single sample (SGD).", low=0,
+    )
+    optimizer: str = setting(
+        "momentum", "Local optimizer.",
+        choices=("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"),
+    )
+    learning_rate: float = setting(0.05, "Local learning rate (before the schedule).", low=0.0, low_open=True)
+    momentum: float = setting(0.9, "Momentum for `momentum`, `nesterov` and `rmsprop`.", low=0.0, high=1.0, high_open=True)
+    weight_decay: float = setting(0.0, "L2 penalty (decoupled for `adamw`).", low=0.0)
+    l1: float = setting(0.0, "L1 penalty on weights.", low=0.0)
+    lr_schedule: str = setting(
+        "constant", "Learning rate against server round.",
+        choices=("constant", "step", "exponential", "cosine", "warmup"),
+    )
+    lr_step_rounds: int = setting(10, "`step`: rounds between decays.", low=1)
+    lr_gamma: float = setting(0.5, "`step`/`exponential`: decay factor.", low=0.0, high=1.0, low_open=True)
+    warmup_rounds: int = setting(3, "`warmup`: rounds of linear warm-up, then constant.", low=0)
+    clip_grad_norm: float = setting(0.0, "Clip the gradient norm to this value; 0 = off.", low=0.0)
+    clip_grad_value: float = setting(0.0, "Clip each gradient entry to +-value; 0 = off.", low=0.0)
+    label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy.", low=0.0, high=1.0, high_open=True)
+    class_weights: str = setting(
+        "none", "`balanced` weighs the loss by the client's inverse class frequency.",
+        choices=("none", "balanced"),
+    )
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Server-side aggregation and the plan of phases."""
+
+    plan: str = setting("finetune", "Phases to run in order, comma-separated.")
+    strategy: str = setting(
+        "fedavg", "Aggregation strategy (Flower's own classes).",
+        choices=("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm", "fedmedian", "fedtrimmedavg", "krum"),
+    )
+    num_rounds: int = setting(30, "Rounds of the fine-tuning phase (an upper bound with early stopping).", low=1)
+    fraction_train: float = setting(1.0, "Share of clients sampled for training each round.", low=0.0, high=1.0, low_open=True)
+    fraction_evaluate: float = setting(0.5, "Share of clients sampled for client-side evaluation; 0 = off.", low=0.0, high=1.0)
+    min_clients: int = setting(2, "Minimum clients per round (and that must be available).", low=1)
+    proximal_mu: float = setting(0.01, "`fedprox`: weight of the proximal term mu/2 |w - w_global|^2.", low=0.0)
+    server_learning_rate: float = setting(1.0, "`fedavgm`: server learning rate.", low=0.0, low_open=True)
+    server_momentum: float = setting(0.9, "`fedavgm`: server momentum.", low=0.0, high=1.0, high_open=True)
+    server_eta: float = setting(0.01, "`fedadam`/`fedyogi`: server learning rate.", low=0.0, low_open=True)
+    server_tau: float = setting(0.001, "`fedadam`/`fedyogi`: adaptivity (epsilon).", low=0.0, low_open=True)
+    trimmed_beta: float = setting(0.2, "`fedtrimmedavg`: share cut from each tail.", low=0.0, high=0.5, high_open=True)
+    krum_malicious: int = setting(0, "`krum`: number of malicious clients tolerated.", low=0)
+    early_stopping_patience: int = setting(
+        0, "Stop after this many rounds without validation improvement; 0 = off.", low=0,
+    )
+    early_stopping_min_delta: float = setting(0.001, "Smallest accuracy gain that counts as improvement.", low=0.0)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How the federation is executed."""
+
+    runtime: str = setting(
+        "inprocess", "`inprocess` (no Ray, deterministic) or `simulation` (`flwr run .`, Ray).",
+        choices=("inprocess", "simulation"),
+    )
+    seed: int = setting(0, "Seed for data splits, partitions, initialisation and sampling.", low=0)
+    torch_threads: int = setting(1, "Torch threads per client process (1 is fastest for small models).", low=1)
+    round_timeout: float = setting(3600.0, "Seconds the server waits for replies each round.", low=0.0, low_open=True)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where results go."""
+
+    out_dir: str = setting("runs", "Folder that holds run folders.")
+    run_name: str = setting("", "Suffix of the run folder name (letters, digits, `-`, `_`).")
+    resume_dir: str = setting("", "Run folder to resume from its latest checkpoint; empty = new run.")
+    progress: bool = setting(True, "Show a progress bar over rounds.")
+    report: bool = setting(True, "Write PNG plots and report.html at the end.")
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "partition": PartitionConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "strategy": StrategyConfig,
+    "runtime": RuntimeConfig,
+    "output": OutputConfig,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole run configuration: one frozen dataclass per section."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_flat(self) -> dict[str, bool | int | float | str]:
+        """Return the kebab-case ``key -> value`` mapping (Flower's run-config form)."""
+        flat: dict[str, bool | int | float | str] = {}
+        for section in SECTIONS:
+            part = getattr(self, section)
+            for f in dataclasses.fields(part):
+                flat[f.name.replace("_", "-")] = getattr(part, f.name)
+        return flat
+
+    def replace(self, **changes: dict[str, Any]) -> RunConfig:
+        """Return a copy with some fields of some sections changed."""
+        updated = {name: dataclasses.replace(getattr(self, name), **kw) for name, kw in changes.items()}
+        return dataclasses.replace(self, **updated)

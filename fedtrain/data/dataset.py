@@ -1,0 +1,80 @@
+"""Plain containers for arrays: a labelled data set and its fitted input scaling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedtrain.errors import DataError
+
+__all__ = ["ArrayDataset", "Normalizer"]
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """Inputs ``x`` of shape ``(N, *input_shape)`` (float32) and labels ``y`` of shape ``(N,)``."""
+
+    x: np.ndarray
+    y: np.ndarray
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.x.ndim < 2:
+            raise DataError(f"inputs must have shape (samples, features...); got shape {self.x.shape}")
+        if self.y.ndim != 1 or len(self.y) != len(self.x):
+            raise DataError(
+                f"labels must be one per sample: {len(self.x)} inputs but labels of shape {self.y.shape}"
+            )
+        if len(self.x) == 0:
+            raise DataError("the data set is empty")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, index: np.ndarray) -> ArrayDataset:
+        return ArrayDataset(self.x[index], self.y[index], self.classes)
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Per-feature affine scaling ``clip((x - shift) / scale)`` fitted on training data.
+
+    It is stored with every checkpoint and exported model, so a device scales inputs exactly
+    as training did.
+    """
+
+    method: str
+    shift: np.ndarray
+    scale: np.ndarray
+    clip: float | None
+
+    @classmethod
+    def fit(cls, x: np.ndarray, method: str) -> Normalizer:
+        if method == "standard":
+            # Floor the std: near-constant pixels would otherwise blow up to huge z-scores.
+            return cls(method, x.mean(0), np.maximum(x.std(0), 1e-3 * max(float(x.std()), 1e-8)), 5.0)
+        if method == "minmax":
+            lo, hi = x.min(0), x.max(0)
+            return cls(method, lo, np.where(hi > lo, hi - lo, 1.0), None)
+        ones = np.ones(x.shape[1:], dtype=np.float32)
+        return cls("none", 0.0 * ones, ones, None)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = (x - self.shift) / self.scale
+        if self.clip is not None:
+            out = np.clip(out, -self.clip, self.clip)
+        return out.astype(np.float32)
+
+    def state_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "shift": self.shift.astype(np.float32).tolist(),
+            "scale": self.scale.astype(np.float32).tolist(),
+            "clip": self.clip,
+        }

@@ -1,0 +1,49 @@
+"""Typed errors that reach the user as one clear line and an exit code.
+
+Every error raised for bad input derives from :class:`FedtrainError`; the CLI prints
+``error: <message>`` and exits with ``exit_code``. Messages name the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "FedtrainError",
+    "ModelError",
+]
+
+
+class FedtrainError(Exception):
+    """Base class for errors caused by user input or the environment."""
+
+    exit_code = 1
+
+
+class ConfigError(FedtrainError, ValueError):
+    """The run configuration has unknown keys, wrong types or values out of range."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class DataError(FedtrainError, ValueError):
+    """A data file is missing, corrupt or has the wrong shape."""
+
+    exit_code = 3
+
+
+class ModelError(FedtrainError, ValueError):
+    """The model cannot be built for this data or configuration."""
+
+    exit_code = 4
+
+
+class CheckpointError(FedtrainError, ValueError):
+    """A checkpoint or run folder is missing, corrupt or does not match the config."""
+
+    exit_code = 5

@@ -1,0 +1,40 @@
+"""A progress bar over rounds (rich), showing the current test and validation accuracy."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+__all__ = ["RoundProgress"]
+
+
+class RoundProgress:
+    """Context manager; a no-op when disabled."""
+
+    def __init__(self, total: int, completed: int = 0, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._progress = Progress(
+            TextColumn("[bold]rounds"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("test acc {task.fields[acc]}  val acc {task.fields[val]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+            disable=not enabled,
+        )
+        self._task = self._progress.add_task("rounds", total=total, completed=completed, acc="-", val="-")
+
+    def __enter__(self) -> RoundProgress:
+        if self.enabled:
+            self._progress.start()
+        return self
+
+    def advance(self, accuracy: float, val_accuracy: float) -> None:
+        self._progress.update(self._task, advance=1, acc=f"{accuracy:.4f}", val=f"{val_accuracy:.4f}")
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.enabled:
+            self._progress.stop()

@@ -1,0 +1,232 @@
+"""The ServerApp's main: run the plan of phases and keep the run folder up to date.
+
+After every round the metrics line, the latest checkpoint (and the best one, by central
+validation accuracy) are written, so a crash loses at most the round in flight and
+``--resume`` continues from there. Summary, plots and report are written however the run
+ends (completed, stopped early, or failed).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid
+
+from fedtrain.aggregation import build_strategy
+from fedtrain.config import RunConfig
+from fedtrain.data import FederatedData
+from fedtrain.errors import CheckpointError, FedtrainError
+from fedtrain.federation.context import config_from_run_config, federated_data
+from fedtrain.federation.phases import PhaseResult, RoundOutcome, build_plan
+from fedtrain.federation.progress import RoundProgress
+from fedtrain.logging import get_logger, quiet_flower
+from fedtrain.models import build_model
+from fedtrain.results import RunFolder, plot_curves, plot_label_distribution, write_report
+from fedtrain.train import evaluate
+
+__all__ = ["RUN_DIR_STATE_KEY", "run_server"]
+
+RUN_DIR_STATE_KEY = "fedtrain"
+log = get_logger()
+
+
+class _Tracker:
+    """Central evaluation, early stopping, metrics and checkpoints, one round at a time."""
+
+    def __init__(self, cfg: RunConfig, folder: RunFolder, data: FederatedData, state: dict[str, Any]) -> None:
+        self.cfg, self.folder, self.data = cfg, folder, data
+        self.state = state  # resumable: best, patience counter, phase position, wall time
+        self.model = build_model(cfg.model, data.input_shape, len(data.classes))
+        self.progress: RoundProgress | None = None
+        self.last: dict[str, Any] = {}
+
+    def on_round(self, outcome: RoundOutcome, phase_index: int) -> str | None:
+        self.model.load_state_dict(outcome.arrays.to_torch_state_dict())
+        test = evaluate(self.model, self.data.test)
+        val = evaluate(self.model, self.data.val)
+        record = {
+            "phase": outcome.phase,
+            "round": outcome.phase_round,
+            "global_round": outcome.global_round,
+            "lr": outcome.lr,
+            "train_loss": outcome.train_loss,
+            "test_loss": test.loss,
+            "test_accuracy": test.accuracy,
+            "val_loss": val.loss,
+            "val_accuracy": val.accuracy,
+            "client_eval_loss": outcome.client_eval_loss,
+            "client_eval_accuracy": outcome.client_eval_accuracy,
+            "clients_trained": outcome.clients_trained,
+            "clients_evaluated": outcome.clients_evaluated,
+            "failures": len(outcome.failures),
+            "seconds": round(outcome.seconds, 4),
+        }
+        self.folder.append_metrics(record)
+        self.last = record
+        s = self.state
+        improved = val.accuracy > s["best_val"] + self.cfg.strategy.early_stopping_min_delta
+        if val.accuracy > s["best_val"]:
+            s["best"] = {"round": outcome.global_round, "accuracy": test.accuracy, "val_accuracy": val.accuracy, "phase": outcome.phase}
+            s["best_val"] = val.accuracy
+        s["bad_rounds"] = 0 if improved else s["bad_rounds"] + 1
+        s["phase_index"], s["phase_round"], s["global_round"] = phase_index, outcome.phase_round, outcome.global_round
+        s["records"] = s.get("records", 0) + 1
+        self.folder.save_checkpoint(self.checkpoint(outcome.arrays), best=s["best"]["round"] == outcome.global_round)
+        if self.progress:
+            self.progress.advance(test.accuracy, val.accuracy)
+        log.info(
+            "[%s %d/%d] train loss %.4f | test acc %.4f loss %.4f | val acc %.4f | %d clients | %.2fs",
+            outcome.phase, outcome.phase_round, outcome.phase_rounds, outcome.train_loss or float("nan"),
+            test.accuracy, test.loss, val.accuracy, outcome.clients_trained, outcome.seconds,
+        )
+        patience = self.cfg.strategy.early_stopping_patience
+        if patience and s["bad_rounds"] >= patience:
+            return f"early stopping: no validation gain above {self.cfg.strategy.early_stopping_min_delta} for {patience} rounds"
+        return None
+
+    def checkpoint(self, arrays: ArrayRecord) -> dict[str, Any]:
+        return {
+            "arrays": arrays.to_torch_state_dict(),
+            "normalizer": self.data.normalizer.state_dict(),
+            "classes": list(self.data.classes),
+            "input_shape": list(self.data.input_shape),
+            "state": dict(self.state),
+            "random_state": random.getstate(),
+        }
+
+
+def _initial_state() -> dict[str, Any]:
+    return {
+        "best": {"round": 0, "accuracy": 0.0, "val_accuracy": 0.0, "phase": ""},
+        "best_val": -1.0,
+        "bad_rounds": 0,
+        "phase_index": 0,
+        "phase_round": 0,
+        "global_round": 0,
+        "phases": [],
+        "wall_seconds": 0.0,
+        "records": 0,
+    }
+
+
+def _open_folder(cfg: RunConfig) -> tuple[RunFolder, dict[str, Any], ArrayRecord | None]:
+    """A new run folder, or the resumed one with its saved state and weights."""
+    if not cfg.output.resume_dir:
+        folder = RunFolder.create(cfg.output.out_dir, cfg.output.run_name)
+        return folder, _initial_state(), None
+    folder = RunFolder.open(cfg.output.resume_dir)
+    ckpt = folder.load_checkpoint("latest")
+    try:
+        state, arrays = dict(ckpt["state"]), ArrayRecord(ckpt["arrays"])
+        random.setstate(_as_random_state(ckpt["random_state"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint in {str(folder.path)!r} lacks or has a bad {err}; it cannot be resumed") from None
+    folder.truncate_metrics(state["records"])
+    log.info("Resuming %s after global round %d", folder.path, state["global_round"])
+    return folder, state, arrays
+
+
+def _as_random_state(raw: Any) -> tuple:
+    version, internal, gauss = raw
+    return (int(version), tuple(int(v) for v in internal), gauss)
+
+
+def _summary(cfg: RunConfig, state: dict[str, Any], last: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "status": status,
+        "rounds": int(state["global_round"]),
+        "num_clients": cfg.partition.num_clients,
+        "final": {"accuracy": last.get("test_accuracy", float("nan")), "loss": last.get("test_loss", float("nan"))},
+        "best": {"round": int(state["best"]["round"]), "accuracy": float(state["best"]["accuracy"]),
+                 "val_accuracy": float(state["best"]["val_accuracy"])},
+        "wall_seconds": round(state["wall_seconds"], 3),
+        "phases": state["phases"],
+        "config": cfg.to_flat(),
+    }
+    if reason:
+        summary["reason"] = reason
+    return summary
+
+
+def _write_outputs(folder: RunFolder, cfg: RunConfig, data: FederatedData, summary: dict[str, Any]) -> None:
+    folder.write_json("summary.json", summary)
+    if not cfg.output.report:
+        return
+    images = plot_curves(folder.read_metrics(), folder.path)
+    images.append(plot_label_distribution(data.label_counts(), data.classes, folder.path))
+    write_report(folder.path / "report.html", summary, images)
+
+
+def run_server(grid: Grid, context: Context) -> Path:
+    """Run the whole plan on ``grid``; return the run folder (also left in ``context.state``)."""
+    t_start = time.perf_counter()
+    cfg = config_from_run_config(context.run_config)
+    torch.set_num_threads(cfg.runtime.torch_threads)
+    random.seed(cfg.runtime.seed)  # Flower's strategies sample clients with `random`
+    folder, state, arrays = _open_folder(cfg)
+    context.state[RUN_DIR_STATE_KEY] = ConfigRecord({"run-dir": str(folder.path.resolve())})
+    folder.write_config(cfg)
+    data = federated_data(cfg)
+    _check_nodes(grid, cfg)
+    if arrays is None:
+        arrays = ArrayRecord(build_model(cfg.model, data.input_shape, len(data.classes), seed=cfg.runtime.seed).state_dict())
+    tracker = _Tracker(cfg, folder, data, state)
+    plan = build_plan(cfg, build_strategy)
+    wall_before = state["wall_seconds"]
+    status, reason = "completed", ""
+    log.info("fedtrain run %s: %s", folder.path, "; ".join(p.summary() for p in plan))
+    try:
+        total = sum(p.num_rounds for p in plan)
+        with quiet_flower(cfg.output.progress), RoundProgress(total, state["global_round"], enabled=cfg.output.progress) as bar:
+            tracker.progress = bar
+            first_global = 1 + sum(p.num_rounds for p in plan[: state["phase_index"]])
+            for index in range(state["phase_index"], len(plan)):
+                phase = plan[index]
+                resume_round = state["phase_round"] + 1 if index == state["phase_index"] else 1
+                if resume_round > phase.num_rounds:  # this phase finished before the resume
+                    first_global += phase.num_rounds
+                    continue
+                result: PhaseResult = phase.run(
+                    grid, arrays, first_global_round=first_global, start_round=resume_round,
+                    on_round=lambda o, i=index: tracker.on_round(o, i),
+                )
+                arrays = result.arrays
+                state["phases"].append({"name": result.name, "rounds": result.rounds, "status": result.status, "reason": result.reason})
+                state["phase_round"] = phase.num_rounds  # a resume starts with the next phase
+                state["phase_index"] = index + 1
+                first_global += phase.num_rounds
+                if result.status != "completed":
+                    status, reason = result.status, result.reason
+                    break
+    except BaseException as err:
+        state["wall_seconds"] = wall_before + time.perf_counter() - t_start
+        msg = str(err) if isinstance(err, FedtrainError) else f"{type(err).__name__}: {err}"
+        _write_outputs(folder, cfg, data, _summary(cfg, state, tracker.last, "failed", msg))
+        raise
+    state["wall_seconds"] = wall_before + time.perf_counter() - t_start
+    summary = _summary(cfg, state, tracker.last or _last_record(folder), status, reason)
+    _write_outputs(folder, cfg, data, summary)
+    log.info("Run %s %s: final test accuracy %.4f", folder.path.name, status, summary["final"]["accuracy"])
+    return folder.path
+
+
+def _last_record(folder: RunFolder) -> dict[str, Any]:
+    records = folder.read_metrics()
+    return records[-1] if records else {}
+
+
+def _check_nodes(grid: Grid, cfg: RunConfig) -> None:
+    """Fail fast when the federation's size differs from the config's."""
+    nodes = len(list(grid.get_node_ids()))
+    # Fewer nodes may still be connecting (deployment); more can never match the partitions.
+    if nodes > cfg.partition.num_clients:
+        raise FedtrainError(
+            f"the federation has {nodes} SuperNodes but num-clients={cfg.partition.num_clients}; pass "
+            f"--federation-config \"num-supernodes={cfg.partition.num_clients}\" to flwr run or set num-clients={nodes}"
+        )

@@ -1,0 +1,65 @@
+"""PNG plots of a run (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["plot_curves", "plot_label_distribution"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers, CI or devices
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """``accuracy.png`` and ``loss.png`` against global round, one line per source."""
+    plt = _pyplot()
+    rounds = list(range(1, len(records) + 1))
+    written = []
+    for metric, title in (("accuracy", "Accuracy"), ("loss", "Loss")):
+        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+        for source, label in (("test", "central test"), ("val", "central validation"), ("client_eval", "client evaluation"), ("train", "client training")):
+            key = f"{source}_{metric}"
+            ys = [r.get(key) for r in records]
+            if any(y is not None for y in ys):
+                ax.plot(rounds, [np.nan if y is None else y for y in ys], marker=".", label=label)
+        ax.set_xlabel("round (all phases)")
+        ax.set_ylabel(title.lower())
+        ax.set_title(f"{title} against round")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / f"{metric}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_label_distribution(counts: np.ndarray, classes: tuple[str, ...], out_dir: Path) -> Path:
+    """Stacked bars: training samples per class for each client."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=100)
+    bottom = np.zeros(counts.shape[0])
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for k, name in enumerate(classes):
+        ax.bar(range(counts.shape[0]), counts[:, k], bottom=bottom, color=cmap(k % cmap.N), label=name)
+        bottom += counts[:, k]
+    ax.set_xlabel("client")
+    ax.set_ylabel("training samples")
+    ax.set_title("Label distribution per client")
+    if len(classes) <= 20:
+        ax.legend(title="class", fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    path = out_dir / "label_distribution.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path

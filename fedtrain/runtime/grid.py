@@ -1,0 +1,81 @@
+"""A Ray-free Flower ``Grid`` that runs the real ClientApp in this process.
+
+Messages are delivered in order: ``push_messages`` runs the ClientApp on a deep copy of each
+message (real runtimes serialise messages; SecAgg+ relies on that isolation) with the
+destination node's own ``Context``, whose ``state`` persists across rounds as on a SuperNode.
+Runs are deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from uuid import uuid4
+
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+__all__ = ["InProcessGrid"]
+
+_FIRST_NODE_ID = 1001
+
+
+class InProcessGrid(Grid):
+    """``num_nodes`` simulated SuperNodes with partition ids ``0..num_nodes-1``."""
+
+    def __init__(self, client_app: ClientApp, num_nodes: int, run_config: dict, run_id: int = 1) -> None:
+        self._app = client_app
+        self._run = Run.create_empty(run_id)
+        self._run.override_config = dict(run_config)
+        self.contexts: dict[int, Context] = {
+            _FIRST_NODE_ID + i: Context(
+                run_id=run_id,
+                node_id=_FIRST_NODE_ID + i,
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for i in range(num_nodes)
+        }
+        self._replies: dict[str, Message] = {}
+        # Messages built by strategies read the sender's identity from TaskIdentity.
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            msg_id = uuid4().hex
+            msg.metadata.__dict__["_message_id"] = msg_id
+            dst = msg.metadata.dst_node_id
+            if dst not in self.contexts:
+                raise ValueError(f"message for unknown node {dst}")
+            reply = self._app(copy.deepcopy(msg), self.contexts[dst])
+            reply.metadata.__dict__["_message_id"] = uuid4().hex
+            self._replies[msg_id] = reply
+            ids.append(msg_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
