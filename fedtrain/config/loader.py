@@ -23,9 +23,10 @@ __all__ = [
     "dump_toml",
     "flat_keys",
     "load_config",
-    "parse_overrides",
     "parse_class_keep",
     "parse_int_list",
+    "parse_overrides",
+    "toml_value",
 ]
 
 # Phases the server knows how to run; `fedtrain.plan.PHASES` must match (a test checks).
@@ -174,20 +175,26 @@ def _cross_checks(cfg: RunConfig) -> list[str]:
             "the server would wait forever: lower min-clients"
         )
     if cfg.data.dataset == "file" and not cfg.data.data_path:
-        problems.append("dataset='file' needs data-path: set data-path='path/to/data.npz' (or .csv, IDX or image folder)")
+        problems.append(
+            "dataset='file' needs data-path: set data-path='path/to/data.npz' (or .csv, IDX or image folder)"
+        )
     if cfg.data.dataset == "digits" and cfg.data.data_path:
         problems.append(f"data-path={cfg.data.data_path!r} is ignored with dataset='digits': also set dataset='file'")
     phases = [p.strip() for p in cfg.strategy.plan.split(",") if p.strip()]
     unknown = [p for p in phases if p not in KNOWN_PHASES]
     if not phases or unknown:
-        problems.append(f"plan={cfg.strategy.plan!r} has unknown phases {unknown}; known phases: {', '.join(KNOWN_PHASES)}")
+        problems.append(
+            f"plan={cfg.strategy.plan!r} has unknown phases {unknown}; known phases: {', '.join(KNOWN_PHASES)}"
+        )
     if cfg.strategy.strategy == "krum" and 2 * cfg.strategy.krum_malicious + 2 >= cfg.partition.num_clients:
         problems.append(
             f"krum-malicious={cfg.strategy.krum_malicious} needs num-clients > 2*f+2 = "
             f"{2 * cfg.strategy.krum_malicious + 2}; lower krum-malicious or add clients"
         )
     if cfg.strategy.fraction_evaluate > 0 and cfg.partition.client_eval_fraction == 0:
-        problems.append("fraction-evaluate>0 needs client-eval-fraction>0 (clients have nothing to evaluate on); set one of them")
+        problems.append(
+            "fraction-evaluate>0 needs client-eval-fraction>0 (clients have nothing to evaluate on); set one of them"
+        )
     if cfg.output.run_name and not re.fullmatch(r"[A-Za-z0-9_-]+", cfg.output.run_name):
         problems.append(f"run-name={cfg.output.run_name!r} may only hold letters, digits, '-' and '_'")
     return problems
@@ -240,7 +247,8 @@ def load_config(
     return cfg
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """A scalar as a TOML literal."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -259,5 +267,5 @@ def dump_toml(cfg: RunConfig) -> str:
         lines.append(f"# --- {section} ---")
         for key, (sec, _) in keys.items():
             if sec == section:
-                lines.append(f"{key} = {_toml_value(flat[key])}")
+                lines.append(f"{key} = {toml_value(flat[key])}")
     return "\n".join(lines) + "\n"

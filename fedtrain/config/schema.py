@@ -27,7 +27,7 @@ __all__ = [
 
 def setting(
     default: Any,
-    help: str,  # noqa: A002 - mirrors argparse's name
+    help: str,
     *,
     choices: tuple[str, ...] | None = None,
     low: float | None = None,
@@ -68,12 +68,18 @@ class DataConfig:
     )
     label_column: str = setting("label", "Name of the label column in a CSV file.")
     test_fraction: float = setting(
-        0.2, "Share of the data held out as the central test split (stratified).",
-        low=0.0, high=0.9, low_open=True,
+        0.2,
+        "Share of the data held out as the central test split (stratified).",
+        low=0.0,
+        high=0.9,
+        low_open=True,
     )
     val_fraction: float = setting(
-        0.1, "Share of the remaining data the server keeps for validation (early stopping, "
-        "best checkpoint); 0 uses the test split.", low=0.0, high=0.5,
+        0.1,
+        "Share of the remaining data the server keeps for validation (early stopping, "
+        "best checkpoint); 0 uses the test split.",
+        low=0.0,
+        high=0.5,
     )
     normalize: str = setting(
         "standard",
@@ -82,8 +88,11 @@ class DataConfig:
         choices=("standard", "minmax", "none"),
     )
     label_noise: float = setting(
-        0.0, "Share of training labels replaced by a different random class (experiments).",
-        low=0.0, high=1.0, high_open=True,
+        0.0,
+        "Share of training labels replaced by a different random class (experiments).",
+        low=0.0,
+        high=1.0,
+        high_open=True,
     )
     class_keep: str = setting(
         "",
@@ -104,18 +113,28 @@ class PartitionConfig:
         choices=("iid", "dirichlet", "pathological", "quantity-skew"),
     )
     dirichlet_alpha: float = setting(
-        0.5, "Concentration of the label Dirichlet; smaller is more skewed.", low=0.0, low_open=True,
+        0.5,
+        "Concentration of the label Dirichlet; smaller is more skewed.",
+        low=0.0,
+        low_open=True,
     )
     classes_per_client: int = setting(2, "Classes per client for `pathological`.", low=1)
     quantity_alpha: float = setting(
-        1.0, "Concentration of the size Dirichlet for `quantity-skew`.", low=0.0, low_open=True,
+        1.0,
+        "Concentration of the size Dirichlet for `quantity-skew`.",
+        low=0.0,
+        low_open=True,
     )
     min_partition_size: int = setting(
-        10, "Smallest allowed client partition; skewed draws are repeated until it holds.", low=1,
+        10,
+        "Smallest allowed client partition; skewed draws are repeated until it holds.",
+        low=1,
     )
     client_eval_fraction: float = setting(
-        0.1, "Share of each client's partition kept for client-side evaluation.",
-        low=0.0, high=0.5,
+        0.1,
+        "Share of each client's partition kept for client-side evaluation.",
+        low=0.0,
+        high=0.5,
     )
 
 
@@ -125,16 +144,19 @@ class ModelConfig:
 
     model: str = setting("mlp", "`mlp` or `cnn` (small CNN with GroupNorm).", choices=("mlp", "cnn"))
     hidden_sizes: str = setting(
-        "128,64", "MLP hidden layer widths, comma-separated; each is one addressable layer.",
+        "128,64",
+        "MLP hidden layer widths, comma-separated; each is one addressable layer.",
     )
     activation: str = setting(
-        "relu", "Hidden activation.",
+        "relu",
+        "Hidden activation.",
         choices=("relu", "leaky_relu", "prelu", "elu", "gelu", "tanh", "sigmoid"),
     )
     dropout: float = setting(0.0, "Dropout after each hidden layer.", low=0.0, high=1.0, high_open=True)
     residual: bool = setting(False, "Skip connections around hidden layers of equal width.")
     init: str = setting(
-        "default", "Weight initialisation: torch's `default`, `xavier`, `kaiming` or `orthogonal`.",
+        "default",
+        "Weight initialisation: torch's `default`, `xavier`, `kaiming` or `orthogonal`.",
         choices=("default", "xavier", "kaiming", "orthogonal"),
     )
     cnn_channels: str = setting("16,32", "CNN convolution channels, comma-separated.")
@@ -145,20 +167,26 @@ class ModelConfig:
 class TrainConfig:
     """Local training on each client."""
 
-    local_epochs: int = setting(1, "Local epochs per round.", low=1)
+    local_epochs: int = setting(2, "Local epochs per round.", low=1)
     batch_size: int = setting(
-        32, "Mini-batch size; 0 = full batch (gradient descent), 1 = single sample (SGD).", low=0,
+        32,
+        "Mini-batch size; 0 = full batch (gradient descent), 1 = single sample (SGD).",
+        low=0,
     )
     optimizer: str = setting(
-        "momentum", "Local optimizer.",
+        "momentum",
+        "Local optimizer.",
         choices=("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"),
     )
     learning_rate: float = setting(0.05, "Local learning rate (before the schedule).", low=0.0, low_open=True)
-    momentum: float = setting(0.9, "Momentum for `momentum`, `nesterov` and `rmsprop`.", low=0.0, high=1.0, high_open=True)
+    momentum: float = setting(
+        0.9, "Momentum for `momentum`, `nesterov` and `rmsprop`.", low=0.0, high=1.0, high_open=True
+    )
     weight_decay: float = setting(0.0, "L2 penalty (decoupled for `adamw`).", low=0.0)
     l1: float = setting(0.0, "L1 penalty on weights.", low=0.0)
     lr_schedule: str = setting(
-        "constant", "Learning rate against server round.",
+        "constant",
+        "Learning rate against server round.",
         choices=("constant", "step", "exponential", "cosine", "warmup"),
     )
     lr_step_rounds: int = setting(10, "`step`: rounds between decays.", low=1)
@@ -168,7 +196,8 @@ class TrainConfig:
     clip_grad_value: float = setting(0.0, "Clip each gradient entry to +-value; 0 = off.", low=0.0)
     label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy.", low=0.0, high=1.0, high_open=True)
     class_weights: str = setting(
-        "none", "`balanced` weighs the loss by the client's inverse class frequency.",
+        "none",
+        "`balanced` weighs the loss by the client's inverse class frequency.",
         choices=("none", "balanced"),
     )
 
@@ -179,12 +208,17 @@ class StrategyConfig:
 
     plan: str = setting("finetune", "Phases to run in order, comma-separated.")
     strategy: str = setting(
-        "fedavg", "Aggregation strategy (Flower's own classes).",
+        "fedavg",
+        "Aggregation strategy (Flower's own classes).",
         choices=("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm", "fedmedian", "fedtrimmedavg", "krum"),
     )
     num_rounds: int = setting(30, "Rounds of the fine-tuning phase (an upper bound with early stopping).", low=1)
-    fraction_train: float = setting(1.0, "Share of clients sampled for training each round.", low=0.0, high=1.0, low_open=True)
-    fraction_evaluate: float = setting(0.5, "Share of clients sampled for client-side evaluation; 0 = off.", low=0.0, high=1.0)
+    fraction_train: float = setting(
+        1.0, "Share of clients sampled for training each round.", low=0.0, high=1.0, low_open=True
+    )
+    fraction_evaluate: float = setting(
+        0.5, "Share of clients sampled for client-side evaluation; 0 = off.", low=0.0, high=1.0
+    )
     min_clients: int = setting(2, "Minimum clients per round (and that must be available).", low=1)
     proximal_mu: float = setting(0.01, "`fedprox`: weight of the proximal term mu/2 |w - w_global|^2.", low=0.0)
     server_learning_rate: float = setting(1.0, "`fedavgm`: server learning rate.", low=0.0, low_open=True)
@@ -194,7 +228,9 @@ class StrategyConfig:
     trimmed_beta: float = setting(0.2, "`fedtrimmedavg`: share cut from each tail.", low=0.0, high=0.5, high_open=True)
     krum_malicious: int = setting(0, "`krum`: number of malicious clients tolerated.", low=0)
     early_stopping_patience: int = setting(
-        0, "Stop after this many rounds without validation improvement; 0 = off.", low=0,
+        0,
+        "Stop after this many rounds without validation improvement; 0 = off.",
+        low=0,
     )
     early_stopping_min_delta: float = setting(0.001, "Smallest accuracy gain that counts as improvement.", low=0.0)
 
@@ -204,7 +240,8 @@ class RuntimeConfig:
     """How the federation is executed."""
 
     runtime: str = setting(
-        "inprocess", "`inprocess` (no Ray, deterministic) or `simulation` (`flwr run .`, Ray).",
+        "inprocess",
+        "`inprocess` (no Ray, deterministic) or `simulation` (`flwr run .`, Ray).",
         choices=("inprocess", "simulation"),
     )
     seed: int = setting(0, "Seed for data splits, partitions, initialisation and sampling.", low=0)

@@ -23,9 +23,7 @@ class ArrayDataset:
         if self.x.ndim < 2:
             raise DataError(f"inputs must have shape (samples, features...); got shape {self.x.shape}")
         if self.y.ndim != 1 or len(self.y) != len(self.x):
-            raise DataError(
-                f"labels must be one per sample: {len(self.x)} inputs but labels of shape {self.y.shape}"
-            )
+            raise DataError(f"labels must be one per sample: {len(self.x)} inputs but labels of shape {self.y.shape}")
         if len(self.x) == 0:
             raise DataError("the data set is empty")
 

@@ -68,7 +68,7 @@ def apply_class_keep(y: np.ndarray, keep: dict[int, float], rng: np.random.Gener
         idx = np.flatnonzero(y == cls)
         if len(idx) == 0:
             raise DataError(f"class-keep names class {cls}, which the data does not have")
-        drop = rng.permutation(idx)[max(1, round(ratio * len(idx))):]
+        drop = rng.permutation(idx)[max(1, round(ratio * len(idx))) :]
         mask[drop] = False
     return np.flatnonzero(mask)
 
@@ -87,7 +87,9 @@ def _split(ds: ArrayDataset, fraction: float, seed: int) -> tuple[np.ndarray, np
 @functools.lru_cache(maxsize=4)
 def build_federated_data(data: DataConfig, part: PartitionConfig, seed: int) -> FederatedData:
     """Load, split, perturb, normalise and partition the data (cached per process)."""
-    full = load_digits() if data.dataset == "digits" else load_dataset(data.data_path, data.data_format, data.label_column)
+    full = (
+        load_digits() if data.dataset == "digits" else load_dataset(data.data_path, data.data_format, data.label_column)
+    )
     rng = np.random.default_rng(seed)
     rest_idx, test_idx = _split(full, data.test_fraction, seed)
     rest = full.subset(rest_idx)
@@ -109,8 +111,13 @@ def build_federated_data(data: DataConfig, part: PartitionConfig, seed: int) -> 
     test = scaled(full.subset(test_idx))
     val = scaled(rest.subset(val_idx)) if val_idx is not None else test
     parts = partition(
-        part.partitioner, train.y, part.num_clients, seed=seed, alpha=part.dirichlet_alpha,
-        classes_per_client=part.classes_per_client, quantity_alpha=part.quantity_alpha,
+        part.partitioner,
+        train.y,
+        part.num_clients,
+        seed=seed,
+        alpha=part.dirichlet_alpha,
+        classes_per_client=part.classes_per_client,
+        quantity_alpha=part.quantity_alpha,
         min_size=part.min_partition_size,
     )
     clients = []

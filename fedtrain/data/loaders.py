@@ -67,9 +67,7 @@ def load_csv(path: Path, label_column: str) -> ArrayDataset:
         raise DataError(f"{path}: a CSV needs a header row and at least one data row")
     header = [h.strip() for h in rows[0]]
     if label_column not in header:
-        raise DataError(
-            f"{path}: no label column {label_column!r}; columns are {header[:10]}; set label-column"
-        )
+        raise DataError(f"{path}: no label column {label_column!r}; columns are {header[:10]}; set label-column")
     li = header.index(label_column)
     body = [r for r in rows[1:] if r]
     bad = next((i for i, r in enumerate(body, start=2) if len(r) != len(header)), None)
@@ -99,7 +97,9 @@ def read_idx(path: Path) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise DataError(f"{path}: IDX header says shape {dims} ({expected} bytes) but the file holds {len(raw) - header}")
+        raise DataError(
+            f"{path}: IDX header says shape {dims} ({expected} bytes) but the file holds {len(raw) - header}"
+        )
     return np.frombuffer(raw[header:], dtype=dtype).reshape(dims)
 
 
@@ -148,7 +148,10 @@ def load_image_folder(path: Path) -> ArrayDataset:
             if size is None:
                 size = arr.shape
             elif arr.shape != size:
-                raise DataError(f"{img_path}: size {arr.shape[::-1]} differs from the first image's {size[::-1]}; resize all images to one size")
+                raise DataError(
+                    f"{img_path}: size {arr.shape[::-1]} differs from the first image's {size[::-1]}; "
+                    "resize all images to one size"
+                )
             xs.append(arr)
             ys.append(label)
     if not xs:
@@ -177,7 +180,9 @@ def load_dataset(path: str | Path, data_format: str = "auto", label_column: str 
     """Load a user data set from ``path``."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise DataError(f"data-path {str(path)!r} does not exist; point data-path at a .npz, .csv, IDX folder or image folder")
+        raise DataError(
+            f"data-path {str(path)!r} does not exist; point data-path at a .npz, .csv, IDX folder or image folder"
+        )
     fmt = detect_format(path) if data_format == "auto" else data_format
     if fmt in ("npz", "csv") and not path.is_file():
         raise DataError(f"data-path {str(path)!r} must be a file for data-format={fmt!r}")

@@ -122,6 +122,11 @@ def partition(
         raise ConfigError(f"{len(labels)} training samples cannot be split among num-clients={num_clients}")
     rng = np.random.default_rng(seed)
     return PARTITIONERS[name](
-        labels, num_clients, rng, alpha=alpha, classes_per_client=classes_per_client,
-        quantity_alpha=quantity_alpha, min_size=min_size,
+        labels,
+        num_clients,
+        rng,
+        alpha=alpha,
+        classes_per_client=classes_per_client,
+        quantity_alpha=quantity_alpha,
+        min_size=min_size,
     )

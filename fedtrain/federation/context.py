@@ -33,13 +33,13 @@ def partition_id(node_config: Mapping[str, Any], cfg: RunConfig) -> int:
     if "partition-id" not in node_config:
         raise ConfigError(
             "this SuperNode has no partition-id in its node config; start it with "
-            "--node-config \"partition-id=0 num-partitions=N\""
+            '--node-config "partition-id=0 num-partitions=N"'
         )
     pid = int(node_config["partition-id"])
     num = int(node_config.get("num-partitions", cfg.partition.num_clients))
     if num != cfg.partition.num_clients or not 0 <= pid < num:
         raise ConfigError(
             f"the federation has {num} partitions (SuperNodes) but num-clients={cfg.partition.num_clients}; "
-            f"run with --federation-config \"num-supernodes={cfg.partition.num_clients}\" or set num-clients={num}"
+            f'run with --federation-config "num-supernodes={cfg.partition.num_clients}" or set num-clients={num}'
         )
     return pid

@@ -104,19 +104,26 @@ class Phase(ABC):
             t0 = time.perf_counter()
             global_round = first_global_round + phase_round - 1
             train_cfg = self.train_config(phase_round, global_round)
-            replies = list(grid.send_and_receive(
-                self.strategy.configure_train(global_round, arrays, train_cfg, grid), timeout=timeout,
-            ))
+            replies = list(
+                grid.send_and_receive(
+                    self.strategy.configure_train(global_round, arrays, train_cfg, grid),
+                    timeout=timeout,
+                )
+            )
             failures = _errors(replies)
             new_arrays, train_metrics = self.strategy.aggregate_train(global_round, replies)
             if new_arrays is None:
                 reason = f"round {phase_round}: no usable client update" + (f" ({failures[0]})" if failures else "")
                 return PhaseResult(self.name, arrays, done, "failed", reason)
             arrays = new_arrays
-            eval_replies = list(grid.send_and_receive(
-                self.strategy.configure_evaluate(global_round, arrays, self.evaluate_config(phase_round, global_round), grid),
-                timeout=timeout,
-            ))
+            eval_replies = list(
+                grid.send_and_receive(
+                    self.strategy.configure_evaluate(
+                        global_round, arrays, self.evaluate_config(phase_round, global_round), grid
+                    ),
+                    timeout=timeout,
+                )
+            )
             failures += _errors(eval_replies)
             eval_metrics = self.strategy.aggregate_evaluate(global_round, eval_replies) if eval_replies else None
             done = phase_round

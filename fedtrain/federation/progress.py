@@ -35,6 +35,8 @@ class RoundProgress:
     def advance(self, accuracy: float, val_accuracy: float) -> None:
         self._progress.update(self._task, advance=1, acc=f"{accuracy:.4f}", val=f"{val_accuracy:.4f}")
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self.enabled:
             self._progress.stop()

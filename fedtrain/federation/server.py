@@ -8,7 +8,6 @@ ends (completed, stopped early, or failed).
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from pathlib import Path
@@ -72,7 +71,12 @@ class _Tracker:
         s = self.state
         improved = val.accuracy > s["best_val"] + self.cfg.strategy.early_stopping_min_delta
         if val.accuracy > s["best_val"]:
-            s["best"] = {"round": outcome.global_round, "accuracy": test.accuracy, "val_accuracy": val.accuracy, "phase": outcome.phase}
+            s["best"] = {
+                "round": outcome.global_round,
+                "accuracy": test.accuracy,
+                "val_accuracy": val.accuracy,
+                "phase": outcome.phase,
+            }
             s["best_val"] = val.accuracy
         s["bad_rounds"] = 0 if improved else s["bad_rounds"] + 1
         s["phase_index"], s["phase_round"], s["global_round"] = phase_index, outcome.phase_round, outcome.global_round
@@ -82,12 +86,20 @@ class _Tracker:
             self.progress.advance(test.accuracy, val.accuracy)
         log.info(
             "[%s %d/%d] train loss %.4f | test acc %.4f loss %.4f | val acc %.4f | %d clients | %.2fs",
-            outcome.phase, outcome.phase_round, outcome.phase_rounds, outcome.train_loss or float("nan"),
-            test.accuracy, test.loss, val.accuracy, outcome.clients_trained, outcome.seconds,
+            outcome.phase,
+            outcome.phase_round,
+            outcome.phase_rounds,
+            outcome.train_loss or float("nan"),
+            test.accuracy,
+            test.loss,
+            val.accuracy,
+            outcome.clients_trained,
+            outcome.seconds,
         )
         patience = self.cfg.strategy.early_stopping_patience
         if patience and s["bad_rounds"] >= patience:
-            return f"early stopping: no validation gain above {self.cfg.strategy.early_stopping_min_delta} for {patience} rounds"
+            min_delta = self.cfg.strategy.early_stopping_min_delta
+            return f"early stopping: no validation gain above {min_delta} for {patience} rounds"
         return None
 
     def checkpoint(self, arrays: ArrayRecord) -> dict[str, Any]:
@@ -126,7 +138,9 @@ def _open_folder(cfg: RunConfig) -> tuple[RunFolder, dict[str, Any], ArrayRecord
         state, arrays = dict(ckpt["state"]), ArrayRecord(ckpt["arrays"])
         random.setstate(_as_random_state(ckpt["random_state"]))
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint in {str(folder.path)!r} lacks or has a bad {err}; it cannot be resumed") from None
+        raise CheckpointError(
+            f"checkpoint in {str(folder.path)!r} lacks or has a bad {err}; it cannot be resumed"
+        ) from None
     folder.truncate_metrics(state["records"])
     log.info("Resuming %s after global round %d", folder.path, state["global_round"])
     return folder, state, arrays
@@ -143,8 +157,11 @@ def _summary(cfg: RunConfig, state: dict[str, Any], last: dict[str, Any], status
         "rounds": int(state["global_round"]),
         "num_clients": cfg.partition.num_clients,
         "final": {"accuracy": last.get("test_accuracy", float("nan")), "loss": last.get("test_loss", float("nan"))},
-        "best": {"round": int(state["best"]["round"]), "accuracy": float(state["best"]["accuracy"]),
-                 "val_accuracy": float(state["best"]["val_accuracy"])},
+        "best": {
+            "round": int(state["best"]["round"]),
+            "accuracy": float(state["best"]["accuracy"]),
+            "val_accuracy": float(state["best"]["val_accuracy"]),
+        },
         "wall_seconds": round(state["wall_seconds"], 3),
         "phases": state["phases"],
         "config": cfg.to_flat(),
@@ -175,7 +192,9 @@ def run_server(grid: Grid, context: Context) -> Path:
     data = federated_data(cfg)
     _check_nodes(grid, cfg)
     if arrays is None:
-        arrays = ArrayRecord(build_model(cfg.model, data.input_shape, len(data.classes), seed=cfg.runtime.seed).state_dict())
+        arrays = ArrayRecord(
+            build_model(cfg.model, data.input_shape, len(data.classes), seed=cfg.runtime.seed).state_dict()
+        )
     tracker = _Tracker(cfg, folder, data, state)
     plan = build_plan(cfg, build_strategy)
     wall_before = state["wall_seconds"]
@@ -183,7 +202,10 @@ def run_server(grid: Grid, context: Context) -> Path:
     log.info("fedtrain run %s: %s", folder.path, "; ".join(p.summary() for p in plan))
     try:
         total = sum(p.num_rounds for p in plan)
-        with quiet_flower(cfg.output.progress), RoundProgress(total, state["global_round"], enabled=cfg.output.progress) as bar:
+        with (
+            quiet_flower(cfg.output.progress),
+            RoundProgress(total, state["global_round"], enabled=cfg.output.progress) as bar,
+        ):
             tracker.progress = bar
             first_global = 1 + sum(p.num_rounds for p in plan[: state["phase_index"]])
             for index in range(state["phase_index"], len(plan)):
@@ -193,11 +215,16 @@ def run_server(grid: Grid, context: Context) -> Path:
                     first_global += phase.num_rounds
                     continue
                 result: PhaseResult = phase.run(
-                    grid, arrays, first_global_round=first_global, start_round=resume_round,
+                    grid,
+                    arrays,
+                    first_global_round=first_global,
+                    start_round=resume_round,
                     on_round=lambda o, i=index: tracker.on_round(o, i),
                 )
                 arrays = result.arrays
-                state["phases"].append({"name": result.name, "rounds": result.rounds, "status": result.status, "reason": result.reason})
+                state["phases"].append(
+                    {"name": result.name, "rounds": result.rounds, "status": result.status, "reason": result.reason}
+                )
                 state["phase_round"] = phase.num_rounds  # a resume starts with the next phase
                 state["phase_index"] = index + 1
                 first_global += phase.num_rounds
@@ -228,5 +255,5 @@ def _check_nodes(grid: Grid, cfg: RunConfig) -> None:
     if nodes > cfg.partition.num_clients:
         raise FedtrainError(
             f"the federation has {nodes} SuperNodes but num-clients={cfg.partition.num_clients}; pass "
-            f"--federation-config \"num-supernodes={cfg.partition.num_clients}\" to flwr run or set num-clients={nodes}"
+            f'--federation-config "num-supernodes={cfg.partition.num_clients}" to flwr run or set num-clients={nodes}'
         )

@@ -37,7 +37,9 @@ def _kaiming(w, activation: str) -> None:
 
 
 def _orthogonal(w, activation: str) -> None:
-    nn.init.orthogonal_(w, gain=nn.init.calculate_gain("relu") if activation in ("relu", "leaky_relu", "prelu") else 1.0)
+    nn.init.orthogonal_(
+        w, gain=nn.init.calculate_gain("relu") if activation in ("relu", "leaky_relu", "prelu") else 1.0
+    )
 
 
 INITIALIZERS: dict[str, Callable | None] = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -45,7 +47,7 @@ class MLP(nn.Module):
         widths = [int(torch.tensor(input_shape).prod()), *hidden_sizes]
         self.hidden = nn.ModuleList(
             DenseBlock(a, b, activation=activation, dropout=dropout, residual=residual)
-            for a, b in zip(widths[:-1], widths[1:], strict=True)
+            for a, b in itertools.pairwise(widths)
         )
         self.head = nn.Linear(widths[-1], num_classes)
 

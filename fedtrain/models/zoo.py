@@ -24,8 +24,12 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
         torch.manual_seed(seed)
         if cfg.model == "mlp":
             model: nn.Module = MLP(
-                input_shape, num_classes, parse_int_list("hidden-sizes", cfg.hidden_sizes),
-                activation=cfg.activation, dropout=cfg.dropout, residual=cfg.residual,
+                input_shape,
+                num_classes,
+                parse_int_list("hidden-sizes", cfg.hidden_sizes),
+                activation=cfg.activation,
+                dropout=cfg.dropout,
+                residual=cfg.residual,
             )
         else:
             if len(input_shape) != 3:
@@ -34,8 +38,12 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
                     f"{input_shape}: use model='mlp' for tabular data"
                 )
             model = SmallCNN(
-                input_shape, num_classes, parse_int_list("cnn-channels", cfg.cnn_channels),
-                groups=cfg.cnn_groups, activation=cfg.activation, dropout=cfg.dropout,
+                input_shape,
+                num_classes,
+                parse_int_list("cnn-channels", cfg.cnn_channels),
+                groups=cfg.cnn_groups,
+                activation=cfg.activation,
+                dropout=cfg.dropout,
             )
         initialize(model, cfg.init, cfg.activation)
     return model

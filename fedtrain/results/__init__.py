@@ -4,4 +4,11 @@ from fedtrain.results.plots import plot_curves, plot_label_distribution
 from fedtrain.results.report import write_report
 from fedtrain.results.run_folder import CHECKPOINT_FORMAT, RunFolder, load_checkpoint_file
 
-__all__ = ["CHECKPOINT_FORMAT", "RunFolder", "load_checkpoint_file", "plot_curves", "plot_label_distribution", "write_report"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "RunFolder",
+    "load_checkpoint_file",
+    "plot_curves",
+    "plot_label_distribution",
+    "write_report",
+]

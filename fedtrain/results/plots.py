@@ -26,7 +26,12 @@ def plot_curves(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     written = []
     for metric, title in (("accuracy", "Accuracy"), ("loss", "Loss")):
         fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-        for source, label in (("test", "central test"), ("val", "central validation"), ("client_eval", "client evaluation"), ("train", "client training")):
+        for source, label in (
+            ("test", "central test"),
+            ("val", "central validation"),
+            ("client_eval", "client evaluation"),
+            ("train", "client training"),
+        ):
             key = f"{source}_{metric}"
             ys = [r.get(key) for r in records]
             if any(y is not None for y in ys):

@@ -21,6 +21,10 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return f"<table>{body}</table>"
 
 
+def _b64(img: Path) -> str:
+    return base64.b64encode(img.read_bytes()).decode()
+
+
 def write_report(path: Path, summary: dict[str, Any], images: list[Path]) -> Path:
     """Write the report for ``summary`` with ``images`` embedded as data URIs."""
     final, best = summary.get("final", {}), summary.get("best", {})
@@ -41,13 +45,14 @@ def write_report(path: Path, summary: dict[str, Any], images: list[Path]) -> Pat
         for p in summary.get("phases", [])
     )
     figs = "".join(
-        f'<figure><img alt="{img.stem}" src="data:image/png;base64,{base64.b64encode(img.read_bytes()).decode()}"></figure>'
+        f'<figure><img alt="{img.stem}" src="data:image/png;base64,{_b64(img)}"></figure>'
         for img in images
         if img.is_file()
     )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>fedtrain run {html.escape(path.parent.name)}</title>
+    name = html.escape(path.parent.name)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>fedtrain run {name}</title>
 <style>{_STYLE}</style></head><body>
-<h1>fedtrain run <code>{html.escape(path.parent.name)}</code></h1>
+<h1>fedtrain run <code>{name}</code></h1>
 <h2>Summary</h2>{_table(overview)}
 <h2>Phases</h2><table><tr><th>phase</th><th>rounds</th><th>status</th></tr>{phases}</table>
 <h2>Plots</h2><div class="grid">{figs}</div>

@@ -46,7 +46,10 @@ class RunFolder:
     def open(cls, path: str | Path) -> RunFolder:
         path = Path(path)
         if not (path / "config.toml").is_file():
-            raise CheckpointError(f"{str(path)!r} is not a fedtrain run folder (no config.toml); pass a folder that `fedtrain run` printed")
+            raise CheckpointError(
+                f"{str(path)!r} is not a fedtrain run folder (no config.toml); "
+                "pass a folder that `fedtrain run` printed"
+            )
         return cls(path)
 
     # --- files ---------------------------------------------------------------

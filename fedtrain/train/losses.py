@@ -29,7 +29,9 @@ def build_criterion(cfg: TrainConfig, labels: np.ndarray, num_classes: int) -> n
 
 def l1_penalty(model: nn.Module) -> torch.Tensor:
     """Sum of absolute weights (biases and norm parameters excluded)."""
-    return sum(p.abs().sum() for n, p in model.named_parameters() if p.requires_grad and n.endswith("weight") and p.dim() > 1)
+    return sum(
+        p.abs().sum() for n, p in model.named_parameters() if p.requires_grad and n.endswith("weight") and p.dim() > 1
+    )
 
 
 def proximal_term(model: nn.Module, global_params: list[torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,142 @@
+"""The ``fedtrain`` command.
+
+``fedtrain run`` runs a whole federation in-process and prints the run folder as its last
+line; ``fedtrain config`` shows the resolved configuration or renders the reference docs.
+Errors caused by input end in one line, ``error: ...``, and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fedtrain.errors import FedtrainError
+
+__all__ = ["main"]
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML file of config keys (flat, or in section tables)")
+    p.add_argument(
+        "--run-config",
+        metavar="'k=v ...'",
+        default="",
+        help='overrides in Flower\'s syntax, e.g. "num-rounds=10 model=cnn"',
+    )
+
+
+def _resolve(args: argparse.Namespace, extra: dict | None = None):
+    from fedtrain.config import load_config, parse_overrides
+
+    overrides = parse_overrides(args.run_config) if args.run_config else {}
+    base = None
+    if getattr(args, "resume", None):
+        from fedtrain.results import RunFolder
+
+        folder = RunFolder.open(args.resume)
+        base = dict(_read_flat(folder.path / "config.toml"))
+        overrides["resume-dir"] = str(folder.path)
+    overrides.update(extra or {})
+    return load_config(base=base, file=args.config, overrides=overrides)
+
+
+def _read_flat(path: Path) -> dict:
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise FedtrainError(f"cannot read {path}: {err}") from None
+
+
+def _print_summary(run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    table = Table(title=f"fedtrain run {run_dir.name}", show_header=False)
+    final, best = summary["final"], summary["best"]
+    rows = [
+        ("status", summary["status"] + (f" ({summary['reason']})" if summary.get("reason") else "")),
+        ("rounds", str(summary["rounds"])),
+        ("clients", str(summary["num_clients"])),
+        ("final test accuracy", f"{final['accuracy']:.4f}"),
+        ("final test loss", f"{final['loss']:.4f}"),
+        ("best round (by validation)", f"{best['round']} (test accuracy {best['accuracy']:.4f})"),
+        ("wall time", f"{summary['wall_seconds']:.1f} s"),
+        ("report", str(run_dir / "report.html")),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    Console().print(table)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    extra = {}
+    if args.out:
+        extra["out-dir"] = args.out
+    if args.name:
+        extra["run-name"] = args.name
+    cfg = _resolve(args, extra)
+    if cfg.runtime.runtime != "inprocess":
+        raise FedtrainError(
+            f"runtime={cfg.runtime.runtime!r} runs through Flower: use `flwr run . --run-config ...` "
+            "from the repository root (see README, 'Flower Simulation Engine')"
+        )
+    from fedtrain.runtime import run_inprocess
+
+    run_dir = run_inprocess(cfg)
+    _print_summary(run_dir)
+    print(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return 0 if summary["status"] in ("completed", "stopped") else 1
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from fedtrain.config import dump_toml
+    from fedtrain.config.reference import render_app_table, render_markdown
+
+    if args.markdown:
+        print(render_markdown(), end="")
+    elif args.app_table:
+        print(render_app_table(), end="")
+    else:
+        print(dump_toml(_resolve(args)), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedtrain", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a simulated federation in this process")
+    _add_config_args(run)
+    run.add_argument("--out", metavar="DIR", help="folder for run folders (config key out-dir)")
+    run.add_argument("--name", help="suffix of the run folder name (config key run-name)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    run.set_defaults(func=cmd_run)
+
+    config = sub.add_parser("config", help="print the resolved config, or render its reference")
+    _add_config_args(config)
+    config.add_argument("--markdown", action="store_true", help="print docs/configuration.md")
+    config.add_argument("--app-table", action="store_true", help="print pyproject's [tool.flwr.app.config]")
+    config.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FedtrainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; the run folder keeps every finished round (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
