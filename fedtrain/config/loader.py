@@ -112,6 +112,8 @@ def _check_value(key: str, f: dataclasses.Field, value: Any) -> tuple[Any, str |
         value = float(value)
         if math.isnan(value):
             return value, f"{key}=nan is not allowed"
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # `hidden-sizes=32` arrives as a TOML integer
     elif not isinstance(value, str):
         return value, f"{key}={value!r} must be a string (quote it: {key}='{value}')"
     if meta.get("choices") and value not in meta["choices"]:
