@@ -44,7 +44,9 @@ def _mean_label_entropy(parts):
 
 def test_dirichlet_skew_grows_as_alpha_falls():
     entropies = [
-        np.mean([_mean_label_entropy(partition("dirichlet", LABELS, 10, seed=s, alpha=a, min_size=1)) for s in range(5)])
+        np.mean(
+            [_mean_label_entropy(partition("dirichlet", LABELS, 10, seed=s, alpha=a, min_size=1)) for s in range(5)]
+        )
         for a in (100.0, 1.0, 0.1)
     ]
     assert entropies[0] > entropies[1] > entropies[2]

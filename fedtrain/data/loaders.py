@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def load_npz(path: Path) -> ArrayDataset:
             x, y = archive["x"], archive["y"]
     except DataError:
         raise
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from None
     if not np.issubdtype(x.dtype, np.number):
         raise DataError(f"{path}: 'x' must be numeric, got dtype {x.dtype}")
