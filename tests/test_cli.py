@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from fedtrain.cli import main
 from fedtrain.errors import FedtrainError
@@ -34,7 +33,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["--run-config", f"dataset=file data-path={tmp / 'x.npz'}"], "not a readable .npz"),
         (
             ["--run-config", f"dataset=file data-path={tmp / 'flat.npz'}"],
-            "inputs must have shape (samples, features...)",
+            "inputs must have shape",
         ),
         (["--run-config", f"dataset=file data-path={tmp / 'tab.npz'} model=cnn num-clients=2"], "use model='mlp'"),
         (["--config", str(tmp / "bad.toml")], "is not valid TOML"),

@@ -23,7 +23,7 @@ def test_configuration_reference_is_current():
 
 def test_every_key_is_documented_with_default():
     text = render_markdown()
-    for key, value in RunConfig().to_flat().items():
+    for key, _value in RunConfig().to_flat().items():
         assert f"| `{key}` |" in text, key
 
 

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import numpy as np
@@ -49,7 +50,7 @@ def test_schedules():
     assert lrs("step", **{"lr-step-rounds": 4, "lr-gamma": 0.5})[:9] == [1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25]
     assert lrs("exponential", **{"lr-gamma": 0.5})[2] == 0.25
     cos = lrs("cosine")
-    assert cos[0] == 1.0 and all(a > b for a, b in zip(cos, cos[1:], strict=False)) and cos[-1] > 0
+    assert cos[0] == 1.0 and all(a > b for a, b in itertools.pairwise(cos)) and cos[-1] > 0
     assert lrs("warmup", **{"warmup-rounds": 3})[:5] == [0.25, 0.5, 0.75, 1.0, 1.0]
 
 
