@@ -8,6 +8,7 @@ from fedtrain.config.loader import (
     parse_class_keep,
     parse_int_list,
     parse_overrides,
+    toml_value,
 )
 from fedtrain.config.schema import (
     DataConfig,
@@ -36,4 +37,5 @@ __all__ = [
     "parse_class_keep",
     "parse_int_list",
     "parse_overrides",
+    "toml_value",
 ]
