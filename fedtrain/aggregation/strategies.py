@@ -26,6 +26,8 @@ def _common(cfg: RunConfig) -> dict[str, Any]:
         "min_train_nodes": min(s.min_clients, n),
         "min_evaluate_nodes": min(s.min_clients, n),
         "min_available_nodes": min(s.min_clients, n),
+        # User-level DP accounting needs equal client weights (clients send dp-weight = 1).
+        "weighted_by_key": "dp-weight" if cfg.user_dp else "num-examples",
     }
 
 

@@ -197,6 +197,17 @@ def _cross_checks(cfg: RunConfig) -> list[str]:
         problems.append(
             "fraction-evaluate>0 needs client-eval-fraction>0 (clients have nothing to evaluate on); set one of them"
         )
+    if cfg.sample_dp and cfg.train.sampler != "uniform":
+        problems.append(
+            f"sampler={cfg.train.sampler!r} is refused under sample-level DP: oversampling breaks the accountant's "
+            "uniform Poisson sampling assumption and understates epsilon; use sampler='uniform' with "
+            "class-weights='balanced' instead"
+        )
+    if cfg.user_dp and cfg.strategy.strategy not in ("fedavg", "fedprox"):
+        problems.append(
+            f"dp-level={cfg.privacy.dp_level!r} (user-level DP) needs strategy='fedavg' or 'fedprox': Flower's DP "
+            f"wrappers account only for plain averaging, not {cfg.strategy.strategy!r}"
+        )
     if cfg.output.run_name and not re.fullmatch(r"[A-Za-z0-9_-]+", cfg.output.run_name):
         problems.append(f"run-name={cfg.output.run_name!r} may only hold letters, digits, '-' and '_'")
     return problems

@@ -17,6 +17,7 @@ __all__ = [
     "ModelConfig",
     "OutputConfig",
     "PartitionConfig",
+    "PrivacyConfig",
     "RunConfig",
     "RuntimeConfig",
     "StrategyConfig",
@@ -200,6 +201,75 @@ class TrainConfig:
         "`balanced` weighs the loss by the client's inverse class frequency.",
         choices=("none", "balanced"),
     )
+    sampler: str = setting(
+        "uniform",
+        "`weighted` oversamples rare classes (class-balanced sampling with replacement); refused under "
+        "sample-level DP, whose accounting assumes uniform Poisson sampling.",
+        choices=("uniform", "weighted"),
+    )
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy: sample-level (Opacus DP-SGD on clients) and user-level (Flower's DP wrappers)."""
+
+    dp_level: str = setting(
+        "none",
+        "`sample` protects single records (DP-SGD on each client), `user` protects whole clients (clipped "
+        "updates, server noise), `both` does both.",
+        choices=("none", "sample", "user", "both"),
+    )
+    dp_target_epsilon: float = setting(
+        3.0,
+        "Sample-level budget per client for the whole run; sigma is calibrated to it unless "
+        "`dp-noise-multiplier` is set, and a client declines a round that would pass it.",
+        low=0.0,
+        low_open=True,
+    )
+    dp_noise_multiplier: float = setting(
+        0.0, "Sample-level noise multiplier sigma; 0 calibrates it from `dp-target-epsilon`.", low=0.0
+    )
+    dp_delta: float = setting(
+        1e-5,
+        "Sample-level delta; must be below 1/(records of the smallest client).",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        high_open=True,
+    )
+    dp_max_grad_norm: float = setting(1.0, "Per-sample gradient clipping norm C.", low=0.0, low_open=True)
+    dp_accountant: str = setting(
+        "rdp", "Accountant for sample-level epsilon: `rdp` or `prv` (tighter, slower).", choices=("rdp", "prv")
+    )
+    dp_grad_sample_mode: str = setting(
+        "auto",
+        "How Opacus computes per-sample gradients; `auto` uses `ghost` for MLPs at batch >= 128, else `hooks`.",
+        choices=("auto", "hooks", "ew", "ghost"),
+    )
+    dp_max_physical_batch_size: int = setting(
+        0, "Split logical batches into physical ones of at most this size (memory); 0 = off.", low=0
+    )
+    dp_fix_model: bool = setting(
+        False, "Let Opacus replace unsupported layers (BatchNorm -> GroupNorm, LSTM -> DPLSTM); off: refuse."
+    )
+    dp_user_clipping: str = setting(
+        "server",
+        "User-level DP wrapper: fixed clipping at the `server` or the `client`, or adaptive clipping "
+        "(`adaptive-server`, `adaptive-client`).",
+        choices=("server", "client", "adaptive-server", "adaptive-client"),
+    )
+    dp_user_noise_multiplier: float = setting(
+        1.0, "User-level noise multiplier z (noise std = z * clip / sampled clients).", low=0.0, low_open=True
+    )
+    dp_user_clipping_norm: float = setting(
+        1.0, "User-level clipping norm of a client update (initial norm when adaptive).", low=0.0, low_open=True
+    )
+    dp_user_delta: float = setting(
+        1e-3, "User-level delta (should be below 1/num-clients).", low=0.0, high=1.0, low_open=True, high_open=True
+    )
+    dp_user_max_epsilon: float = setting(
+        0.0, "User-level budget; the run stops before a round that would pass it. 0 = no limit.", low=0.0
+    )
 
 
 @dataclass(frozen=True)
@@ -265,6 +335,7 @@ SECTIONS: dict[str, type] = {
     "partition": PartitionConfig,
     "model": ModelConfig,
     "train": TrainConfig,
+    "privacy": PrivacyConfig,
     "strategy": StrategyConfig,
     "runtime": RuntimeConfig,
     "output": OutputConfig,
@@ -279,9 +350,20 @@ class RunConfig:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def sample_dp(self) -> bool:
+        """Whether clients run DP-SGD."""
+        return self.privacy.dp_level in ("sample", "both")
+
+    @property
+    def user_dp(self) -> bool:
+        """Whether the server wraps its strategy with Flower's user-level DP."""
+        return self.privacy.dp_level in ("user", "both")
 
     def to_flat(self) -> dict[str, bool | int | float | str]:
         """Return the kebab-case ``key -> value`` mapping (Flower's run-config form)."""

@@ -11,10 +11,15 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from fedtrain.federation import keys
 from fedtrain.federation.context import config_from_run_config, federated_data, partition_id
+from fedtrain.logging import get_logger
 from fedtrain.models import build_model
+from fedtrain.privacy.client_privacy import load_accountant, noise_multiplier, over_budget, save_accountant
+from fedtrain.privacy.dp_sgd import dp_train_local, plan_steps
 from fedtrain.train import evaluate, train_local
 
 __all__ = ["handle_evaluate", "handle_train"]
+
+log = get_logger()
 
 
 def _local_model(msg: Message, context: Context):
@@ -32,17 +37,45 @@ def handle_train(msg: Message, context: Context) -> Message:
     cfg, client, pid, model = _local_model(msg, context)
     config = msg.content[keys.CONFIG]
     global_round = int(config.get(keys.GLOBAL_ROUND, config.get(keys.SERVER_ROUND, 1)))
-    result = train_local(
-        model,
-        client.train,
-        cfg.train,
-        lr=float(config[keys.LR]),
-        seed=(cfg.runtime.seed * 1_000_003 + global_round * 1_009 + pid),
-        proximal_mu=float(config.get(keys.PROXIMAL_MU, 0.0)),
-    )
-    metrics = MetricRecord({keys.TRAIN_LOSS: result.loss, keys.NUM_EXAMPLES: result.num_examples})
-    content = RecordDict({keys.ARRAYS: ArrayRecord(model.state_dict()), keys.METRICS: metrics})
+    seed = cfg.runtime.seed * 1_000_003 + global_round * 1_009 + pid
+    lr, mu = float(config[keys.LR]), float(config.get(keys.PROXIMAL_MU, 0.0))
+    metrics: dict = {keys.PARTITION_ID: pid}
+    if cfg.user_dp:
+        metrics[keys.USER_DP_WEIGHT] = 1.0
+    if cfg.sample_dp:
+        model, result, dp = _private_round(msg, context, cfg, client.train, pid, model, lr=lr, seed=seed, mu=mu)
+        metrics.update(dp)
+        if dp[keys.DP_DECLINED]:
+            metrics.update({keys.TRAIN_LOSS: 0.0, keys.NUM_EXAMPLES: 0})
+            return _reply(msg, model, metrics)
+    else:
+        result = train_local(model, client.train, cfg.train, lr=lr, seed=seed, proximal_mu=mu)
+    metrics.update({keys.TRAIN_LOSS: result.loss, keys.NUM_EXAMPLES: result.num_examples})
+    return _reply(msg, model, metrics)
+
+
+def _reply(msg: Message, model: torch.nn.Module, metrics: dict) -> Message:
+    content = RecordDict({keys.ARRAYS: ArrayRecord(model.state_dict()), keys.METRICS: MetricRecord(metrics)})
     return Message(content, reply_to=msg)
+
+
+def _private_round(msg, context, cfg, data, pid, model, *, lr: float, seed: int, mu: float):
+    """DP-SGD for one round under the whole-run budget; declines (model unchanged) past the budget."""
+    pc = cfg.privacy
+    acc = load_accountant(context, msg.content[keys.CONFIG], pid, pc.dp_accountant)
+    plan = plan_steps(len(data.y), cfg.train.batch_size, cfg.train.local_epochs)
+    sigma = noise_multiplier(cfg, acc, plan)
+    projected = acc.epsilon(pc.dp_delta, extra=(sigma, plan.sample_rate, plan.steps_per_call))
+    report = {keys.DP_SIGMA: sigma, keys.DP_SAMPLE_RATE: plan.sample_rate}
+    if over_budget(cfg, projected):
+        log.warning("client %d declines: the round would spend (ε = %.3f, δ = %g)", pid, projected, pc.dp_delta)
+        report.update({keys.DP_DECLINED: 1, keys.DP_EPSILON: acc.epsilon(pc.dp_delta), keys.DP_STEPS: acc.steps})
+        return model, None, report
+    model, result, _ = dp_train_local(model, data, cfg, lr=lr, seed=seed, noise_multiplier=sigma, proximal_mu=mu)
+    acc.record(sigma, plan.sample_rate, plan.steps_per_call)
+    save_accountant(context, acc)
+    report.update({keys.DP_DECLINED: 0, keys.DP_EPSILON: projected, keys.DP_STEPS: acc.steps})
+    return model, result, report
 
 
 def handle_evaluate(msg: Message, context: Context) -> Message:
@@ -53,4 +86,6 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     result = evaluate(model, data)
     n = result.num_examples if client.eval is not None else 0
     metrics = MetricRecord({keys.EVAL_LOSS: result.loss, keys.EVAL_ACCURACY: result.accuracy, keys.NUM_EXAMPLES: n})
+    if _cfg.user_dp:
+        metrics[keys.USER_DP_WEIGHT] = 1.0
     return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)

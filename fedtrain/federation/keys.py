@@ -17,3 +17,12 @@ NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
+
+# Per-client reply metrics the server reads one by one (not only aggregated).
+PARTITION_ID = "partition-id"
+DP_DECLINED = "dp-declined"  # 1 when the budget guard refused the round
+DP_EPSILON = "dp-epsilon"
+DP_SIGMA = "dp-sigma"
+DP_SAMPLE_RATE = "dp-q"
+DP_STEPS = "dp-steps"
+USER_DP_WEIGHT = "dp-weight"  # equal weights, required by Flower's user-level DP accounting

@@ -16,10 +16,12 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Strategy
 
 from fedtrain.config import RunConfig
 from fedtrain.federation import keys
+from fedtrain.privacy.client_mods import ADAPTIVE_FLAG
 from fedtrain.train import learning_rate
 
 __all__ = ["PHASES", "FinetunePhase", "Phase", "PhaseResult", "RoundOutcome", "build_plan"]
@@ -42,6 +44,8 @@ class RoundOutcome:
     clients_evaluated: int
     failures: list[str]
     seconds: float
+    client_metrics: list[dict[str, Any]] = field(default_factory=list)  # one per train reply
+    declined: int = 0  # clients that refused the round (privacy budget)
 
 
 @dataclass
@@ -62,6 +66,11 @@ RoundCallback = Callable[[RoundOutcome], str | None]
 
 def _errors(replies: Iterable[Message]) -> list[str]:
     return [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()]
+
+
+def _metrics(reply: Message) -> dict[str, Any]:
+    record = reply.content.get(keys.METRICS)
+    return dict(record) if record is not None else {}
 
 
 class Phase(ABC):
@@ -96,21 +105,41 @@ class Phase(ABC):
         first_global_round: int,
         start_round: int = 1,
         on_round: RoundCallback | None = None,
+        extra_config: Callable[[], dict[str, Any]] | None = None,
     ) -> PhaseResult:
-        """Run rounds ``start_round..num_rounds``; ``on_round`` may stop the phase early."""
+        """Run rounds ``start_round..num_rounds``; ``on_round`` may stop the phase early.
+
+        ``extra_config`` adds entries to every train config (e.g. privacy state to restore).
+        Replies whose client declined the round (privacy budget) are left out of aggregation;
+        when fewer than ``min-clients`` remain, the phase stops.
+        """
         timeout = self.cfg.runtime.round_timeout
         done = start_round - 1
         for phase_round in range(start_round, self.num_rounds + 1):
             t0 = time.perf_counter()
             global_round = first_global_round + phase_round - 1
             train_cfg = self.train_config(phase_round, global_round)
-            replies = list(
-                grid.send_and_receive(
-                    self.strategy.configure_train(global_round, arrays, train_cfg, grid),
-                    timeout=timeout,
-                )
-            )
+            if extra_config:
+                train_cfg.update(extra_config())
+            try:
+                messages = self.strategy.configure_train(global_round, arrays, train_cfg, grid)
+            except PrivacyBudgetExhausted as err:
+                return PhaseResult(self.name, arrays, done, "stopped", f"user-level privacy budget: {err}")
+            replies = list(grid.send_and_receive(messages, timeout=timeout))
             failures = _errors(replies)
+            answered = [m for m in replies if not m.has_error()]
+            client_metrics = [_metrics(m) for m in answered]
+            declined = [m for m, met in zip(answered, client_metrics, strict=True) if met.get(keys.DP_DECLINED)]
+            if declined:
+                replies = [m for m in replies if all(m is not d for d in declined)]
+                usable = len(answered) - len(declined)
+                if usable < self.cfg.strategy.min_clients:
+                    reason = (
+                        f"privacy budget: {len(declined)} of {len(answered)} clients would pass "
+                        f"dp-target-epsilon={self.cfg.privacy.dp_target_epsilon}, leaving {usable} "
+                        f"(< min-clients={self.cfg.strategy.min_clients})"
+                    )
+                    return PhaseResult(self.name, arrays, done, "stopped", reason)
             new_arrays, train_metrics = self.strategy.aggregate_train(global_round, replies)
             if new_arrays is None:
                 reason = f"round {phase_round}: no usable client update" + (f" ({failures[0]})" if failures else "")
@@ -141,6 +170,8 @@ class Phase(ABC):
                 clients_evaluated=sum(not m.has_error() for m in eval_replies),
                 failures=failures,
                 seconds=time.perf_counter() - t0,
+                client_metrics=client_metrics,
+                declined=len(declined),
             )
             stop = on_round(outcome) if on_round else None
             if stop:
@@ -163,7 +194,10 @@ class FinetunePhase(Phase):
 
     def train_config(self, phase_round: int, global_round: int) -> ConfigRecord:
         lr = learning_rate(self.cfg.train, phase_round, self.num_rounds)
-        return ConfigRecord({keys.PHASE: self.name, keys.LR: lr, keys.GLOBAL_ROUND: global_round})
+        config = ConfigRecord({keys.PHASE: self.name, keys.LR: lr, keys.GLOBAL_ROUND: global_round})
+        if self.cfg.user_dp and self.cfg.privacy.dp_user_clipping == "adaptive-client":
+            config[ADAPTIVE_FLAG] = 1
+        return config
 
 
 PHASES: dict[str, type[Phase]] = {"finetune": FinetunePhase}

@@ -19,21 +19,22 @@ class RoundProgress:
             TextColumn("[bold]rounds"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("test acc {task.fields[acc]}  val acc {task.fields[val]}"),
+            TextColumn("test acc {task.fields[acc]}  val acc {task.fields[val]}{task.fields[eps]}"),
             TimeElapsedColumn(),
             console=Console(stderr=True),
             transient=False,
             disable=not enabled,
         )
-        self._task = self._progress.add_task("rounds", total=total, completed=completed, acc="-", val="-")
+        self._task = self._progress.add_task("rounds", total=total, completed=completed, acc="-", val="-", eps="")
 
     def __enter__(self) -> RoundProgress:
         if self.enabled:
             self._progress.start()
         return self
 
-    def advance(self, accuracy: float, val_accuracy: float) -> None:
-        self._progress.update(self._task, advance=1, acc=f"{accuracy:.4f}", val=f"{val_accuracy:.4f}")
+    def advance(self, accuracy: float, val_accuracy: float, epsilon: float | None = None) -> None:
+        eps = "" if epsilon is None else f"  ε max {epsilon:.2f}"
+        self._progress.update(self._task, advance=1, acc=f"{accuracy:.4f}", val=f"{val_accuracy:.4f}", eps=eps)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid
@@ -26,6 +27,9 @@ from fedtrain.federation.phases import PhaseResult, RoundOutcome, build_plan
 from fedtrain.federation.progress import RoundProgress
 from fedtrain.logging import get_logger, quiet_flower
 from fedtrain.models import build_model
+from fedtrain.privacy.ledger import PrivacyLedger
+from fedtrain.privacy.preflight import check_privacy_plan
+from fedtrain.privacy.user_level import wrap_user_dp
 from fedtrain.results import RunFolder, plot_curves, plot_label_distribution, write_report
 from fedtrain.train import evaluate
 
@@ -40,7 +44,8 @@ class _Tracker:
 
     def __init__(self, cfg: RunConfig, folder: RunFolder, data: FederatedData, state: dict[str, Any]) -> None:
         self.cfg, self.folder, self.data = cfg, folder, data
-        self.state = state  # resumable: best, patience counter, phase position, wall time
+        self.state = state  # resumable: best, patience counter, phase position, wall time, privacy
+        self.privacy = PrivacyLedger(cfg, state.setdefault("privacy", {}))
         self.model = build_model(cfg.model, data.input_shape, len(data.classes))
         self.progress: RoundProgress | None = None
         self.last: dict[str, Any] = {}
@@ -66,6 +71,8 @@ class _Tracker:
             "failures": len(outcome.failures),
             "seconds": round(outcome.seconds, 4),
         }
+        self.privacy.update(outcome.client_metrics)
+        record.update(self.privacy.record(outcome.declined))
         self.folder.append_metrics(record)
         self.last = record
         s = self.state
@@ -83,7 +90,7 @@ class _Tracker:
         s["records"] = s.get("records", 0) + 1
         self.folder.save_checkpoint(self.checkpoint(outcome.arrays), best=s["best"]["round"] == outcome.global_round)
         if self.progress:
-            self.progress.advance(test.accuracy, val.accuracy)
+            self.progress.advance(test.accuracy, val.accuracy, record.get("epsilon_max"))
         log.info(
             "[%s %d/%d] train loss %.4f | test acc %.4f loss %.4f | val acc %.4f | %d clients | %.2fs",
             outcome.phase,
@@ -96,6 +103,8 @@ class _Tracker:
             outcome.clients_trained,
             outcome.seconds,
         )
+        if self.cfg.privacy.dp_level != "none":
+            log.info("Privacy spent: %s", self.privacy.log_line())
         patience = self.cfg.strategy.early_stopping_patience
         if patience and s["bad_rounds"] >= patience:
             min_delta = self.cfg.strategy.early_stopping_min_delta
@@ -151,7 +160,9 @@ def _as_random_state(raw: Any) -> tuple:
     return (int(version), tuple(int(v) for v in internal), gauss)
 
 
-def _summary(cfg: RunConfig, state: dict[str, Any], last: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
+def _summary(
+    cfg: RunConfig, state: dict[str, Any], last: dict[str, Any], status: str, reason: str, privacy: PrivacyLedger
+) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "status": status,
         "rounds": int(state["global_round"]),
@@ -165,6 +176,7 @@ def _summary(cfg: RunConfig, state: dict[str, Any], last: dict[str, Any], status
         "wall_seconds": round(state["wall_seconds"], 3),
         "phases": state["phases"],
         "config": cfg.to_flat(),
+        "privacy": privacy.summary(),
     }
     if reason:
         summary["reason"] = reason
@@ -186,6 +198,7 @@ def run_server(grid: Grid, context: Context) -> Path:
     cfg = config_from_run_config(context.run_config)
     torch.set_num_threads(cfg.runtime.torch_threads)
     random.seed(cfg.runtime.seed)  # Flower's strategies sample clients with `random`
+    np.random.seed(cfg.runtime.seed)  # Flower's DP wrappers draw their noise from numpy
     folder, state, arrays = _open_folder(cfg)
     context.state[RUN_DIR_STATE_KEY] = ConfigRecord({"run-dir": str(folder.path.resolve())})
     folder.write_config(cfg)
@@ -195,8 +208,16 @@ def run_server(grid: Grid, context: Context) -> Path:
         arrays = ArrayRecord(
             build_model(cfg.model, data.input_shape, len(data.classes), seed=cfg.runtime.seed).state_dict()
         )
+    check_privacy_plan(cfg, data)
     tracker = _Tracker(cfg, folder, data, state)
-    plan = build_plan(cfg, build_strategy)
+    user_accountant = tracker.privacy.user_accountant
+
+    def make_strategy(c: RunConfig):
+        strategy = build_strategy(c)
+        return wrap_user_dp(strategy, c, user_accountant) if user_accountant is not None else strategy
+
+    plan = build_plan(cfg, make_strategy)
+    restore = tracker.privacy.restore_config if cfg.sample_dp else None
     wall_before = state["wall_seconds"]
     status, reason = "completed", ""
     log.info("fedtrain run %s: %s", folder.path, "; ".join(p.summary() for p in plan))
@@ -220,6 +241,7 @@ def run_server(grid: Grid, context: Context) -> Path:
                     first_global_round=first_global,
                     start_round=resume_round,
                     on_round=lambda o, i=index: tracker.on_round(o, i),
+                    extra_config=restore,
                 )
                 arrays = result.arrays
                 state["phases"].append(
@@ -234,10 +256,10 @@ def run_server(grid: Grid, context: Context) -> Path:
     except BaseException as err:
         state["wall_seconds"] = wall_before + time.perf_counter() - t_start
         msg = str(err) if isinstance(err, FedtrainError) else f"{type(err).__name__}: {err}"
-        _write_outputs(folder, cfg, data, _summary(cfg, state, tracker.last, "failed", msg))
+        _write_outputs(folder, cfg, data, _summary(cfg, state, tracker.last, "failed", msg, tracker.privacy))
         raise
     state["wall_seconds"] = wall_before + time.perf_counter() - t_start
-    summary = _summary(cfg, state, tracker.last or _last_record(folder), status, reason)
+    summary = _summary(cfg, state, tracker.last or _last_record(folder), status, reason, tracker.privacy)
     _write_outputs(folder, cfg, data, summary)
     log.info("Run %s %s: final test accuracy %.4f", folder.path.name, status, summary["final"]["accuracy"])
     return folder.path

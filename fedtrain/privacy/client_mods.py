@@ -1,0 +1,26 @@
+"""ClientApp mod for client-side clipping of user-level DP.
+
+Flower's ``fixedclipping_mod`` and ``adaptiveclipping_mod`` refuse messages that lack a
+clipping norm, so they cannot stay registered for runs without client-side clipping. This
+mod hands a train message to Flower's mod only when the server's DP wrapper sent a norm.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+__all__ = ["user_dp_clipping_mod"]
+
+ADAPTIVE_FLAG = "dp-user-adaptive"
+
+
+def user_dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Clip the update with Flower's mod when the train config carries a clipping norm."""
+    configs = list(msg.content.config_records.values())
+    if len(configs) != 1 or KEY_CLIPPING_NORM not in configs[0]:
+        return call_next(msg, context)
+    mod = adaptiveclipping_mod if configs[0].get(ADAPTIVE_FLAG, 0) else fixedclipping_mod
+    return mod(msg, context, call_next)

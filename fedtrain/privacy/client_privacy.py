@@ -1,0 +1,66 @@
+"""A client's sample-level DP across rounds: accountant in ``Context.state``, sigma fixed for the run.
+
+The server never sees a client's data, but it does see (and checkpoints) each client's public
+DP parameters (sigma, q, steps) from its replies; on ``--resume`` it sends them back in the
+train config (``dp-restore-*``, lists indexed by partition id), so a restarted client keeps its
+spent budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import ConfigRecord, Context
+
+from fedtrain.config import RunConfig
+from fedtrain.privacy.accountant import ClientAccountant
+from fedtrain.privacy.calibration import calibrate_noise
+from fedtrain.privacy.dp_sgd import DPPlan
+
+__all__ = ["STATE_KEY", "load_accountant", "noise_multiplier", "over_budget", "planned_calls", "save_accountant"]
+
+STATE_KEY = "fedtrain-dp"
+RESTORE_SIGMA, RESTORE_Q, RESTORE_STEPS = "dp-restore-sigma", "dp-restore-q", "dp-restore-steps"
+
+
+def planned_calls(cfg: RunConfig) -> int:
+    """Local training calls a client may make in the whole run (every round of every training phase)."""
+    return cfg.strategy.num_rounds
+
+
+def load_accountant(context: Context, train_config: Mapping[str, Any], pid: int, mechanism: str) -> ClientAccountant:
+    """This client's accountant: from ``Context.state``, else from the server's restore lists, else new."""
+    if STATE_KEY in context.state.config_records:
+        return ClientAccountant.from_state_dict(dict(context.state.config_records[STATE_KEY]))
+    acc = ClientAccountant(mechanism)
+    steps = list(train_config.get(RESTORE_STEPS, []))
+    if pid < len(steps) and int(steps[pid]) > 0:
+        acc.record(float(train_config[RESTORE_SIGMA][pid]), float(train_config[RESTORE_Q][pid]), int(steps[pid]))
+    return acc
+
+
+def save_accountant(context: Context, acc: ClientAccountant) -> None:
+    context.state.config_records[STATE_KEY] = ConfigRecord(acc.state_dict())
+
+
+def noise_multiplier(cfg: RunConfig, acc: ClientAccountant, plan: DPPlan) -> float:
+    """Sigma for this client: fixed by config, kept from earlier rounds, or calibrated once for the run."""
+    if cfg.privacy.dp_noise_multiplier > 0:
+        return cfg.privacy.dp_noise_multiplier
+    if acc.history:
+        return acc.history[-1][0]
+    return calibrate_noise(
+        target_epsilon=cfg.privacy.dp_target_epsilon,
+        delta=cfg.privacy.dp_delta,
+        sample_rate=plan.sample_rate,
+        steps=planned_calls(cfg) * plan.steps_per_call,
+        mechanism=cfg.privacy.dp_accountant,
+    )
+
+
+def over_budget(cfg: RunConfig, projected_epsilon: float) -> bool:
+    """Whether a round would take the client past its budget (a small tolerance absorbs rounding)."""
+    target = cfg.privacy.dp_target_epsilon
+    return not math.isinf(target) and projected_epsilon > target * (1 + 1e-9)
