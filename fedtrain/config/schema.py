@@ -84,9 +84,10 @@ class DataConfig:
     )
     normalize: str = setting(
         "standard",
-        "Input scaling, fitted on the training split and stored with the model: "
-        "`standard` (z-score, clipped to +-5), `minmax` (to [0, 1]) or `none`.",
-        choices=("standard", "minmax", "none"),
+        "Input scaling, stored with the model: `standard` (z-score, clipped to +-5) and `minmax` (to [0, 1]) are "
+        "fitted on the training split; `range` divides by the format's nominal maximum (16 for digits, 255 for "
+        "images) and reads no data, so it costs no privacy; or `none`.",
+        choices=("standard", "minmax", "range", "none"),
     )
     label_noise: float = setting(
         0.0,

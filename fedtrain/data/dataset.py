@@ -18,6 +18,7 @@ class ArrayDataset:
     x: np.ndarray
     y: np.ndarray
     classes: tuple[str, ...]
+    max_value: float | None = None  # nominal input range [0, max_value] of the format (pixels), if known
 
     def __post_init__(self) -> None:
         if self.x.ndim < 2:
@@ -36,7 +37,7 @@ class ArrayDataset:
         return len(self.classes)
 
     def subset(self, index: np.ndarray) -> ArrayDataset:
-        return ArrayDataset(self.x[index], self.y[index], self.classes)
+        return ArrayDataset(self.x[index], self.y[index], self.classes, self.max_value)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,16 @@ class Normalizer:
     clip: float | None
 
     @classmethod
-    def fit(cls, x: np.ndarray, method: str) -> Normalizer:
+    def fit(cls, x: np.ndarray, method: str, max_value: float | None = None) -> Normalizer:
+        """Fit ``method`` on ``x``; ``range`` divides by the format's nominal maximum and reads no data."""
+        if method == "range":
+            if max_value is None:
+                raise DataError(
+                    "normalize='range' needs a format with a known value range (digits, IDX, image folders); "
+                    "use 'standard' or 'minmax' for npz and CSV data"
+                )
+            ones = np.ones(x.shape[1:], dtype=np.float32)
+            return cls("range", 0.0 * ones, max_value * ones, None)
         if method == "standard":
             # Floor the std: near-constant pixels would otherwise blow up to huge z-scores.
             return cls(method, x.mean(0), np.maximum(x.std(0), 1e-3 * max(float(x.std()), 1e-8)), 5.0)

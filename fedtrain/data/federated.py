@@ -103,7 +103,7 @@ def build_federated_data(data: DataConfig, part: PartitionConfig, seed: int) -> 
         train = train.subset(apply_class_keep(train.y, keep, rng))
     train = ArrayDataset(train.x, apply_label_noise(train.y, data.label_noise, full.num_classes, rng), full.classes)
 
-    norm = Normalizer.fit(train.x, data.normalize)
+    norm = Normalizer.fit(train.x, data.normalize, full.max_value)
 
     def scaled(ds: ArrayDataset) -> ArrayDataset:
         return ArrayDataset(norm(ds.x), ds.y, full.classes)

@@ -34,7 +34,7 @@ def load_digits() -> ArrayDataset:
 
     bunch = sk_digits()
     x = bunch.images.astype(np.float32)[:, None, :, :]
-    return ArrayDataset(x, bunch.target.astype(np.int64), tuple(str(c) for c in range(10)))
+    return ArrayDataset(x, bunch.target.astype(np.int64), tuple(str(c) for c in range(10)), max_value=16.0)
 
 
 def load_npz(path: Path) -> ArrayDataset:
@@ -115,8 +115,10 @@ def load_idx(path: Path) -> ArrayDataset:
             f"found {[p.name for p in files]}"
         )
     xs, ys = [], []
+    pixels = True  # unsigned bytes: the nominal range is 0..255
     for img, lab in zip(images, labels, strict=True):
         x, y = read_idx(img), read_idx(lab)
+        pixels = pixels and x.dtype == np.uint8
         if len(x) != len(y):
             raise DataError(f"{img.name} has {len(x)} images but {lab.name} has {len(y)} labels")
         xs.append(x.astype(np.float32))
@@ -125,7 +127,7 @@ def load_idx(path: Path) -> ArrayDataset:
     if x.ndim == 3:
         x = x[:, None]
     labels_int, classes = _labels_to_ints(np.concatenate(ys))
-    return ArrayDataset(x, labels_int, classes)
+    return ArrayDataset(x, labels_int, classes, max_value=255.0 if pixels else None)
 
 
 def load_image_folder(path: Path) -> ArrayDataset:
@@ -157,7 +159,8 @@ def load_image_folder(path: Path) -> ArrayDataset:
             ys.append(label)
     if not xs:
         raise DataError(f"{path}: no images found (looked for {sorted(_IMAGE_SUFFIXES)})")
-    return ArrayDataset(np.stack(xs)[:, None], np.array(ys, dtype=np.int64), tuple(d.name for d in class_dirs))
+    labels = np.array(ys, dtype=np.int64)
+    return ArrayDataset(np.stack(xs)[:, None], labels, tuple(d.name for d in class_dirs), max_value=255.0)
 
 
 def detect_format(path: Path) -> str:

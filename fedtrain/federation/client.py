@@ -13,7 +13,7 @@ from fedtrain.federation import keys
 from fedtrain.federation.context import config_from_run_config, federated_data, partition_id
 from fedtrain.logging import get_logger
 from fedtrain.models import build_model
-from fedtrain.privacy.client_privacy import load_accountant, noise_multiplier, over_budget, save_accountant
+from fedtrain.privacy.client_privacy import load_accountant, round_budget, save_accountant
 from fedtrain.privacy.dp_sgd import dp_train_local, plan_steps
 from fedtrain.train import evaluate, train_local
 
@@ -64,10 +64,9 @@ def _private_round(msg, context, cfg, data, pid, model, *, lr: float, seed: int,
     pc = cfg.privacy
     acc = load_accountant(context, msg.content[keys.CONFIG], pid, pc.dp_accountant)
     plan = plan_steps(len(data.y), cfg.train.batch_size, cfg.train.local_epochs)
-    sigma = noise_multiplier(cfg, acc, plan)
-    projected = acc.epsilon(pc.dp_delta, extra=(sigma, plan.sample_rate, plan.steps_per_call))
+    sigma, projected, allowed = round_budget(cfg, acc, plan)
     report = {keys.DP_SIGMA: sigma, keys.DP_SAMPLE_RATE: plan.sample_rate}
-    if over_budget(cfg, projected):
+    if not allowed:
         log.warning("client %d declines: the round would spend (ε = %.3f, δ = %g)", pid, projected, pc.dp_delta)
         report.update({keys.DP_DECLINED: 1, keys.DP_EPSILON: acc.epsilon(pc.dp_delta), keys.DP_STEPS: acc.steps})
         return model, None, report

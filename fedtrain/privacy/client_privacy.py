@@ -19,15 +19,28 @@ from fedtrain.privacy.accountant import ClientAccountant
 from fedtrain.privacy.calibration import calibrate_noise
 from fedtrain.privacy.dp_sgd import DPPlan
 
-__all__ = ["STATE_KEY", "load_accountant", "noise_multiplier", "over_budget", "planned_calls", "save_accountant"]
+__all__ = [
+    "STATE_KEY",
+    "load_accountant",
+    "noise_multiplier",
+    "over_budget",
+    "planned_calls",
+    "round_budget",
+    "save_accountant",
+]
 
 STATE_KEY = "fedtrain-dp"
 RESTORE_SIGMA, RESTORE_Q, RESTORE_STEPS = "dp-restore-sigma", "dp-restore-q", "dp-restore-steps"
 
 
 def planned_calls(cfg: RunConfig) -> int:
-    """Local training calls a client may make in the whole run (every round of every training phase)."""
-    return cfg.strategy.num_rounds
+    """Local training calls a client may make in the whole run (every round of every training phase).
+
+    Counting every round is conservative: a client that is not sampled spends nothing, and
+    sampling is not treated as amplification (it is not hidden from the server).
+    """
+    phases = [p for p in cfg.strategy.plan.split(",") if p.strip()]
+    return len(phases) * cfg.strategy.num_rounds
 
 
 def load_accountant(context: Context, train_config: Mapping[str, Any], pid: int, mechanism: str) -> ClientAccountant:
@@ -58,6 +71,13 @@ def noise_multiplier(cfg: RunConfig, acc: ClientAccountant, plan: DPPlan) -> flo
         steps=planned_calls(cfg) * plan.steps_per_call,
         mechanism=cfg.privacy.dp_accountant,
     )
+
+
+def round_budget(cfg: RunConfig, acc: ClientAccountant, plan: DPPlan) -> tuple[float, float, bool]:
+    """Sigma, projected epsilon after one more local call, and whether the call may go ahead."""
+    sigma = noise_multiplier(cfg, acc, plan)
+    projected = acc.epsilon(cfg.privacy.dp_delta, extra=(sigma, plan.sample_rate, plan.steps_per_call))
+    return sigma, projected, not over_budget(cfg, projected)
 
 
 def over_budget(cfg: RunConfig, projected_epsilon: float) -> bool:
