@@ -4,11 +4,12 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedtrain.federation.client import handle_evaluate, handle_train
+from fedtrain.privacy.client_mods import user_dp_clipping_mod
 
 app = ClientApp()
 
 
-@app.train()
+@app.train(mods=[user_dp_clipping_mod])  # client-side clipping for user-level DP, when asked
 def train(msg: Message, context: Context) -> Message:
     """Train the global model on this node's partition."""
     return handle_train(msg, context)

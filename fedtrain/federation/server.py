@@ -232,7 +232,10 @@ def run_server(grid: Grid, context: Context) -> Path:
             for index in range(state["phase_index"], len(plan)):
                 phase = plan[index]
                 resume_round = state["phase_round"] + 1 if index == state["phase_index"] else 1
-                if resume_round > phase.num_rounds:  # this phase finished before the resume
+                if resume_round > phase.num_rounds:  # this phase finished just before the run was cut
+                    state["phases"].append(
+                        {"name": phase.name, "rounds": phase.num_rounds, "status": "completed", "reason": ""}
+                    )
                     first_global += phase.num_rounds
                     continue
                 result: PhaseResult = phase.run(
@@ -247,8 +250,7 @@ def run_server(grid: Grid, context: Context) -> Path:
                 state["phases"].append(
                     {"name": result.name, "rounds": result.rounds, "status": result.status, "reason": result.reason}
                 )
-                state["phase_round"] = phase.num_rounds  # a resume starts with the next phase
-                state["phase_index"] = index + 1
+                state["phase_index"], state["phase_round"] = index + 1, 0
                 first_global += phase.num_rounds
                 if result.status != "completed":
                     status, reason = result.status, result.reason

@@ -97,10 +97,13 @@ def dp_train_local(
     criterion = build_criterion(tc, data.y, data.num_classes)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], tc, lr)
     loader = make_loader(data, tc.batch_size, shuffle=True, seed=seed)
-    engine = PrivacyEngine(accountant="rdp")  # fedtrain's ClientAccountant does the accounting
     with torch.random.fork_rng(), warnings.catch_warnings():
         torch.manual_seed(seed)  # Poisson sampling and noise: reproducible per client and round
+        # Known and documented (docs/privacy.md): noise from torch's PRNG, not a CSPRNG; and the
+        # first layer's inputs need no gradient, which Opacus' backward hooks warn about.
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+        warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
+        engine = PrivacyEngine(accountant="rdp")  # fedtrain's ClientAccountant does the accounting
         wrapped = engine.make_private(
             module=model, optimizer=optimizer, criterion=criterion, data_loader=loader,
             noise_multiplier=noise_multiplier, max_grad_norm=pc.dp_max_grad_norm,

@@ -116,6 +116,8 @@ def wrap_user_dp(strategy: Strategy, cfg: RunConfig, accountant: RdpAccountant) 
         )
         return cls(strategy, z, pc.dp_user_clipping_norm, k, accountant=accountant)
     cls = _ServerAdaptive if pc.dp_user_clipping == "adaptive-server" else _ClientAdaptive
-    wrapped = cls(strategy, z, k, initial_clipping_norm=pc.dp_user_clipping_norm)
+    # Flower splits z between update noise and clipped-count noise and needs 2 * count_stddev > z;
+    # Andrew et al. suggest count_stddev = K / 20, which small cohorts cannot meet.
+    wrapped = cls(strategy, z, k, initial_clipping_norm=pc.dp_user_clipping_norm, clipped_count_stddev=max(k / 20, z))
     wrapped.accountant, wrapped.event = accountant, _event(cfg)
     return wrapped
