@@ -94,6 +94,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary["status"] in ("completed", "stopped") else 1
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fedtrain.privacy.sweep import parse_epsilons, run_sweep
+
+    epsilons = parse_epsilons(args.epsilons)
+    if args.seeds < 1:
+        raise FedtrainError(f"--seeds={args.seeds} must be >= 1")
+    cfg = _resolve(args)
+    folder = run_sweep(cfg, epsilons, args.seeds, Path(args.out or cfg.output.out_dir), jobs=args.jobs)
+    rows = json.loads((folder / "sweep.json").read_text())["rows"]
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="privacy-budget sweep")
+    for col in rows[0]:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(str(v) for v in r.values()))
+    Console().print(table)
+    print(folder)
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from fedtrain.config import dump_toml
     from fedtrain.config.reference import render_app_table, render_markdown
@@ -117,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="suffix of the run folder name (config key run-name)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     run.set_defaults(func=cmd_run)
+
+    sweep = sub.add_parser("sweep", help="run the plan at several privacy budgets and seeds")
+    _add_config_args(sweep)
+    sweep.add_argument("--epsilons", required=True, help="target epsilons, e.g. 0.5,1,2,4,8,inf (inf: no DP)")
+    sweep.add_argument("--seeds", type=int, default=1, help="seeds per epsilon (default 1)")
+    sweep.add_argument("--jobs", type=int, default=None, help="parallel processes (default: all cores)")
+    sweep.add_argument("--out", metavar="DIR", help="folder for the sweep folder (default: out-dir)")
+    sweep.set_defaults(func=cmd_sweep)
 
     config = sub.add_parser("config", help="print the resolved config, or render its reference")
     _add_config_args(config)

@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_curves", "plot_label_distribution"]
+__all__ = ["plot_curves", "plot_label_distribution", "pyplot"]
 
 
-def _pyplot():
+def pyplot():
+    """Matplotlib's pyplot on the headless Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers, CI or devices
@@ -21,7 +22,7 @@ def _pyplot():
 
 def plot_curves(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """``accuracy.png`` and ``loss.png`` against global round, one line per source."""
-    plt = _pyplot()
+    plt = pyplot()
     rounds = list(range(1, len(records) + 1))
     written = []
     for metric, title in (("accuracy", "Accuracy"), ("loss", "Loss")):
@@ -51,7 +52,7 @@ def plot_curves(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
 def plot_label_distribution(counts: np.ndarray, classes: tuple[str, ...], out_dir: Path) -> Path:
     """Stacked bars: training samples per class for each client."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=100)
     bottom = np.zeros(counts.shape[0])
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
