@@ -173,3 +173,9 @@ def test_client_side_clipping_mod_clips_the_update(small_config):
         reply = app(msg, context).content["arrays"].to_torch_state_dict()
         norms[clip] = float(torch.sqrt(sum(((reply[k] - start[k]) ** 2).sum() for k in start)))
     assert norms[None] > 0.05 and norms[0.01] == pytest.approx(0.01, rel=1e-4)
+
+
+def test_report_plots_epsilon_against_round(small_config):
+    run_dir = run_inprocess(small_config(report=True, **DP))
+    assert (run_dir / "epsilon.png").is_file()
+    assert (run_dir / "report.html").read_text().count("data:image/png") == 4

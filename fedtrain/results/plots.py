@@ -47,7 +47,29 @@ def plot_curves(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
+    if any("epsilon_max" in r or "user_epsilon" in r for r in records):
+        written.append(_plot_epsilon(plt, records, rounds, out_dir))
     return written
+
+
+def _plot_epsilon(plt, records: list[dict[str, Any]], rounds: list[int], out_dir: Path) -> Path:
+    """``epsilon.png``: privacy spent against round (sample-level max/mean/min, user-level)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    for key, label in (("epsilon_max", "sample-level, max over clients"), ("epsilon_mean", "sample-level, mean"),
+                       ("epsilon_min", "sample-level, min"), ("user_epsilon", "user-level")):  # fmt: skip
+        ys = [r.get(key) for r in records]
+        if any(y is not None for y in ys):
+            ax.plot(rounds, [np.nan if y is None else y for y in ys], marker=".", label=label)
+    ax.set_xlabel("round (all phases)")
+    ax.set_ylabel("epsilon spent")
+    ax.set_title("Privacy spent against round")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out_dir / "epsilon.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def plot_label_distribution(counts: np.ndarray, classes: tuple[str, ...], out_dir: Path) -> Path:

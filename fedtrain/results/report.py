@@ -40,6 +40,15 @@ def write_report(path: Path, summary: dict[str, Any], images: list[Path]) -> Pat
     ]
     if summary.get("reason"):
         overview.insert(1, ("reason", summary["reason"]))
+    privacy = summary.get("privacy", {})
+    if "sample" in privacy:
+        s = privacy["sample"]
+        text = f"ε max {s['epsilon_max']:.3f} (mean {s['epsilon_mean']:.3f}), δ = {s['delta']:g}, {s['accountant']}"
+        overview.append(("sample-level DP", f"{text}, target {s['target_epsilon']}"))
+    if "user" in privacy:
+        u = privacy["user"]
+        text = f"ε = {u['epsilon']:.3f}, δ = {u['delta']:g}, {u['rounds']} rounds, {u['clipping']} clipping"
+        overview.append(("user-level DP", text))
     phases = "".join(
         f"<tr><td>{html.escape(p['name'])}</td><td>{p['rounds']}</td><td>{html.escape(p['status'])}</td></tr>"
         for p in summary.get("phases", [])
