@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,8 +43,33 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "privacy_utility.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(json.dumps(rows, indent=2))
+    write_markdown(payload)
+
+
+def write_markdown(payload: dict) -> None:
+    """``privacy_utility.md`` from the results JSON (``--from-json`` redoes only this)."""
+    rows = payload["rows"]
+    lines = [
+        "# Privacy against utility",
+        "",
+        f"`{payload['command']}` on {payload['date']} ({payload['machine']}), {payload['wall_seconds']} s. Digits, "
+        f"10 clients, Dirichlet 0.5, sample-level DP, delta 1e-5, rdp, 3 seeds, recipe `{payload['recipe']}`.",
+        "",
+        "| target epsilon | spent epsilon (max over clients and seeds) | test accuracy mean | std | target |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        eps = r["target_epsilon"]
+        goal = TARGETS.get(eps)
+        verdict = "-" if goal is None else f">= {goal}: {'met' if r['accuracy_mean'] >= goal else 'missed'}"
+        lines.append(f"| {eps} | {r['spent_epsilon']} | {r['accuracy_mean']} | {r['accuracy_std']} | {verdict} |")
+    lines += ["", "What was tried to get here, and why the targets are hard: `benchmarks/results/dp_tuning.md`."]
+    (RESULTS / "privacy_utility.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main()
+    if "--from-json" in sys.argv:
+        write_markdown(json.loads((RESULTS / "privacy_utility.json").read_text()))
+    else:
+        main()
