@@ -51,16 +51,16 @@ def test_history_merges_and_survives_state_dict():
 
 @pytest.mark.parametrize("mechanism", ["rdp", "prv"])
 def test_calibration_spends_at_most_the_target(mechanism):
-    sigma = calibrate_noise(target_epsilon=3.0, delta=1e-5, sample_rate=1 / 12, steps=144, mechanism=mechanism)
+    sigma = calibrate_noise(target_epsilon=3.0, delta=1e-5, segments=[(1 / 12, 144)], mechanism=mechanism)
     spent = ClientAccountant(mechanism, [(sigma, 1 / 12, 144)]).epsilon(1e-5)
     assert 2.98 <= spent <= 3.0
 
 
 def test_budget_too_small_names_the_smallest_reachable_epsilon():
     with pytest.raises(ConfigError, match="smallest epsilon reachable with this plan is about"):
-        calibrate_noise(target_epsilon=1e-4, delta=1e-5, sample_rate=1.0, steps=3000, mechanism="rdp")
+        calibrate_noise(target_epsilon=1e-4, delta=1e-5, segments=[(1.0, 3000)], mechanism="rdp")
     with pytest.raises(ConfigError, match="must be > 0"):
-        calibrate_noise(target_epsilon=0.0, delta=1e-5, sample_rate=0.1, steps=10, mechanism="rdp")
+        calibrate_noise(target_epsilon=0.0, delta=1e-5, segments=[(0.1, 10)], mechanism="rdp")
 
 
 @settings(max_examples=30, deadline=None)
@@ -92,7 +92,7 @@ def test_budget_guard_never_lets_spent_epsilon_pass_the_target(
     acc = ClientAccountant("rdp")
     try:
         for _ in range(rounds + extra_rounds):
-            sigma, _projected, allowed = round_budget(cfg, acc, plan)
+            sigma, _projected, allowed = round_budget(cfg, acc, plan, n, n)
             if allowed:
                 acc.record(sigma, plan.sample_rate, plan.steps_per_call)
     except ConfigError as err:  # budget below one step's floor: refused up front
@@ -105,4 +105,11 @@ def test_budget_guard_never_lets_spent_epsilon_pass_the_target(
 
 def test_infinite_target_is_refused_for_sample_level():
     with pytest.raises(ConfigError, match="dp-level='none'"):
-        calibrate_noise(target_epsilon=math.inf, delta=1e-5, sample_rate=0.1, steps=10, mechanism="rdp")
+        calibrate_noise(target_epsilon=math.inf, delta=1e-5, segments=[(0.1, 10)], mechanism="rdp")
+
+
+def test_calibration_over_phases_with_different_sampling_rates():
+    segments = [(0.25, 60), (1 / 3, 90)]  # e.g. pretraining on all records, fine-tuning on the labelled ones
+    sigma = calibrate_noise(target_epsilon=2.0, delta=1e-5, segments=segments, mechanism="rdp")
+    spent = ClientAccountant("rdp", [(sigma, q, n) for q, n in segments]).epsilon(1e-5)
+    assert 1.99 <= spent <= 2.0

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 # Phases the server knows how to run; `fedtrain.plan.PHASES` must match (a test checks).
-KNOWN_PHASES = ("finetune",)
+KNOWN_PHASES = ("pretrain", "finetune")
 
 _PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
 
@@ -187,6 +187,10 @@ def _cross_checks(cfg: RunConfig) -> list[str]:
     if not phases or unknown:
         problems.append(
             f"plan={cfg.strategy.plan!r} has unknown phases {unknown}; known phases: {', '.join(KNOWN_PHASES)}"
+        )
+    if "pretrain" in phases and cfg.model.model != "mlp":
+        problems.append(
+            f"plan={cfg.strategy.plan!r}: layer-wise pretraining needs model='mlp' (got {cfg.model.model!r})"
         )
     if cfg.strategy.strategy == "krum" and 2 * cfg.strategy.krum_malicious + 2 >= cfg.partition.num_clients:
         problems.append(

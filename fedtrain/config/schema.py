@@ -17,6 +17,7 @@ __all__ = [
     "ModelConfig",
     "OutputConfig",
     "PartitionConfig",
+    "PretrainConfig",
     "PrivacyConfig",
     "RunConfig",
     "RuntimeConfig",
@@ -132,6 +133,14 @@ class PartitionConfig:
         "Smallest allowed client partition; skewed draws are repeated until it holds.",
         low=1,
     )
+    labeled_fraction: float = setting(
+        1.0,
+        "Share of each client's training data that keeps its labels; fine-tuning uses only that part, "
+        "pretraining uses all of it (the 'limited labelled data' setting).",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+    )
     client_eval_fraction: float = setting(
         0.1,
         "Share of each client's partition kept for client-side evaluation.",
@@ -211,6 +220,40 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """Greedy layer-wise pretraining (plan phase `pretrain`): one federated phase per hidden layer."""
+
+    pretrain_method: str = setting(
+        "autoencoder",
+        "How each hidden layer is trained: `autoencoder`, `denoising` (autoencoder on corrupted inputs) or `rbm` "
+        "(restricted Boltzmann machine, contrastive divergence CD-k).",
+        choices=("autoencoder", "denoising", "rbm"),
+    )
+    pretrain_rounds: int = setting(5, "Rounds per hidden layer.", low=1)
+    pretrain_epochs: int = setting(1, "Local epochs per pretraining round.", low=1)
+    pretrain_optimizer: str = setting(
+        "adam",
+        "Local optimizer while pretraining.",
+        choices=("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"),
+    )
+    pretrain_learning_rate: float = setting(0.005, "Local learning rate while pretraining.", low=0.0, low_open=True)
+    pretrain_batch_size: int = setting(32, "Mini-batch size while pretraining; 0 = full batch.", low=0)
+    corruption: float = setting(
+        0.3, "`denoising`: share of input features set to zero.", low=0.0, high=1.0, high_open=True
+    )
+    rbm_k: int = setting(1, "`rbm`: Gibbs steps of contrastive divergence (CD-k).", low=1)
+    rbm_visible: str = setting(
+        "auto",
+        "`rbm`: visible units; `bernoulli` for inputs in [0, 1], `gaussian` (unit variance) for standardised "
+        "inputs; `auto` picks from `normalize` for layer 1 and from `activation` above it.",
+        choices=("auto", "bernoulli", "gaussian"),
+    )
+    freeze_rounds: int = setting(
+        0, "Fine-tuning keeps the pretrained hidden layers frozen for this many rounds (linear probe).", low=0
+    )
+
+
+@dataclass(frozen=True)
 class PrivacyConfig:
     """Differential privacy: sample-level (Opacus DP-SGD on clients) and user-level (Flower's DP wrappers)."""
 
@@ -277,7 +320,9 @@ class PrivacyConfig:
 class StrategyConfig:
     """Server-side aggregation and the plan of phases."""
 
-    plan: str = setting("finetune", "Phases to run in order, comma-separated.")
+    plan: str = setting(
+        "finetune", "Phases to run in order, comma-separated: `pretrain` (one phase per hidden layer), `finetune`."
+    )
     strategy: str = setting(
         "fedavg",
         "Aggregation strategy (Flower's own classes).",
@@ -336,6 +381,7 @@ SECTIONS: dict[str, type] = {
     "partition": PartitionConfig,
     "model": ModelConfig,
     "train": TrainConfig,
+    "pretrain": PretrainConfig,
     "privacy": PrivacyConfig,
     "strategy": StrategyConfig,
     "runtime": RuntimeConfig,
@@ -351,10 +397,23 @@ class RunConfig:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def phases(self) -> list[str]:
+        """Phase names of the plan, in order (``pretrain`` stands for one phase per hidden layer)."""
+        return [p.strip() for p in self.strategy.plan.split(",") if p.strip()]
+
+    @property
+    def num_hidden_layers(self) -> int:
+        """Hidden layers of the model (layer-wise pretraining runs one phase for each)."""
+        if self.model.model == "mlp":
+            return len([h for h in self.model.hidden_sizes.split(",") if h.strip()])
+        return len([c for c in self.model.cnn_channels.split(",") if c.strip()])
 
     @property
     def sample_dp(self) -> bool:

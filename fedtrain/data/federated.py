@@ -25,10 +25,15 @@ __all__ = ["ClientData", "FederatedData", "apply_class_keep", "apply_label_noise
 
 @dataclass(frozen=True)
 class ClientData:
-    """One client's local training and evaluation data (already normalised)."""
+    """One client's local data (already normalised).
+
+    ``train`` is everything the client trains on (pretraining uses it all); ``labeled`` is the part
+    whose labels fine-tuning may use (``labeled-fraction``); ``eval`` is the local evaluation share.
+    """
 
     train: ArrayDataset
     eval: ArrayDataset | None
+    labeled: ArrayDataset
 
 
 @dataclass(frozen=True)
@@ -124,9 +129,11 @@ def build_federated_data(data: DataConfig, part: PartitionConfig, seed: int) -> 
     for cid, idx in enumerate(parts):
         local = scaled(train.subset(idx))
         n_eval = max(1, round(part.client_eval_fraction * len(idx))) if part.client_eval_fraction > 0 else 0
-        if n_eval == 0 or len(idx) - n_eval < 1:
-            clients.append(ClientData(local, None))
-            continue
-        order = np.random.default_rng(seed + 1000 + cid).permutation(len(idx))
-        clients.append(ClientData(local.subset(np.sort(order[n_eval:])), local.subset(np.sort(order[:n_eval]))))
+        local_eval = None
+        if n_eval and len(idx) - n_eval >= 1:
+            order = np.random.default_rng(seed + 1000 + cid).permutation(len(idx))
+            local, local_eval = local.subset(np.sort(order[n_eval:])), local.subset(np.sort(order[:n_eval]))
+        n_lab = max(1, round(part.labeled_fraction * len(local.y)))
+        keep = np.sort(np.random.default_rng(seed + 2000 + cid).permutation(len(local.y))[:n_lab])
+        clients.append(ClientData(local, local_eval, local.subset(keep)))
     return FederatedData(test, val, tuple(clients), norm, full.classes)

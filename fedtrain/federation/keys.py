@@ -12,6 +12,8 @@ LR = "lr"
 SERVER_ROUND = "server-round"  # set by Flower's strategies
 GLOBAL_ROUND = "global-round"  # round counted over all phases, seeds local shuffling
 PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
+LAYER = "layer"  # pretrain: the hidden layer (0-based) this phase trains
+FREEZE_DEPTH = "freeze-depth"  # finetune: hidden layers kept frozen this round (linear probe)
 
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"

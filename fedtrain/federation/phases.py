@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
@@ -21,10 +22,12 @@ from flwr.serverapp.strategy import Strategy
 
 from fedtrain.config import RunConfig
 from fedtrain.federation import keys
+from fedtrain.models import build_model
+from fedtrain.pretrain import AUX_PREFIX, LayerObjective
 from fedtrain.privacy.client_mods import ADAPTIVE_FLAG
 from fedtrain.train import learning_rate
 
-__all__ = ["PHASES", "FinetunePhase", "Phase", "PhaseResult", "RoundOutcome", "build_plan"]
+__all__ = ["PHASES", "FinetunePhase", "Phase", "PhaseResult", "PretrainLayerPhase", "RoundOutcome", "build_plan"]
 
 
 @dataclass
@@ -46,6 +49,8 @@ class RoundOutcome:
     seconds: float
     client_metrics: list[dict[str, Any]] = field(default_factory=list)  # one per train reply
     declined: int = 0  # clients that refused the round (privacy budget)
+    supervised: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # phase-specific central metrics
 
 
 @dataclass
@@ -74,13 +79,23 @@ def _metrics(reply: Message) -> dict[str, Any]:
 
 
 class Phase(ABC):
-    """One phase of the plan."""
+    """One phase of the plan: a federated loop of rounds with a Flower strategy.
+
+    Subclasses say how rounds are configured; hooks let a phase add arrays it needs for its own
+    rounds (``prepare``/``finish``) and keep arrays frozen bit for bit (``frozen_keys``).
+    """
 
     name: str = ""
+    supervised: bool = True  # central accuracy, best checkpoint, early stopping and client evaluation
 
     def __init__(self, cfg: RunConfig, strategy: Strategy) -> None:
         self.cfg = cfg
         self.strategy = strategy
+
+    @property
+    def label(self) -> str:
+        """Name in logs and metrics."""
+        return self.name
 
     @property
     @abstractmethod
@@ -94,8 +109,24 @@ class Phase(ABC):
     def evaluate_config(self, phase_round: int, global_round: int) -> ConfigRecord:
         return ConfigRecord({keys.PHASE: self.name, keys.GLOBAL_ROUND: global_round})
 
+    def prepare(self, arrays: ArrayRecord) -> ArrayRecord:
+        """Arrays at the start of the phase (e.g. add a decoder); must keep arrays it already has."""
+        return arrays
+
+    def finish(self, arrays: ArrayRecord) -> ArrayRecord:
+        """Arrays handed to the next phase (e.g. drop the decoder)."""
+        return arrays
+
+    def frozen_keys(self, phase_round: int, arrays: ArrayRecord) -> set[str]:
+        """Array names that must not change this round; restored exactly after aggregation."""
+        return set()
+
+    def central_metrics(self, arrays: ArrayRecord) -> dict[str, Any]:
+        """Phase-specific metrics of the new global arrays, computed at the server."""
+        return {}
+
     def summary(self) -> str:
-        return f"{self.name}: {self.num_rounds} rounds with {type(self.strategy).__name__}"
+        return f"{self.label}: {self.num_rounds} rounds with {type(self.strategy).__name__}"
 
     def run(
         self,
@@ -113,78 +144,157 @@ class Phase(ABC):
         Replies whose client declined the round (privacy budget) are left out of aggregation;
         when fewer than ``min-clients`` remain, the phase stops.
         """
-        timeout = self.cfg.runtime.round_timeout
+        arrays = self.prepare(arrays)
         done = start_round - 1
         for phase_round in range(start_round, self.num_rounds + 1):
-            t0 = time.perf_counter()
             global_round = first_global_round + phase_round - 1
-            train_cfg = self.train_config(phase_round, global_round)
-            if extra_config:
-                train_cfg.update(extra_config())
-            try:
-                messages = self.strategy.configure_train(global_round, arrays, train_cfg, grid)
-            except PrivacyBudgetExhausted as err:
-                return PhaseResult(self.name, arrays, done, "stopped", f"user-level privacy budget: {err}")
-            replies = list(grid.send_and_receive(messages, timeout=timeout))
-            failures = _errors(replies)
-            answered = [m for m in replies if not m.has_error()]
-            client_metrics = [_metrics(m) for m in answered]
-            declined = [m for m, met in zip(answered, client_metrics, strict=True) if met.get(keys.DP_DECLINED)]
-            if declined:
-                replies = [m for m in replies if all(m is not d for d in declined)]
-                usable = len(answered) - len(declined)
-                if usable < self.cfg.strategy.min_clients:
-                    reason = (
-                        f"privacy budget: {len(declined)} of {len(answered)} clients would pass "
-                        f"dp-target-epsilon={self.cfg.privacy.dp_target_epsilon}, leaving {usable} "
-                        f"(< min-clients={self.cfg.strategy.min_clients})"
-                    )
-                    return PhaseResult(self.name, arrays, done, "stopped", reason)
-            new_arrays, train_metrics = self.strategy.aggregate_train(global_round, replies)
-            if new_arrays is None:
-                reason = f"round {phase_round}: no usable client update" + (f" ({failures[0]})" if failures else "")
-                return PhaseResult(self.name, arrays, done, "failed", reason)
-            arrays = new_arrays
+            step = self._round(grid, arrays, phase_round, global_round, extra_config)
+            if isinstance(step, PhaseResult):
+                step.rounds, step.arrays = done, self.finish(arrays)
+                return step
+            arrays, done = step.arrays, phase_round
+            stop = on_round(step) if on_round else None
+            if stop:
+                return PhaseResult(self.label, self.finish(arrays), done, "stopped", stop)
+        return PhaseResult(self.label, self.finish(arrays), done, "completed")
+
+    def _round(
+        self, grid: Grid, arrays: ArrayRecord, phase_round: int, global_round: int, extra_config
+    ) -> RoundOutcome | PhaseResult:
+        """One round: train, aggregate, evaluate on clients. A PhaseResult means the phase ends here."""
+        t0 = time.perf_counter()
+        timeout = self.cfg.runtime.round_timeout
+        train_cfg = self.train_config(phase_round, global_round)
+        if extra_config:
+            train_cfg.update(extra_config())
+        try:
+            messages = self.strategy.configure_train(global_round, arrays, train_cfg, grid)
+        except PrivacyBudgetExhausted as err:
+            return PhaseResult(self.label, arrays, 0, "stopped", f"user-level privacy budget: {err}")
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        failures = _errors(replies)
+        answered = [m for m in replies if not m.has_error()]
+        client_metrics = [_metrics(m) for m in answered]
+        declined = [m for m, met in zip(answered, client_metrics, strict=True) if met.get(keys.DP_DECLINED)]
+        if declined:
+            replies = [m for m in replies if all(m is not d for d in declined)]
+            usable = len(answered) - len(declined)
+            if usable < self.cfg.strategy.min_clients:
+                reason = (
+                    f"privacy budget: {len(declined)} of {len(answered)} clients would pass "
+                    f"dp-target-epsilon={self.cfg.privacy.dp_target_epsilon}, leaving {usable} "
+                    f"(< min-clients={self.cfg.strategy.min_clients})"
+                )
+                return PhaseResult(self.label, arrays, 0, "stopped", reason)
+        new_arrays, train_metrics = self.strategy.aggregate_train(global_round, replies)
+        if new_arrays is None:
+            reason = f"round {phase_round}: no usable client update" + (f" ({failures[0]})" if failures else "")
+            return PhaseResult(self.label, arrays, 0, "failed", reason)
+        for key in self.frozen_keys(phase_round, arrays):
+            new_arrays[key] = arrays[key]  # exact: averaging equal floats may round, DP noise would move them
+        eval_replies: list[Message] = []
+        eval_metrics = None
+        if self.supervised:
+            eval_cfg = self.evaluate_config(phase_round, global_round)
             eval_replies = list(
                 grid.send_and_receive(
-                    self.strategy.configure_evaluate(
-                        global_round, arrays, self.evaluate_config(phase_round, global_round), grid
-                    ),
-                    timeout=timeout,
+                    self.strategy.configure_evaluate(global_round, new_arrays, eval_cfg, grid), timeout=timeout
                 )
             )
             failures += _errors(eval_replies)
             eval_metrics = self.strategy.aggregate_evaluate(global_round, eval_replies) if eval_replies else None
-            done = phase_round
-            outcome = RoundOutcome(
-                phase=self.name,
-                phase_round=phase_round,
-                phase_rounds=self.num_rounds,
-                global_round=global_round,
-                arrays=arrays,
-                lr=float(train_cfg.get(keys.LR, 0.0)),
-                train_loss=_get(train_metrics, keys.TRAIN_LOSS),
-                client_eval_loss=_get(eval_metrics, keys.EVAL_LOSS),
-                client_eval_accuracy=_get(eval_metrics, keys.EVAL_ACCURACY),
-                clients_trained=sum(not m.has_error() for m in replies),
-                clients_evaluated=sum(not m.has_error() for m in eval_replies),
-                failures=failures,
-                seconds=time.perf_counter() - t0,
-                client_metrics=client_metrics,
-                declined=len(declined),
-            )
-            stop = on_round(outcome) if on_round else None
-            if stop:
-                return PhaseResult(self.name, arrays, done, "stopped", stop)
-        return PhaseResult(self.name, arrays, done, "completed")
+        return RoundOutcome(
+            phase=self.label,
+            phase_round=phase_round,
+            phase_rounds=self.num_rounds,
+            global_round=global_round,
+            arrays=new_arrays,
+            lr=float(train_cfg.get(keys.LR, 0.0)),
+            train_loss=_get(train_metrics, keys.TRAIN_LOSS),
+            client_eval_loss=_get(eval_metrics, keys.EVAL_LOSS),
+            client_eval_accuracy=_get(eval_metrics, keys.EVAL_ACCURACY),
+            clients_trained=sum(not m.has_error() for m in replies),
+            clients_evaluated=sum(not m.has_error() for m in eval_replies),
+            failures=failures,
+            seconds=time.perf_counter() - t0,
+            client_metrics=client_metrics,
+            declined=len(declined),
+            supervised=self.supervised,
+            extra=self.central_metrics(new_arrays),
+        )
 
 
 def _get(record: Any, key: str) -> float | None:
     return float(record[key]) if record is not None and key in record else None
 
 
+def _hidden_keys(arrays: ArrayRecord, layers: range) -> set[str]:
+    prefixes = tuple(f"hidden.{i}." for i in layers)
+    return {k for k in arrays if k.startswith(prefixes)}
+
+
+class PretrainLayerPhase(Phase):
+    """Greedy layer-wise pretraining of hidden layer ``layer`` (Bengio et al. 2007, Hinton et al. 2006).
+
+    Clients train the layer as an autoencoder, denoising autoencoder or RBM on the features of
+    the frozen layers below, computed on their own data (labels unused). The decoder (or RBM
+    visible bias) travels with the model under ``pretrain_aux.`` and is dropped at the end; every
+    other layer is restored exactly after each aggregation.
+    """
+
+    name = "pretrain"
+    supervised = False
+
+    def __init__(self, cfg: RunConfig, strategy: Strategy, layer: int) -> None:
+        super().__init__(cfg, strategy)
+        self.layer = layer
+
+    @property
+    def label(self) -> str:
+        return f"pretrain-{self.layer + 1}"
+
+    @property
+    def num_rounds(self) -> int:
+        return self.cfg.pretrain.pretrain_rounds
+
+    def train_config(self, phase_round: int, global_round: int) -> ConfigRecord:
+        return ConfigRecord({
+            keys.PHASE: self.name, keys.LAYER: self.layer, keys.GLOBAL_ROUND: global_round,
+            keys.LR: self.cfg.pretrain.pretrain_learning_rate,
+        })  # fmt: skip
+
+    def prepare(self, arrays: ArrayRecord) -> ArrayRecord:
+        if any(k.startswith(AUX_PREFIX) for k in arrays):  # resumed in the middle of this phase
+            return arrays
+        model = _model_from(self.cfg, arrays)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.cfg.runtime.seed + 7919 * (self.layer + 1))
+            objective = LayerObjective(model, self.layer, self.cfg)
+        return ArrayRecord({**arrays.to_torch_state_dict(), **objective.aux_state()})
+
+    def finish(self, arrays: ArrayRecord) -> ArrayRecord:
+        return ArrayRecord({k: v for k, v in arrays.to_torch_state_dict().items() if not k.startswith(AUX_PREFIX)})
+
+    def central_metrics(self, arrays: ArrayRecord) -> dict[str, Any]:
+        """Layer and mean reconstruction error of the central test split (summed over features)."""
+        from fedtrain.federation.context import federated_data
+
+        objective = LayerObjective(_model_from(self.cfg, arrays), self.layer, self.cfg)
+        objective.load_aux_state(arrays.to_torch_state_dict())
+        x = torch.from_numpy(federated_data(self.cfg).test.x)
+        return {"layer": self.layer + 1, "recon_error": float(objective.reconstruction_error(x).mean())}
+
+    def frozen_keys(self, phase_round: int, arrays: ArrayRecord) -> set[str]:
+        trainable = _hidden_keys(arrays, range(self.layer, self.layer + 1))
+        return {k for k in arrays if k not in trainable and not k.startswith(AUX_PREFIX)}
+
+
 class FinetunePhase(Phase):
-    """Supervised training of the whole network, from pretrained or fresh weights."""
+    """Supervised training of the whole network, from pretrained or fresh weights.
+
+    With ``freeze-rounds`` N, the hidden layers stay frozen for the first N rounds (a linear probe
+    on the pretrained features), then everything trains.
+    """
 
     name = "finetune"
 
@@ -192,18 +302,40 @@ class FinetunePhase(Phase):
     def num_rounds(self) -> int:
         return self.cfg.strategy.num_rounds
 
+    def _freeze_depth(self, phase_round: int) -> int:
+        return self.cfg.num_hidden_layers if phase_round <= self.cfg.pretrain.freeze_rounds else 0
+
     def train_config(self, phase_round: int, global_round: int) -> ConfigRecord:
         lr = learning_rate(self.cfg.train, phase_round, self.num_rounds)
         config = ConfigRecord({keys.PHASE: self.name, keys.LR: lr, keys.GLOBAL_ROUND: global_round})
+        if self._freeze_depth(phase_round):
+            config[keys.FREEZE_DEPTH] = self._freeze_depth(phase_round)
         if self.cfg.user_dp and self.cfg.privacy.dp_user_clipping == "adaptive-client":
             config[ADAPTIVE_FLAG] = 1
         return config
 
+    def frozen_keys(self, phase_round: int, arrays: ArrayRecord) -> set[str]:
+        return _hidden_keys(arrays, range(self._freeze_depth(phase_round)))
 
-PHASES: dict[str, type[Phase]] = {"finetune": FinetunePhase}
+
+def _model_from(cfg: RunConfig, arrays: ArrayRecord):
+    from fedtrain.federation.context import federated_data
+
+    data = federated_data(cfg)
+    model = build_model(cfg.model, data.input_shape, len(data.classes))
+    model.load_state_dict({k: v for k, v in arrays.to_torch_state_dict().items() if not k.startswith(AUX_PREFIX)})
+    return model
+
+
+PHASES: dict[str, type[Phase]] = {"pretrain": PretrainLayerPhase, "finetune": FinetunePhase}
 
 
 def build_plan(cfg: RunConfig, make_strategy: Callable[[RunConfig], Strategy]) -> list[Phase]:
-    """The phases named in ``plan``, each with its own strategy instance."""
-    names = [p.strip() for p in cfg.strategy.plan.split(",") if p.strip()]
-    return [PHASES[name](cfg, make_strategy(cfg)) for name in names]
+    """The phases named in ``plan``, each with its own strategy; ``pretrain`` expands to one per hidden layer."""
+    plan: list[Phase] = []
+    for name in cfg.phases:
+        if name == "pretrain":
+            plan += [PretrainLayerPhase(cfg, make_strategy(cfg), k) for k in range(cfg.num_hidden_layers)]
+        else:
+            plan.append(PHASES[name](cfg, make_strategy(cfg)))
+    return plan

@@ -27,6 +27,7 @@ from fedtrain.federation.phases import PhaseResult, RoundOutcome, build_plan
 from fedtrain.federation.progress import RoundProgress
 from fedtrain.logging import get_logger, quiet_flower
 from fedtrain.models import build_model
+from fedtrain.pretrain import AUX_PREFIX
 from fedtrain.privacy.ledger import PrivacyLedger
 from fedtrain.privacy.preflight import check_privacy_plan
 from fedtrain.privacy.user_level import wrap_user_dp
@@ -51,7 +52,9 @@ class _Tracker:
         self.last: dict[str, Any] = {}
 
     def on_round(self, outcome: RoundOutcome, phase_index: int) -> str | None:
-        self.model.load_state_dict(outcome.arrays.to_torch_state_dict())
+        """Evaluate, log, checkpoint; return a reason to stop early (supervised phases only)."""
+        weights = outcome.arrays.to_torch_state_dict()
+        self.model.load_state_dict({k: v for k, v in weights.items() if not k.startswith(AUX_PREFIX)})
         test = evaluate(self.model, self.data.test)
         val = evaluate(self.model, self.data.val)
         record = {
@@ -70,43 +73,38 @@ class _Tracker:
             "clients_evaluated": outcome.clients_evaluated,
             "failures": len(outcome.failures),
             "seconds": round(outcome.seconds, 4),
+            **outcome.extra,
         }
         self.privacy.update(outcome.client_metrics)
         record.update(self.privacy.record(outcome.declined))
         self.folder.append_metrics(record)
         self.last = record
         s = self.state
-        improved = val.accuracy > s["best_val"] + self.cfg.strategy.early_stopping_min_delta
-        if val.accuracy > s["best_val"]:
-            s["best"] = {
-                "round": outcome.global_round,
-                "accuracy": test.accuracy,
-                "val_accuracy": val.accuracy,
-                "phase": outcome.phase,
-            }
-            s["best_val"] = val.accuracy
-        s["bad_rounds"] = 0 if improved else s["bad_rounds"] + 1
+        if outcome.supervised:
+            improved = val.accuracy > s["best_val"] + self.cfg.strategy.early_stopping_min_delta
+            if val.accuracy > s["best_val"]:
+                s["best"] = {"round": outcome.global_round, "accuracy": test.accuracy,
+                             "val_accuracy": val.accuracy, "phase": outcome.phase}  # fmt: skip
+                s["best_val"] = val.accuracy
+            s["bad_rounds"] = 0 if improved else s["bad_rounds"] + 1
         s["phase_index"], s["phase_round"], s["global_round"] = phase_index, outcome.phase_round, outcome.global_round
         s["records"] = s.get("records", 0) + 1
         self.folder.save_checkpoint(self.checkpoint(outcome.arrays), best=s["best"]["round"] == outcome.global_round)
         if self.progress:
             self.progress.advance(test.accuracy, val.accuracy, record.get("epsilon_max"))
-        log.info(
-            "[%s %d/%d] train loss %.4f | test acc %.4f loss %.4f | val acc %.4f | %d clients | %.2fs",
-            outcome.phase,
-            outcome.phase_round,
-            outcome.phase_rounds,
-            outcome.train_loss or float("nan"),
-            test.accuracy,
-            test.loss,
-            val.accuracy,
-            outcome.clients_trained,
-            outcome.seconds,
+        detail = (
+            f"test acc {test.accuracy:.4f} loss {test.loss:.4f} | val acc {val.accuracy:.4f}"
+            if outcome.supervised
+            else f"layer {record.get('layer')} reconstruction error {record.get('recon_error', float('nan')):.4f}"
         )
+        log.info(
+            "[%s %d/%d] train loss %.4f | %s | %d clients | %.2fs", outcome.phase, outcome.phase_round,
+            outcome.phase_rounds, outcome.train_loss or float("nan"), detail, outcome.clients_trained, outcome.seconds,
+        )  # fmt: skip
         if self.cfg.privacy.dp_level != "none":
             log.info("Privacy spent: %s", self.privacy.log_line())
         patience = self.cfg.strategy.early_stopping_patience
-        if patience and s["bad_rounds"] >= patience:
+        if outcome.supervised and patience and s["bad_rounds"] >= patience:
             min_delta = self.cfg.strategy.early_stopping_min_delta
             return f"early stopping: no validation gain above {min_delta} for {patience} rounds"
         return None
@@ -234,7 +232,7 @@ def run_server(grid: Grid, context: Context) -> Path:
                 resume_round = state["phase_round"] + 1 if index == state["phase_index"] else 1
                 if resume_round > phase.num_rounds:  # this phase finished just before the run was cut
                     state["phases"].append(
-                        {"name": phase.name, "rounds": phase.num_rounds, "status": "completed", "reason": ""}
+                        {"name": phase.label, "rounds": phase.num_rounds, "status": "completed", "reason": ""}
                     )
                     first_global += phase.num_rounds
                     continue

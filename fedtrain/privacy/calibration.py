@@ -4,41 +4,51 @@ from __future__ import annotations
 
 import math
 
-from opacus.accountants.utils import get_noise_multiplier
-
 from fedtrain.errors import ConfigError
-from fedtrain.privacy.accountant import RDP_ORDERS, epsilon_of
+from fedtrain.privacy.accountant import epsilon_of
 
 __all__ = ["MAX_SIGMA", "calibrate_noise", "smallest_epsilon"]
 
 MAX_SIGMA = 1000.0  # beyond this the model learns nothing; Opacus gives up at 2000
 
 
-def smallest_epsilon(delta: float, sample_rate: float, steps: int, mechanism: str) -> float:
+def smallest_epsilon(delta: float, segments: list[tuple[float, int]], mechanism: str) -> float:
     """Epsilon the plan spends at the largest noise fedtrain allows: the floor of any budget."""
-    return epsilon_of(mechanism, [(MAX_SIGMA, sample_rate, steps)], delta)
+    return epsilon_of(mechanism, [(MAX_SIGMA, q, n) for q, n in segments], delta)
 
 
-def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int, mechanism: str) -> float:
-    """Smallest sigma whose ``steps`` steps at ``sample_rate`` spend at most ``target_epsilon``."""
+def calibrate_noise(
+    *, target_epsilon: float, delta: float, segments: list[tuple[float, int]], mechanism: str, tolerance: float = 0.005
+) -> float:
+    """Smallest sigma (within ``tolerance`` in epsilon) whose planned steps spend at most ``target_epsilon``.
+
+    ``segments`` lists ``(sample_rate, steps)`` for every phase of the run (pretraining and fine-tuning
+    may sample at different rates); one sigma is used throughout, and the result never exceeds the target.
+    """
     if not target_epsilon > 0:
         raise ConfigError(f"dp-target-epsilon={target_epsilon} must be > 0")
     if math.isinf(target_epsilon):
         raise ConfigError("dp-target-epsilon=inf means no sample-level DP: set dp-level='none' instead")
-    floor = smallest_epsilon(delta, sample_rate, steps, mechanism)
+    steps = sum(n for _, n in segments)
+    floor = smallest_epsilon(delta, segments, mechanism)
     if target_epsilon <= floor:
+        rates = ", ".join(f"{q:.4f}" for q, _ in segments)
         raise ConfigError(
-            f"dp-target-epsilon={target_epsilon} is too small for {steps} steps at sampling rate {sample_rate:.4f}: "
+            f"dp-target-epsilon={target_epsilon} is too small for {steps} steps at sampling rate {rates}: "
             f"the smallest epsilon reachable with this plan is about {floor:.3g}; raise the budget or plan fewer "
             "rounds or local epochs"
         )
-    kwargs = {"alphas": list(RDP_ORDERS)} if mechanism == "rdp" else {}
-    try:
-        return float(
-            get_noise_multiplier(
-                target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps,
-                accountant=mechanism, epsilon_tolerance=0.005, **kwargs,
-            )
-        )  # fmt: skip
-    except ValueError as err:
-        raise ConfigError(f"cannot calibrate noise for dp-target-epsilon={target_epsilon}: {err}") from None
+
+    def spent(sigma: float) -> float:
+        return epsilon_of(mechanism, [(sigma, q, n) for q, n in segments], delta)
+
+    low, high = 0.0, 1.0
+    while spent(high) > target_epsilon:
+        low, high = high, 2 * high
+    while high - low > 1e-6 and target_epsilon - spent(high) > tolerance:
+        mid = (low + high) / 2
+        if spent(mid) > target_epsilon:
+            low = mid
+        else:
+            high = mid
+    return high

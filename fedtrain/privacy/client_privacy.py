@@ -17,14 +17,15 @@ from flwr.app import ConfigRecord, Context
 from fedtrain.config import RunConfig
 from fedtrain.privacy.accountant import ClientAccountant
 from fedtrain.privacy.calibration import calibrate_noise
-from fedtrain.privacy.dp_sgd import DPPlan
+from fedtrain.privacy.dp_sgd import DPPlan, plan_steps
 
 __all__ = [
     "STATE_KEY",
     "load_accountant",
     "noise_multiplier",
     "over_budget",
-    "planned_calls",
+    "phase_plan",
+    "planned_segments",
     "round_budget",
     "save_accountant",
 ]
@@ -33,14 +34,32 @@ STATE_KEY = "fedtrain-dp"
 RESTORE_SIGMA, RESTORE_Q, RESTORE_STEPS = "dp-restore-sigma", "dp-restore-q", "dp-restore-steps"
 
 
-def planned_calls(cfg: RunConfig) -> int:
-    """Local training calls a client may make in the whole run (every round of every training phase).
+def phase_plan(cfg: RunConfig, phase: str, num_examples: int) -> DPPlan:
+    """Sampling rate and steps of one local call in ``phase`` on ``num_examples`` records."""
+    if phase == "pretrain":
+        p = cfg.pretrain
+        return plan_steps(num_examples, p.pretrain_batch_size, p.pretrain_epochs)
+    return plan_steps(num_examples, cfg.train.batch_size, cfg.train.local_epochs)
 
-    Counting every round is conservative: a client that is not sampled spends nothing, and
-    sampling is not treated as amplification (it is not hidden from the server).
+
+def planned_segments(cfg: RunConfig, n_all: int, n_labeled: int) -> list[tuple[float, int]]:
+    """``(sample_rate, steps)`` a client may spend over the whole plan, per kind of phase.
+
+    Every round counts (conservative: being sampled is not treated as amplification, since the
+    server knows whom it sampled). Pretraining runs one phase per hidden layer on all records;
+    fine-tuning runs on the labelled ones.
     """
-    phases = [p for p in cfg.strategy.plan.split(",") if p.strip()]
-    return len(phases) * cfg.strategy.num_rounds
+    segments = []
+    for phase in cfg.phases:
+        if phase == "pretrain":
+            plan = phase_plan(cfg, phase, n_all)
+            segments.append(
+                (plan.sample_rate, cfg.num_hidden_layers * cfg.pretrain.pretrain_rounds * plan.steps_per_call)
+            )
+        else:
+            plan = phase_plan(cfg, phase, n_labeled)
+            segments.append((plan.sample_rate, cfg.strategy.num_rounds * plan.steps_per_call))
+    return segments
 
 
 def load_accountant(context: Context, train_config: Mapping[str, Any], pid: int, mechanism: str) -> ClientAccountant:
@@ -58,7 +77,7 @@ def save_accountant(context: Context, acc: ClientAccountant) -> None:
     context.state.config_records[STATE_KEY] = ConfigRecord(acc.state_dict())
 
 
-def noise_multiplier(cfg: RunConfig, acc: ClientAccountant, plan: DPPlan) -> float:
+def noise_multiplier(cfg: RunConfig, acc: ClientAccountant, n_all: int, n_labeled: int) -> float:
     """Sigma for this client: fixed by config, kept from earlier rounds, or calibrated once for the run."""
     if cfg.privacy.dp_noise_multiplier > 0:
         return cfg.privacy.dp_noise_multiplier
@@ -67,15 +86,16 @@ def noise_multiplier(cfg: RunConfig, acc: ClientAccountant, plan: DPPlan) -> flo
     return calibrate_noise(
         target_epsilon=cfg.privacy.dp_target_epsilon,
         delta=cfg.privacy.dp_delta,
-        sample_rate=plan.sample_rate,
-        steps=planned_calls(cfg) * plan.steps_per_call,
+        segments=planned_segments(cfg, n_all, n_labeled),
         mechanism=cfg.privacy.dp_accountant,
     )
 
 
-def round_budget(cfg: RunConfig, acc: ClientAccountant, plan: DPPlan) -> tuple[float, float, bool]:
-    """Sigma, projected epsilon after one more local call, and whether the call may go ahead."""
-    sigma = noise_multiplier(cfg, acc, plan)
+def round_budget(
+    cfg: RunConfig, acc: ClientAccountant, plan: DPPlan, n_all: int, n_labeled: int
+) -> tuple[float, float, bool]:
+    """Sigma, projected epsilon after one more local call (``plan``), and whether the call may go ahead."""
+    sigma = noise_multiplier(cfg, acc, n_all, n_labeled)
     projected = acc.epsilon(cfg.privacy.dp_delta, extra=(sigma, plan.sample_rate, plan.steps_per_call))
     return sigma, projected, not over_budget(cfg, projected)
 

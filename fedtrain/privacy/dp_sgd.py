@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,7 @@ from opacus import PrivacyEngine
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.validators import ModuleValidator
 from torch import nn
+from torch.utils.data import DataLoader
 
 from fedtrain.config import RunConfig
 from fedtrain.data import ArrayDataset
@@ -25,7 +27,7 @@ from fedtrain.train.loop import TrainResult, make_loader
 from fedtrain.train.losses import build_criterion
 from fedtrain.train.optimizers import build_optimizer
 
-__all__ = ["DPPlan", "check_model", "choose_grad_sample_mode", "dp_train_local", "plan_steps"]
+__all__ = ["DPPlan", "check_model", "choose_grad_sample_mode", "dp_train_local", "plan_steps", "run_private"]
 
 log = get_logger()
 
@@ -82,7 +84,7 @@ def dp_train_local(
     noise_multiplier: float,
     proximal_mu: float = 0.0,
 ) -> tuple[nn.Module, TrainResult, DPPlan]:
-    """Train a copy of ``model`` with DP-SGD; return the plain trained module, the result and the plan.
+    """Train ``model`` with DP-SGD; return the plain trained module, the result and the plan.
 
     Penalties that do not depend on data (FedProx's proximal term, L1) are applied as decoupled steps
     after each private step: Opacus only privatises per-sample gradients, and these terms would
@@ -92,11 +94,37 @@ def dp_train_local(
     plan = plan_steps(len(data.y), tc.batch_size, tc.local_epochs)
     mode = choose_grad_sample_mode(pc.dp_grad_sample_mode, cfg.model.model, tc.batch_size)
     model = check_model(model, fix=pc.dp_fix_model)
-    model.train()
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     criterion = build_criterion(tc, data.y, data.num_classes)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], tc, lr)
-    loader = make_loader(data, tc.batch_size, shuffle=True, seed=seed)
+    plain, loss = run_private(
+        model, optimizer, make_loader(data, tc.batch_size, shuffle=True, seed=seed), cfg,
+        epochs=tc.local_epochs, noise_multiplier=noise_multiplier, seed=seed, mode=mode, criterion=criterion,
+        after_step=lambda m: _decoupled_penalties(m, lr, tc.l1, proximal_mu, global_params),
+    )  # fmt: skip
+    return plain, TrainResult(loss=loss, num_examples=len(data.y), steps=plan.steps_per_call), plan
+
+
+def run_private(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    cfg: RunConfig,
+    *,
+    epochs: int,
+    noise_multiplier: float,
+    seed: int,
+    mode: str = "hooks",
+    criterion: nn.Module | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
+) -> tuple[nn.Module, float]:
+    """The DP-SGD loop shared by fine-tuning and pretraining; returns the plain module and mean loss.
+
+    With a ``criterion`` the loss is ``criterion(module(x), y)``; without one, ``module(x)`` must
+    return per-sample losses of shape ``(B,)`` (pretraining objectives), averaged here.
+    """
+    pc = cfg.privacy
+    module.train()
     with torch.random.fork_rng(), warnings.catch_warnings():
         torch.manual_seed(seed)  # Poisson sampling and noise: reproducible per client and round
         # Known and documented (docs/privacy.md): noise from torch's PRNG, not a CSPRNG; and the
@@ -104,17 +132,17 @@ def dp_train_local(
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
         warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
         engine = PrivacyEngine(accountant="rdp")  # fedtrain's ClientAccountant does the accounting
+        kwargs = {"criterion": criterion} if criterion is not None else {}
         wrapped = engine.make_private(
-            module=model, optimizer=optimizer, criterion=criterion, data_loader=loader,
-            noise_multiplier=noise_multiplier, max_grad_norm=pc.dp_max_grad_norm,
-            poisson_sampling=True, grad_sample_mode=mode,
+            module=module, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
+            max_grad_norm=pc.dp_max_grad_norm, poisson_sampling=True, grad_sample_mode=mode, **kwargs,
         )  # fmt: skip
         if mode == "ghost":
-            gsm, dp_opt, dp_criterion, dp_loader = wrapped
+            gsm, dp_opt, loss_fn, dp_loader = wrapped
         else:
-            (gsm, dp_opt, dp_loader), dp_criterion = wrapped, criterion
+            (gsm, dp_opt, dp_loader), loss_fn = wrapped, criterion
         total, count = 0.0, 0
-        for _epoch in range(tc.local_epochs):
+        for _epoch in range(epochs):
             if pc.dp_max_physical_batch_size > 0:
                 ctx = BatchMemoryManager(
                     data_loader=dp_loader, max_physical_batch_size=pc.dp_max_physical_batch_size, optimizer=dp_opt
@@ -126,16 +154,14 @@ def dp_train_local(
                     if len(y) == 0:  # an empty Poisson batch; still counted as a step (conservative)
                         continue
                     dp_opt.zero_grad(set_to_none=True)
-                    loss = dp_criterion(gsm(x), y)
+                    loss = loss_fn(gsm(x), y) if loss_fn is not None else gsm(x).mean()
                     loss.backward()
                     dp_opt.step()
-                    if not dp_opt._is_last_step_skipped:  # a logical step happened (BatchMemoryManager)
-                        _decoupled_penalties(gsm._module, lr, tc.l1, proximal_mu, global_params)
+                    if after_step and not dp_opt._is_last_step_skipped:  # a logical step (BatchMemoryManager)
+                        after_step(gsm._module)
                     total += float(loss.detach()) * len(y)
                     count += len(y)
-    plain = gsm._module  # weights leave without the GradSampleModule's `_module.` prefix
-    result = TrainResult(loss=total / max(count, 1), num_examples=len(data.y), steps=plan.steps_per_call)
-    return plain, result, plan
+    return gsm._module, total / max(count, 1)  # weights leave without the `_module.` prefix
 
 
 class _Passthrough:

@@ -8,8 +8,7 @@ from fedtrain.config import RunConfig
 from fedtrain.data import FederatedData
 from fedtrain.errors import ConfigError
 from fedtrain.privacy.calibration import smallest_epsilon
-from fedtrain.privacy.client_privacy import planned_calls
-from fedtrain.privacy.dp_sgd import plan_steps
+from fedtrain.privacy.client_privacy import planned_segments
 
 __all__ = ["check_privacy_plan"]
 
@@ -29,13 +28,13 @@ def check_privacy_plan(cfg: RunConfig, data: FederatedData) -> None:
         )
     if pc.dp_noise_multiplier > 0:
         return
-    for pid, n in enumerate(sizes):
-        plan = plan_steps(n, cfg.train.batch_size, cfg.train.local_epochs)
-        steps = planned_calls(cfg) * plan.steps_per_call
-        floor = smallest_epsilon(pc.dp_delta, plan.sample_rate, steps, pc.dp_accountant)
+    for pid, client in enumerate(data.clients):
+        segments = planned_segments(cfg, len(client.train.y), len(client.labeled.y))
+        floor = smallest_epsilon(pc.dp_delta, segments, pc.dp_accountant)
         if pc.dp_target_epsilon <= floor:
+            steps = sum(n for _, n in segments)
             raise ConfigError(
-                f"dp-target-epsilon={pc.dp_target_epsilon} is too small for client {pid}'s plan ({steps} steps at "
-                f"sampling rate {plan.sample_rate:.3f}): the smallest epsilon reachable is about {floor:.3g}; raise "
-                "the budget, or plan fewer rounds or local epochs"
+                f"dp-target-epsilon={pc.dp_target_epsilon} is too small for client {pid}'s plan ({steps} steps): "
+                f"the smallest epsilon reachable is about {floor:.3g}; raise the budget, or plan fewer rounds or "
+                "local epochs"
             )
