@@ -31,7 +31,7 @@ from fedtrain.pretrain import AUX_PREFIX
 from fedtrain.privacy.ledger import PrivacyLedger
 from fedtrain.privacy.preflight import check_privacy_plan
 from fedtrain.privacy.user_level import wrap_user_dp
-from fedtrain.results import RunFolder, plot_curves, plot_label_distribution, write_report
+from fedtrain.results import RunFolder, plot_curves, plot_filters, plot_label_distribution, write_report
 from fedtrain.train import evaluate
 
 __all__ = ["RUN_DIR_STATE_KEY", "run_server"]
@@ -187,6 +187,8 @@ def _write_outputs(folder: RunFolder, cfg: RunConfig, data: FederatedData, summa
         return
     images = plot_curves(folder.read_metrics(), folder.path)
     images.append(plot_label_distribution(data.label_counts(), data.classes, folder.path))
+    if (folder.path / "filters.png").is_file():
+        images.append(folder.path / "filters.png")
     write_report(folder.path / "report.html", summary, images)
 
 
@@ -245,6 +247,8 @@ def run_server(grid: Grid, context: Context) -> Path:
                     extra_config=restore,
                 )
                 arrays = result.arrays
+                if result.name == "pretrain-1":
+                    _draw_filters(arrays, data, folder)
                 state["phases"].append(
                     {"name": result.name, "rounds": result.rounds, "status": result.status, "reason": result.reason}
                 )
@@ -263,6 +267,14 @@ def run_server(grid: Grid, context: Context) -> Path:
     _write_outputs(folder, cfg, data, summary)
     log.info("Run %s %s: final test accuracy %.4f", folder.path.name, status, summary["final"]["accuracy"])
     return folder.path
+
+
+def _draw_filters(arrays: ArrayRecord, data: FederatedData, folder: RunFolder) -> None:
+    """The first layer's learned filters as images, when inputs are one-channel images."""
+    shape = data.input_shape
+    weight = arrays.to_torch_state_dict().get("hidden.0.linear.weight")
+    if weight is not None and len(shape) == 3 and shape[0] == 1:
+        plot_filters(weight.numpy(), shape[1:], folder.path)
 
 
 def _last_record(folder: RunFolder) -> dict[str, Any]:

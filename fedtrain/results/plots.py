@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_curves", "plot_label_distribution", "pyplot"]
+__all__ = ["plot_curves", "plot_filters", "plot_label_distribution", "pyplot"]
 
 
 def pyplot():
@@ -49,7 +49,48 @@ def plot_curves(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         written.append(path)
     if any("epsilon_max" in r or "user_epsilon" in r for r in records):
         written.append(_plot_epsilon(plt, records, rounds, out_dir))
+    if any("recon_error" in r for r in records):
+        written.append(_plot_reconstruction(plt, records, out_dir))
     return written
+
+
+def _plot_reconstruction(plt, records: list[dict[str, Any]], out_dir: Path) -> Path:
+    """``reconstruction.png``: central reconstruction error against round, one line per layer."""
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    for layer in sorted({r["layer"] for r in records if "recon_error" in r}):
+        rows = [r for r in records if r.get("layer") == layer and "recon_error" in r]
+        ax.plot([r["round"] for r in rows], [r["recon_error"] for r in rows], marker=".", label=f"layer {layer}")
+    ax.set_xlabel("pretraining round of the layer")
+    ax.set_ylabel("reconstruction error (test)")
+    ax.set_title("Layer-wise pretraining")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out_dir / "reconstruction.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_filters(weight: np.ndarray, image_shape: tuple[int, int], out_dir: Path, max_filters: int = 64) -> Path:
+    """``filters.png``: rows of the first layer's weight drawn as images (e.g. 8x8 for digits)."""
+    plt = pyplot()
+    n = min(len(weight), max_filters)
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8, rows * 0.8), dpi=100, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            w = weight[i].reshape(image_shape)
+            lim = float(np.abs(w).max()) or 1.0
+            ax.imshow(w, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    fig.suptitle("First-layer filters after pretraining", fontsize=9)
+    fig.tight_layout()
+    path = out_dir / "filters.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _plot_epsilon(plt, records: list[dict[str, Any]], rounds: list[int], out_dir: Path) -> Path:
