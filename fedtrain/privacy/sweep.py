@@ -11,17 +11,15 @@ import csv
 import html
 import json
 import math
-import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from fedtrain.config import RunConfig, load_config
 from fedtrain.errors import ConfigError
 from fedtrain.logging import get_logger
+from fedtrain.runtime.batch import run_configs, workers_for
 
 __all__ = ["parse_epsilons", "run_sweep"]
 
@@ -40,29 +38,6 @@ def parse_epsilons(text: str) -> list[float]:
     if not values:
         raise ConfigError("--epsilons is empty; use e.g. 0.5,1,2,inf")
     return sorted(set(values))
-
-
-def _run_one(flat: dict[str, Any]) -> dict[str, Any]:
-    import logging
-
-    from fedtrain.logging import get_logger
-    from fedtrain.runtime import run_inprocess
-
-    for logger in (logging.getLogger("flwr"), get_logger()):  # the parent reports progress
-        logger.setLevel(logging.WARNING)
-    cfg = load_config(overrides=flat)
-    t0 = time.perf_counter()
-    run_dir = run_inprocess(cfg)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    sample = summary.get("privacy", {}).get("sample", {})
-    return {
-        "run_dir": str(run_dir),
-        "seed": cfg.runtime.seed,
-        "status": summary["status"],
-        "accuracy": summary["final"]["accuracy"],
-        "spent_epsilon": sample.get("epsilon_max", math.inf),
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
 
 
 def run_sweep(base: RunConfig, epsilons: list[float], seeds: int, out_dir: Path, jobs: int | None = None) -> Path:
@@ -85,17 +60,16 @@ def run_sweep(base: RunConfig, epsilons: list[float], seeds: int, out_dir: Path,
                 flat["dp-target-epsilon"] = eps
             load_config(overrides=flat)  # fail before starting any process
             tasks.append((eps, flat))
-    workers = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
+    workers = workers_for(jobs, len(tasks))
     t0 = time.perf_counter()
     log = get_logger()
     log.info("Sweep %s: %d runs on %d processes", folder, len(tasks), workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_run_one, flat) for _, flat in tasks]
-        for done, fut in enumerate(as_completed(futures), start=1):
-            r = fut.result()
-            log.info("[%d/%d] %s: accuracy %.4f, epsilon %.3g", done, len(tasks), Path(r["run_dir"]).name,
-                     r["accuracy"], r["spent_epsilon"])  # fmt: skip
-        results = [f.result() for f in futures]
+
+    def progress(done: int, r: dict[str, Any]) -> None:
+        log.info("[%d/%d] %s: accuracy %.4f, epsilon %.3g", done, len(tasks), Path(r["run_dir"]).name,
+                 r["accuracy"], r["spent_epsilon"])  # fmt: skip
+
+    results = run_configs([flat for _, flat in tasks], jobs=workers, on_done=progress)
     rows = _aggregate([(eps, r) for (eps, _), r in zip(tasks, results, strict=True)])
     payload = {
         "epsilons": [_num(e) for e in epsilons],
