@@ -3,8 +3,9 @@
 Digits, 10 clients, Dirichlet 0.5, MLP with 3 hidden layers (128-64-32). Arms: no pretraining,
 autoencoder, denoising autoencoder, RBM; labelled fraction 100%, 10%, 2%; without DP and at
 epsilon 3 (sample-level, whole run); 3 seeds. Every arm runs 30 rounds in total: 30 fine-tuning
-rounds without pretraining, 3 x 5 pretraining + 15 fine-tuning rounds with it. Fine-tuning uses batch 8 and 3 local epochs (with 2% labels a client holds 2-3 labelled
-records); pretraining 3 local epochs per round.
+rounds without pretraining, 3 x 5 pretraining + 15 fine-tuning rounds with it. Fine-tuning uses
+batch 8 and 3 local epochs (with 2% labels a client holds 2-3 labelled records); pretraining 3
+local epochs per round.
 
     python benchmarks/pretraining.py             # about 20 minutes on 2 cores
     python benchmarks/pretraining.py --no-dp --seeds 1 --fractions 0.1   # a quick look
