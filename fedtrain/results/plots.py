@@ -20,6 +20,19 @@ def pyplot():
     return plt
 
 
+def _save_line_plot(plt, fig, ax, path: Path, ylabel: str, title: str, xlabel: str = "round (all phases)") -> Path:
+    """Label, grid, legend and save a line plot; close the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """``accuracy.png`` and ``loss.png`` against global round, one line per source."""
     plt = pyplot()
@@ -37,16 +50,9 @@ def plot_curves(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
             ys = [r.get(key) for r in records]
             if any(y is not None for y in ys):
                 ax.plot(rounds, [np.nan if y is None else y for y in ys], marker=".", label=label)
-        ax.set_xlabel("round (all phases)")
-        ax.set_ylabel(title.lower())
-        ax.set_title(f"{title} against round")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        path = out_dir / f"{metric}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
+        written.append(
+            _save_line_plot(plt, fig, ax, out_dir / f"{metric}.png", title.lower(), f"{title} against round")
+        )
     if any("epsilon_max" in r or "user_epsilon" in r for r in records):
         written.append(_plot_epsilon(plt, records, rounds, out_dir))
     if any("recon_error" in r for r in records):
@@ -60,16 +66,10 @@ def _plot_reconstruction(plt, records: list[dict[str, Any]], out_dir: Path) -> P
     for layer in sorted({r["layer"] for r in records if "recon_error" in r}):
         rows = [r for r in records if r.get("layer") == layer and "recon_error" in r]
         ax.plot([r["round"] for r in rows], [r["recon_error"] for r in rows], marker=".", label=f"layer {layer}")
-    ax.set_xlabel("pretraining round of the layer")
-    ax.set_ylabel("reconstruction error (test)")
-    ax.set_title("Layer-wise pretraining")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = out_dir / "reconstruction.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_line_plot(
+        plt, fig, ax, out_dir / "reconstruction.png", "reconstruction error (test)", "Layer-wise pretraining",
+        xlabel="pretraining round of the layer",
+    )  # fmt: skip
 
 
 def plot_filters(weight: np.ndarray, image_shape: tuple[int, int], out_dir: Path, max_filters: int = 64) -> Path:
@@ -101,16 +101,7 @@ def _plot_epsilon(plt, records: list[dict[str, Any]], rounds: list[int], out_dir
         ys = [r.get(key) for r in records]
         if any(y is not None for y in ys):
             ax.plot(rounds, [np.nan if y is None else y for y in ys], marker=".", label=label)
-    ax.set_xlabel("round (all phases)")
-    ax.set_ylabel("epsilon spent")
-    ax.set_title("Privacy spent against round")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = out_dir / "epsilon.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_line_plot(plt, fig, ax, out_dir / "epsilon.png", "epsilon spent", "Privacy spent against round")
 
 
 def plot_label_distribution(counts: np.ndarray, classes: tuple[str, ...], out_dir: Path) -> Path:
