@@ -1,7 +1,15 @@
 """The federation: ClientApp handlers, phases and the ServerApp's plan runner."""
 
 from fedtrain.federation.client import handle_evaluate, handle_train
-from fedtrain.federation.phases import PHASES, FinetunePhase, Phase, PhaseResult, RoundOutcome, build_plan
+from fedtrain.federation.phases import (
+    PHASES,
+    FinetunePhase,
+    Phase,
+    PhaseResult,
+    PretrainLayerPhase,
+    RoundOutcome,
+    build_plan,
+)
 from fedtrain.federation.server import run_server
 
 __all__ = [
@@ -9,6 +17,7 @@ __all__ = [
     "FinetunePhase",
     "Phase",
     "PhaseResult",
+    "PretrainLayerPhase",
     "RoundOutcome",
     "build_plan",
     "handle_evaluate",

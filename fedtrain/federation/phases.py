@@ -62,7 +62,6 @@ class PhaseResult:
     rounds: int
     status: str  # "completed" | "stopped" | "failed"
     reason: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # Called after every round; returns a reason to stop the phase early, or None to go on.
