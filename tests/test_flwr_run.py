@@ -31,3 +31,35 @@ def test_flwr_run_completes_and_writes_the_same_run_folder(tmp_path):
     assert (result.run_dir / "report.html").is_file()
     records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["clients_trained"] for r in records] == [10, 10, 10]
+
+
+@pytest.mark.slow
+def test_flwr_run_keeps_each_clients_accountant_across_phases(tmp_path):
+    # Pretraining (1 layer, 1 round) then 2 fine-tuning rounds under DP, on Ray: the accountant
+    # lives in each SuperNode's Context.state, so its steps must add up over all three rounds.
+    home = tmp_path / "flwr-home"
+    result = flwr_run(
+        ROOT,
+        flwr_home=home,
+        num_supernodes=4,
+        run_config={
+            "out-dir": str(tmp_path / "runs"),
+            "num-clients": 4,
+            "plan": "pretrain,finetune",
+            "hidden-sizes": "16",
+            "pretrain-rounds": 1,
+            "num-rounds": 2,
+            "dp-level": "sample",
+            "progress": False,
+            "report": False,
+        },
+        timeout=480,
+    )
+    assert local_superlink_pids(home) == []
+    assert result.returncode == 0, result.output[-3000:]
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds"] == 3
+    records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["steps"] for r in records]
+    assert steps[0] < steps[1] < steps[2]  # composed, not restarted each round
+    assert summary["privacy"]["sample"]["epsilon_max"] <= 3.0
