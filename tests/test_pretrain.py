@@ -177,3 +177,24 @@ def test_pretrained_model_is_a_plain_model(small_config):
     cfg = small_config(**PRE)
     model = build_model(cfg.model, (1, 8, 8), 10)
     model.load_state_dict(ArrayRecord(arrays).to_torch_state_dict())
+
+
+def test_resume_between_pretraining_phases(small_config):
+    # A run that fails when layer 2's phase starts resumes with layer 2 and ends where an uncut run ends.
+    cfg = small_config(plan="pretrain", hidden_sizes="24,12", pretrain_rounds=2)
+    straight = run_inprocess(cfg)
+
+    def fail_at_layer_2(msg, context):
+        if msg.metadata.message_type == "train" and int(msg.content["config"].get("layer", -1)) == 1:
+            raise RuntimeError("node lost")
+        return client_app(msg, context)
+
+    with pytest.raises(RuntimeError, match="node lost"):
+        run_inprocess(cfg, grid=InProcessGrid(fail_at_layer_2, 3, cfg.to_flat()))
+    (cut,) = [p for p in straight.parent.iterdir() if p != straight]
+    assert RunFolder(cut).load_checkpoint()["state"]["phase_round"] == 2  # end of pretrain-1
+    resumed = run_inprocess(small_config(plan="pretrain", hidden_sizes="24,12", pretrain_rounds=2, resume_dir=str(cut)))
+    a = RunFolder(straight).load_checkpoint()["arrays"]
+    b = RunFolder(resumed).load_checkpoint()["arrays"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["phase"] for r in RunFolder(resumed).read_metrics()] == ["pretrain-1"] * 2 + ["pretrain-2"] * 2

@@ -233,6 +233,7 @@ def run_server(grid: Grid, context: Context) -> Path:
                 phase = plan[index]
                 resume_round = state["phase_round"] + 1 if index == state["phase_index"] else 1
                 if resume_round > phase.num_rounds:  # this phase finished just before the run was cut
+                    arrays = phase.finish(arrays)  # e.g. drop the decoder its checkpoint still carries
                     state["phases"].append(
                         {"name": phase.label, "rounds": phase.num_rounds, "status": "completed", "reason": ""}
                     )
