@@ -48,7 +48,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     phase = str(config.get(keys.PHASE, "finetune"))
     global_round = int(config.get(keys.GLOBAL_ROUND, config.get(keys.SERVER_ROUND, 1)))
     seed = cfg.runtime.seed * 1_000_003 + global_round * 1_009 + pid
-    data = client.train if phase == "pretrain" else client.labeled
+    data = _phase_data(client, phase)
     metrics: dict[str, Any] = {keys.PARTITION_ID: pid}
     if cfg.user_dp:
         metrics[keys.USER_DP_WEIGHT] = 1.0
@@ -73,6 +73,11 @@ def handle_train(msg: Message, context: Context) -> Message:
     return _reply(msg, arrays, metrics)
 
 
+def _phase_data(client: ClientData, phase: str):
+    """Pretraining learns from every local record; fine-tuning only from the labelled ones."""
+    return client.train if phase == "pretrain" else client.labeled
+
+
 def _finetune(model, data, cfg: RunConfig, config, *, seed: int, sigma: float | None):
     lr, mu = float(config[keys.LR]), float(config.get(keys.PROXIMAL_MU, 0.0))
     depth = int(config.get(keys.FREEZE_DEPTH, 0))
@@ -90,8 +95,7 @@ def _budget(msg, context, cfg: RunConfig, client: ClientData, pid: int, phase: s
     """Sigma for this call and the privacy metrics; declines when the call would pass the budget."""
     pc = cfg.privacy
     acc = load_accountant(context, msg.content[keys.CONFIG], pid, pc.dp_accountant)
-    data = client.train if phase == "pretrain" else client.labeled
-    plan = phase_plan(cfg, phase, len(data.y))
+    plan = phase_plan(cfg, phase, len(_phase_data(client, phase).y))
     sigma, projected, allowed = round_budget(cfg, acc, plan, len(client.train.y), len(client.labeled.y))
     report = {keys.DP_SIGMA: sigma, keys.DP_SAMPLE_RATE: plan.sample_rate, keys.DP_STEPS: acc.steps}
     if not allowed:
