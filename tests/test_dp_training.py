@@ -179,3 +179,23 @@ def test_report_plots_epsilon_against_round(small_config):
     run_dir = run_inprocess(small_config(report=True, **DP))
     assert (run_dir / "epsilon.png").is_file()
     assert (run_dir / "report.html").read_text().count("data:image/png") == 4
+
+
+def test_physical_batches_do_not_change_the_logical_steps():
+    cfg = load_config(overrides="dp-level=sample hidden-sizes=16 batch-size=32 dp-max-physical-batch-size=8")
+    data = build_federated_data(cfg.data, cfg.partition, 0).clients[0].train
+    model = build_model(cfg.model, data.input_shape, data.num_classes)
+    before = [p.detach().clone() for p in model.parameters()]
+    trained, result, plan = dp_train_local(model, data, cfg, lr=0.1, seed=0, noise_multiplier=1.0)
+    assert result.steps == plan.steps_per_call == cfg.train.local_epochs * -(-len(data.y) // 32)
+    assert any(not torch.equal(a, b) for a, b in zip(before, trained.parameters(), strict=True))
+
+
+def test_auto_grad_sample_mode():
+    from fedtrain.privacy import choose_grad_sample_mode
+
+    assert choose_grad_sample_mode("auto", "mlp", 256) == "ghost"
+    assert choose_grad_sample_mode("auto", "mlp", 0) == "ghost"  # full batch
+    assert choose_grad_sample_mode("auto", "mlp", 32) == "hooks"
+    assert choose_grad_sample_mode("auto", "cnn", 256) == "hooks"
+    assert choose_grad_sample_mode("ew", "cnn", 64) == "ew"
