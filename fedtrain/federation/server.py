@@ -199,16 +199,15 @@ def run_server(grid: Grid, context: Context) -> Path:
     torch.set_num_threads(cfg.runtime.torch_threads)
     random.seed(cfg.runtime.seed)  # Flower's strategies sample clients with `random`
     np.random.seed(cfg.runtime.seed)  # Flower's DP wrappers draw their noise from numpy
+    data = federated_data(cfg)  # bad data, a bad federation size or DP plan fail before any folder exists
+    _check_nodes(grid, cfg)
+    check_privacy_plan(cfg, data)
+    initial = build_model(cfg.model, data.input_shape, len(data.classes), seed=cfg.runtime.seed)
     folder, state, arrays = _open_folder(cfg)
     context.state[RUN_DIR_STATE_KEY] = ConfigRecord({"run-dir": str(folder.path.resolve())})
     folder.write_config(cfg)
-    data = federated_data(cfg)
-    _check_nodes(grid, cfg)
     if arrays is None:
-        arrays = ArrayRecord(
-            build_model(cfg.model, data.input_shape, len(data.classes), seed=cfg.runtime.seed).state_dict()
-        )
-    check_privacy_plan(cfg, data)
+        arrays = ArrayRecord(initial.state_dict())
     tracker = _Tracker(cfg, folder, data, state)
     user_accountant = tracker.privacy.user_accountant
 
