@@ -66,8 +66,15 @@ def _print_summary(run_dir: Path) -> None:
         ("final test loss", f"{final['loss']:.4f}"),
         ("best round (by validation)", f"{best['round']} (test accuracy {best['accuracy']:.4f})"),
         ("wall time", f"{summary['wall_seconds']:.1f} s"),
-        ("report", str(run_dir / "report.html")),
     ]
+    privacy = summary.get("privacy", {})
+    if "sample" in privacy:
+        s = privacy["sample"]
+        rows.append(("sample-level privacy", f"(ε = {s['epsilon_max']:.2f}, δ = {s['delta']:g}) max over clients"))
+    if "user" in privacy:
+        u = privacy["user"]
+        rows.append(("user-level privacy", f"(ε = {u['epsilon']:.2f}, δ = {u['delta']:g})"))
+    rows.append(("report", str(run_dir / "report.html")))
     for k, v in rows:
         table.add_row(k, v)
     Console().print(table)
