@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from fedtrain.config import RunConfig
 from fedtrain.data import FederatedData
 from fedtrain.errors import CheckpointError, FedtrainError
 from fedtrain.federation.context import config_from_run_config, federated_data
-from fedtrain.federation.phases import PhaseResult, RoundOutcome, build_plan
+from fedtrain.federation.phases import Phase, PhaseResult, RoundOutcome, build_plan
 from fedtrain.federation.progress import RoundProgress
 from fedtrain.logging import get_logger, quiet_flower
 from fedtrain.models import build_model
@@ -218,45 +219,14 @@ def run_server(grid: Grid, context: Context) -> Path:
     plan = build_plan(cfg, make_strategy)
     restore = tracker.privacy.restore_config if cfg.sample_dp else None
     wall_before = state["wall_seconds"]
-    status, reason = "completed", ""
     log.info("fedtrain run %s: %s", folder.path, "; ".join(p.summary() for p in plan))
     try:
-        total = sum(p.num_rounds for p in plan)
         with (
             quiet_flower(cfg.output.progress),
-            RoundProgress(total, state["global_round"], enabled=cfg.output.progress) as bar,
+            RoundProgress(sum(p.num_rounds for p in plan), state["global_round"], enabled=cfg.output.progress) as bar,
         ):
             tracker.progress = bar
-            first_global = 1 + sum(p.num_rounds for p in plan[: state["phase_index"]])
-            for index in range(state["phase_index"], len(plan)):
-                phase = plan[index]
-                resume_round = state["phase_round"] + 1 if index == state["phase_index"] else 1
-                if resume_round > phase.num_rounds:  # this phase finished just before the run was cut
-                    arrays = phase.finish(arrays)  # e.g. drop the decoder its checkpoint still carries
-                    state["phases"].append(
-                        {"name": phase.label, "rounds": phase.num_rounds, "status": "completed", "reason": ""}
-                    )
-                    first_global += phase.num_rounds
-                    continue
-                result: PhaseResult = phase.run(
-                    grid,
-                    arrays,
-                    first_global_round=first_global,
-                    start_round=resume_round,
-                    on_round=lambda o, i=index: tracker.on_round(o, i),
-                    extra_config=restore,
-                )
-                arrays = result.arrays
-                if result.name == "pretrain-1":
-                    _draw_filters(arrays, data, folder)
-                state["phases"].append(
-                    {"name": result.name, "rounds": result.rounds, "status": result.status, "reason": result.reason}
-                )
-                state["phase_index"], state["phase_round"] = index + 1, 0
-                first_global += phase.num_rounds
-                if result.status != "completed":
-                    status, reason = result.status, result.reason
-                    break
+            status, reason = _run_phases(plan, grid, arrays, tracker, restore)
     except BaseException as err:
         state["wall_seconds"] = wall_before + time.perf_counter() - t_start
         msg = str(err) if isinstance(err, FedtrainError) else f"{type(err).__name__}: {err}"
@@ -267,6 +237,42 @@ def run_server(grid: Grid, context: Context) -> Path:
     _write_outputs(folder, cfg, data, summary)
     log.info("Run %s %s: final test accuracy %.4f", folder.path.name, status, summary["final"]["accuracy"])
     return folder.path
+
+
+def _run_phases(
+    plan: list[Phase], grid: Grid, arrays: ArrayRecord, tracker: _Tracker, restore: Callable[[], dict] | None
+) -> tuple[str, str]:
+    """Run the plan from the tracker's saved position; return the run's status and reason."""
+    state, data, folder = tracker.state, tracker.data, tracker.folder
+    first_global = 1 + sum(p.num_rounds for p in plan[: state["phase_index"]])
+    for index in range(state["phase_index"], len(plan)):
+        phase = plan[index]
+        resume_round = state["phase_round"] + 1 if index == state["phase_index"] else 1
+        if resume_round > phase.num_rounds:  # this phase finished just before the run was cut
+            arrays = phase.finish(arrays)  # e.g. drop the decoder its checkpoint still carries
+            state["phases"].append(
+                {"name": phase.label, "rounds": phase.num_rounds, "status": "completed", "reason": ""}
+            )
+            first_global += phase.num_rounds
+            continue
+        result: PhaseResult = phase.run(
+            grid,
+            arrays,
+            first_global_round=first_global,
+            start_round=resume_round,
+            on_round=lambda o, i=index: tracker.on_round(o, i),
+            extra_config=restore,
+        )
+        arrays = result.arrays
+        if result.name == "pretrain-1":
+            _draw_filters(arrays, data, folder)
+        state["phases"].append({"name": result.name, "rounds": result.rounds, "status": result.status,
+                                "reason": result.reason})  # fmt: skip
+        state["phase_index"], state["phase_round"] = index + 1, 0
+        first_global += phase.num_rounds
+        if result.status != "completed":
+            return result.status, result.reason
+    return "completed", ""
 
 
 def _draw_filters(arrays: ArrayRecord, data: FederatedData, folder: RunFolder) -> None:
