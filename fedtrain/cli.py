@@ -36,19 +36,10 @@ def _resolve(args: argparse.Namespace, extra: dict | None = None):
         from fedtrain.results import RunFolder
 
         folder = RunFolder.open(args.resume)
-        base = dict(_read_flat(folder.path / "config.toml"))
+        base = load_config(file=folder.path / "config.toml").to_flat()
         overrides["resume-dir"] = str(folder.path)
     overrides.update(extra or {})
     return load_config(base=base, file=args.config, overrides=overrides)
-
-
-def _read_flat(path: Path) -> dict:
-    import tomllib
-
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise FedtrainError(f"cannot read {path}: {err}") from None
 
 
 def _print_summary(run_dir: Path) -> None:

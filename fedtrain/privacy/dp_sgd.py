@@ -7,6 +7,7 @@ recorded in the client's :class:`ClientAccountant`. Poisson sampling stays on.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable
@@ -148,7 +149,7 @@ def run_private(
                     data_loader=dp_loader, max_physical_batch_size=pc.dp_max_physical_batch_size, optimizer=dp_opt
                 )
             else:
-                ctx = _Passthrough(dp_loader)
+                ctx = contextlib.nullcontext(dp_loader)
             with ctx as batches:
                 for x, y in batches:
                     if len(y) == 0:  # an empty Poisson batch; still counted as a step (conservative)
@@ -162,17 +163,6 @@ def run_private(
                     total += float(loss.detach()) * len(y)
                     count += len(y)
     return gsm._module, total / max(count, 1)  # weights leave without the `_module.` prefix
-
-
-class _Passthrough:
-    def __init__(self, loader) -> None:
-        self.loader = loader
-
-    def __enter__(self):
-        return self.loader
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 @torch.no_grad()

@@ -138,13 +138,13 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def _html(payload: dict[str, Any], path: Path, image: Path) -> None:
-    import base64
+    from fedtrain.results.report import png_data_uri
 
     head = "".join(f"<th>{html.escape(k)}</th>" for k in payload["rows"][0])
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in payload["rows"]
     )
-    img = base64.b64encode(image.read_bytes()).decode()
+    img = png_data_uri(image)
     path.write_text(
         f"""<!doctype html><html><head><meta charset="utf-8"><title>fedtrain privacy sweep</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto}}
@@ -152,7 +152,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px}}table{{border-collapse:collapse}}<
 <body><h1>Privacy-budget sweep</h1>
 <p>delta = {payload["delta"]}, accountant = {payload["accountant"]}, {payload["seeds"]} seed(s),
 {payload["workers"]} parallel process(es), {payload["wall_seconds"]} s.</p>
-<table><tr>{head}</tr>{body}</table><img alt="accuracy against epsilon" src="data:image/png;base64,{img}">
+<table><tr>{head}</tr>{body}</table><img alt="accuracy against epsilon" src="{img}">
 </body></html>
 """,
         encoding="utf-8",

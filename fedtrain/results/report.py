@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_report"]
+__all__ = ["png_data_uri", "write_report"]
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
@@ -21,8 +21,9 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return f"<table>{body}</table>"
 
 
-def _b64(img: Path) -> str:
-    return base64.b64encode(img.read_bytes()).decode()
+def png_data_uri(img: Path) -> str:
+    """A PNG file as a ``data:`` URI, so a page is one self-contained file."""
+    return "data:image/png;base64," + base64.b64encode(img.read_bytes()).decode()
 
 
 def write_report(path: Path, summary: dict[str, Any], images: list[Path]) -> Path:
@@ -54,9 +55,7 @@ def write_report(path: Path, summary: dict[str, Any], images: list[Path]) -> Pat
         for p in summary.get("phases", [])
     )
     figs = "".join(
-        f'<figure><img alt="{img.stem}" src="data:image/png;base64,{_b64(img)}"></figure>'
-        for img in images
-        if img.is_file()
+        f'<figure><img alt="{img.stem}" src="{png_data_uri(img)}"></figure>' for img in images if img.is_file()
     )
     name = html.escape(path.parent.name)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>fedtrain run {name}</title>
