@@ -45,29 +45,39 @@ def _resolve(args: argparse.Namespace, extra: dict | None = None):
 def _print_summary(run_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from fedtrain.results.report import best_round_label
 
     summary = json.loads((run_dir / "summary.json").read_text())
     table = Table(title=f"fedtrain run {run_dir.name}", show_header=False)
     final, best = summary["final"], summary["best"]
-    rows = [
-        ("status", summary["status"] + (f" ({summary['reason']})" if summary.get("reason") else "")),
-        ("rounds", str(summary["rounds"])),
-        ("clients", str(summary["num_clients"])),
-        ("final test accuracy", f"{final['accuracy']:.4f}"),
-        ("final test loss", f"{final['loss']:.4f}"),
-        ("best round (by validation)", f"{best['round']} (test accuracy {best['accuracy']:.4f})"),
-        ("wall time", f"{summary['wall_seconds']:.1f} s"),
+    alert = "bold red"  # rows that must not be missed
+    rows: list[tuple[str, str, str]] = [
+        ("status", summary["status"] + (f" ({summary['reason']})" if summary.get("reason") else ""), ""),
+        *(("warning", w, alert) for w in summary.get("warnings", [])),
+        ("rounds", str(summary["rounds"]), ""),
+        ("clients", str(summary["num_clients"]), ""),
+        ("final test accuracy", f"{final['accuracy']:.4f}", ""),
+        ("final test loss", f"{final['loss']:.4f}", ""),
+        (best_round_label(best), f"{best['round']} (test accuracy {best['accuracy']:.4f})", ""),
+        ("wall time", f"{summary['wall_seconds']:.1f} s", ""),
     ]
     privacy = summary.get("privacy", {})
     if "sample" in privacy:
         s = privacy["sample"]
-        rows.append(("sample-level privacy", f"(ε = {s['epsilon_max']:.2f}, δ = {s['delta']:g}) max over clients"))
+        text = f"(ε = {s['epsilon_max']:.2f}, δ = {s['delta']:g}) max over clients"
+        rows.append(("sample-level privacy", text, ""))
     if "user" in privacy:
         u = privacy["user"]
-        rows.append(("user-level privacy", f"(ε = {u['epsilon']:.2f}, δ = {u['delta']:g})"))
-    rows.append(("report", str(run_dir / "report.html")))
-    for k, v in rows:
-        table.add_row(k, v)
+        rows.append(("user-level privacy", f"(ε = {u['epsilon']:.2f}, δ = {u['delta']:g})", ""))
+    outside = privacy.get("outside_budget", [])
+    if outside:
+        rows.append(("outside the privacy budget", "; ".join(map(str, outside)), alert))
+    rows.append(("report", str(run_dir / "report.html"), ""))
+    for k, v, style in rows:
+        # Text, not markup: warnings and paths may hold "[...]", which rich would read as tags
+        table.add_row(Text(k, style=style), Text(v, style=style))
     Console().print(table)
 
 

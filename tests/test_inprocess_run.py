@@ -41,6 +41,7 @@ def test_three_clients_two_rounds_fill_the_run_folder(small_config):
     assert summary["status"] == "completed" and summary["rounds"] == 2 and summary["num_clients"] == 3
     assert summary["final"]["accuracy"] == records[-1]["test_accuracy"]
     assert summary["best"]["round"] in (1, 2) and summary["phases"][0]["name"] == "finetune"
+    assert summary["best"]["selected_by"] == "validation" and summary["warnings"] == []
     assert summary["config"]["num-clients"] == 3 and summary["wall_seconds"] > 0
     assert "data:image/png;base64" in (run_dir / "report.html").read_text()
     ckpt = RunFolder(run_dir).load_checkpoint("latest")

@@ -1,8 +1,8 @@
 """The ServerApp's main: run the plan of phases and keep the run folder up to date.
 
-After every round the metrics line, the latest checkpoint (and the best one, by central
-validation accuracy) are written, so a crash loses at most the round in flight and
-``--resume`` continues from there. Summary, plots and report are written however the run
+After every round the metrics line, the latest checkpoint (and the best one: by central
+validation accuracy, or the latest without a validation split) are written, so a crash loses
+at most the round in flight and ``--resume`` continues from there. Summary, plots and report are written however the run
 ends (completed, stopped early, or failed).
 """
 
@@ -33,6 +33,7 @@ from fedtrain.privacy.ledger import PrivacyLedger
 from fedtrain.privacy.preflight import check_privacy_plan
 from fedtrain.privacy.user_level import wrap_user_dp
 from fedtrain.results import RunFolder, plot_curves, plot_filters, plot_label_distribution, write_report
+from fedtrain.results.trends import LossWatch
 from fedtrain.train import evaluate
 
 __all__ = ["RUN_DIR_STATE_KEY", "run_server"]
@@ -40,24 +41,54 @@ __all__ = ["RUN_DIR_STATE_KEY", "run_server"]
 RUN_DIR_STATE_KEY = "fedtrain"
 log = get_logger()
 
+SELECTED_BY_VALIDATION = "validation"  # summary["best"]["selected_by"] (docs/results.md)
+SELECTED_BY_LAST_ROUND = "last round (no validation split)"
+
 
 class _Tracker:
-    """Central evaluation, early stopping, metrics and checkpoints, one round at a time."""
+    """Central evaluation, model selection, early stopping, metrics and checkpoints, one round at a time.
+
+    The test split never chooses a model: with a validation split the best round is the one with
+    the highest validation accuracy; without one (``val-fraction = 0``) it is the latest supervised
+    round and early stopping is off.
+    """
 
     def __init__(self, cfg: RunConfig, folder: RunFolder, data: FederatedData, state: dict[str, Any]) -> None:
         self.cfg, self.folder, self.data = cfg, folder, data
-        self.state = state  # resumable: best, patience counter, phase position, wall time, privacy
+        self.state = state  # resumable: best, patience counter, phase position, wall time, privacy, warnings
         self.privacy = PrivacyLedger(cfg, state.setdefault("privacy", {}))
         self.model = build_model(cfg.model, data.input_shape, len(data.classes))
         self.progress: RoundProgress | None = None
         self.last: dict[str, Any] = {}
+        # Without its own split, FederatedData.val is the test split: never evaluate (select) on it.
+        self.has_val = cfg.data.val_fraction > 0
+        state.setdefault("warnings", [])
+        state.setdefault("loss_watch", {})
+        if not self.has_val and cfg.strategy.early_stopping_patience:
+            self._warn("early stopping is off: it needs a validation split (val-fraction > 0)")
+
+    def _warn(self, message: str) -> None:
+        """Log ``message`` as a warning and keep it for summary.json (once per run)."""
+        if message not in self.state["warnings"]:
+            log.warning("%s", message)
+            self.state["warnings"].append(message)
+
+    def _watch_loss(self, outcome: RoundOutcome) -> None:
+        """Warn when the phase's training loss keeps rising or is not finite."""
+        watch = self.state["loss_watch"]
+        if watch.get("phase") != outcome.phase:  # a new phase: its loss is on a new scale
+            watch.clear()
+            watch["phase"] = outcome.phase
+        alert = LossWatch(watch.setdefault("state", {}), outcome.phase).observe(outcome.phase_round, outcome.train_loss)
+        if alert is not None:
+            self._warn(alert.message())
 
     def on_round(self, outcome: RoundOutcome, phase_index: int) -> str | None:
         """Evaluate, log, checkpoint; return a reason to stop early (supervised phases only)."""
         weights = outcome.arrays.to_torch_state_dict()
         self.model.load_state_dict({k: v for k, v in weights.items() if not k.startswith(AUX_PREFIX)})
         test = evaluate(self.model, self.data.test)
-        val = evaluate(self.model, self.data.val)
+        val = evaluate(self.model, self.data.val) if self.has_val else None
         record = {
             "phase": outcome.phase,
             "round": outcome.phase_round,
@@ -66,8 +97,8 @@ class _Tracker:
             "train_loss": outcome.train_loss,
             "test_loss": test.loss,
             "test_accuracy": test.accuracy,
-            "val_loss": val.loss,
-            "val_accuracy": val.accuracy,
+            "val_loss": val.loss if val else None,
+            "val_accuracy": val.accuracy if val else None,
             "client_eval_loss": outcome.client_eval_loss,
             "client_eval_accuracy": outcome.client_eval_accuracy,
             "clients_trained": outcome.clients_trained,
@@ -82,19 +113,12 @@ class _Tracker:
         self.last = record
         s = self.state
         if outcome.supervised:
-            improved = val.accuracy > s["best_val"] + self.cfg.strategy.early_stopping_min_delta
-            if val.accuracy > s["best_val"]:
-                s["best"] = {"round": outcome.global_round, "accuracy": test.accuracy,
-                             "val_accuracy": val.accuracy, "phase": outcome.phase}  # fmt: skip
-                s["best_val"] = val.accuracy
-            s["bad_rounds"] = 0 if improved else s["bad_rounds"] + 1
+            self._select(outcome, test.accuracy, val.accuracy if val else None)
         s["phase_index"], s["phase_round"], s["global_round"] = phase_index, outcome.phase_round, outcome.global_round
         s["records"] = s.get("records", 0) + 1
-        self.folder.save_checkpoint(self.checkpoint(outcome.arrays), best=s["best"]["round"] == outcome.global_round)
-        if self.progress:
-            self.progress.advance(test.accuracy, val.accuracy, record.get("epsilon_max"))
+        val_text = f"{val.accuracy:.4f}" if val else "- (no validation split)"
         detail = (
-            f"test acc {test.accuracy:.4f} loss {test.loss:.4f} | val acc {val.accuracy:.4f}"
+            f"test acc {test.accuracy:.4f} loss {test.loss:.4f} | val acc {val_text}"
             if outcome.supervised
             else f"layer {record.get('layer')} reconstruction error {record.get('recon_error', float('nan')):.4f}"
         )
@@ -104,11 +128,28 @@ class _Tracker:
         )  # fmt: skip
         if self.cfg.privacy.dp_level != "none":
             log.info("Privacy spent: %s", self.privacy.log_line())
+        self._watch_loss(outcome)  # before the checkpoint, so a resumed run keeps the episode
+        self.folder.save_checkpoint(self.checkpoint(outcome.arrays), best=s["best"]["round"] == outcome.global_round)
+        if self.progress:
+            self.progress.advance(test.accuracy, val.accuracy if val else float("nan"), record.get("epsilon_max"))
         patience = self.cfg.strategy.early_stopping_patience
-        if outcome.supervised and patience and s["bad_rounds"] >= patience:
+        if outcome.supervised and self.has_val and patience and s["bad_rounds"] >= patience:
             min_delta = self.cfg.strategy.early_stopping_min_delta
             return f"early stopping: no validation gain above {min_delta} for {patience} rounds"
         return None
+
+    def _select(self, outcome: RoundOutcome, accuracy: float, val_accuracy: float | None) -> None:
+        """Update the best round (by validation, else the latest) and the early-stopping counter."""
+        s = self.state
+        best = {"round": outcome.global_round, "accuracy": accuracy, "val_accuracy": val_accuracy,
+                "phase": outcome.phase}  # fmt: skip
+        if val_accuracy is None:
+            s["best"] = best
+            return
+        improved = val_accuracy > s["best_val"] + self.cfg.strategy.early_stopping_min_delta
+        if val_accuracy > s["best_val"]:
+            s["best"], s["best_val"] = best, val_accuracy
+        s["bad_rounds"] = 0 if improved else s["bad_rounds"] + 1
 
     def checkpoint(self, arrays: ArrayRecord) -> dict[str, Any]:
         return {
@@ -162,6 +203,8 @@ def _as_random_state(raw: Any) -> tuple:
 def _summary(
     cfg: RunConfig, state: dict[str, Any], last: dict[str, Any], status: str, reason: str, privacy: PrivacyLedger
 ) -> dict[str, Any]:
+    has_val = cfg.data.val_fraction > 0
+    best_val = state["best"].get("val_accuracy") if has_val else None
     summary: dict[str, Any] = {
         "status": status,
         "rounds": int(state["global_round"]),
@@ -170,8 +213,11 @@ def _summary(
         "best": {
             "round": int(state["best"]["round"]),
             "accuracy": float(state["best"]["accuracy"]),
-            "val_accuracy": float(state["best"]["val_accuracy"]),
+            "val_accuracy": None if best_val is None else float(best_val),
+            # "last round": the test split is the only held-out data, and it must not choose the model
+            "selected_by": SELECTED_BY_VALIDATION if has_val else SELECTED_BY_LAST_ROUND,
         },
+        "warnings": list(state.get("warnings", [])),
         "wall_seconds": round(state["wall_seconds"], 3),
         "phases": state["phases"],
         "config": cfg.to_flat(),

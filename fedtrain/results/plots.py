@@ -33,6 +33,13 @@ def _save_line_plot(plt, fig, ax, path: Path, ylabel: str, title: str, xlabel: s
     return path
 
 
+def _series(records: list[dict[str, Any]], key: str) -> list[float] | None:
+    """``key`` per record, missing, null and non-finite values as NaN (gaps); None when no value is finite."""
+    ys = [r.get(key) for r in records]
+    ys = [float(y) if isinstance(y, int | float) and np.isfinite(y) else np.nan for y in ys]
+    return ys if any(np.isfinite(ys)) else None
+
+
 def plot_curves(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """``accuracy.png`` and ``loss.png`` against global round, one line per source."""
     plt = pyplot()
@@ -46,10 +53,9 @@ def plot_curves(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
             ("client_eval", "client evaluation"),
             ("train", "client training"),
         ):
-            key = f"{source}_{metric}"
-            ys = [r.get(key) for r in records]
-            if any(y is not None for y in ys):
-                ax.plot(rounds, [np.nan if y is None else y for y in ys], marker=".", label=label)
+            ys = _series(records, f"{source}_{metric}")
+            if ys is not None:  # e.g. no validation split: every val_* is null, and there is no line
+                ax.plot(rounds, ys, marker=".", label=label)
         written.append(
             _save_line_plot(plt, fig, ax, out_dir / f"{metric}.png", title.lower(), f"{title} against round")
         )
@@ -98,9 +104,9 @@ def _plot_epsilon(plt, records: list[dict[str, Any]], rounds: list[int], out_dir
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     for key, label in (("epsilon_max", "sample-level, max over clients"), ("epsilon_mean", "sample-level, mean"),
                        ("epsilon_min", "sample-level, min"), ("user_epsilon", "user-level")):  # fmt: skip
-        ys = [r.get(key) for r in records]
-        if any(y is not None for y in ys):
-            ax.plot(rounds, [np.nan if y is None else y for y in ys], marker=".", label=label)
+        ys = _series(records, key)
+        if ys is not None:
+            ax.plot(rounds, ys, marker=".", label=label)
     return _save_line_plot(plt, fig, ax, out_dir / "epsilon.png", "epsilon spent", "Privacy spent against round")
 
 

@@ -7,13 +7,49 @@ import html
 from pathlib import Path
 from typing import Any
 
-__all__ = ["png_data_uri", "write_report"]
+__all__ = ["best_round_label", "png_data_uri", "write_report"]
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 th{background:#f3f3f3}img{max-width:100%;margin:.5em 0}.grid{display:flex;flex-wrap:wrap;gap:1em}
+.notice{border:2px solid #c62828;background:#fdecea;padding:.4em 1em;margin:1em 0}
+.notice h2{margin:.3em 0;color:#c62828}
 """
+
+# summary["best"]["selected_by"] -> the row label that says how the "best" round was chosen
+_BEST_LABELS = {
+    "validation": "best round (by validation)",
+    "last round (no validation split)": "best round (last round: no validation split)",
+}
+
+
+def best_round_label(best: dict[str, Any]) -> str:
+    """How ``summary["best"]`` was chosen, as a row label (summaries before ``selected_by`` were by validation)."""
+    selected_by = best.get("selected_by", "validation")
+    return _BEST_LABELS.get(selected_by, f"best round (selected by {selected_by})")
+
+
+def _notice(title: str, items: list[str], intro: str = "") -> str:
+    """A red box listing ``items``; empty when there are none."""
+    if not items:
+        return ""
+    lis = "".join(f"<li>{html.escape(str(i))}</li>" for i in items)
+    text = f"<p>{html.escape(intro)}</p>" if intro else ""
+    return f'<div class="notice"><h2>{html.escape(title)}</h2>{text}<ul>{lis}</ul></div>'
+
+
+def _privacy_rows(privacy: dict[str, Any]) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = [("DP level", privacy.get("level", "none"))]
+    if "sample" in privacy:
+        s = privacy["sample"]
+        text = f"ε max {s['epsilon_max']:.3f} (mean {s['epsilon_mean']:.3f}), δ = {s['delta']:g}, {s['accountant']}"
+        rows.append(("sample-level DP", f"{text}, target {s['target_epsilon']}"))
+    if "user" in privacy:
+        u = privacy["user"]
+        text = f"ε = {u['epsilon']:.3f}, δ = {u['delta']:g}, {u['rounds']} rounds, {u['clipping']} clipping"
+        rows.append(("user-level DP", text))
+    return rows
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
@@ -27,7 +63,11 @@ def png_data_uri(img: Path) -> str:
 
 
 def write_report(path: Path, summary: dict[str, Any], images: list[Path]) -> Path:
-    """Write the report for ``summary`` with ``images`` embedded as data URIs."""
+    """Write the report for ``summary`` with ``images`` embedded as data URIs.
+
+    Warnings (e.g. a diverging training loss) and private statistics read outside the DP
+    accountant (``privacy.outside_budget``) are shown in red boxes, so they are not missed.
+    """
     final, best = summary.get("final", {}), summary.get("best", {})
     overview = [
         ("status", summary.get("status")),
@@ -35,21 +75,19 @@ def write_report(path: Path, summary: dict[str, Any], images: list[Path]) -> Pat
         ("clients", summary.get("num_clients")),
         ("final test accuracy", f"{final.get('accuracy', float('nan')):.4f}"),
         ("final test loss", f"{final.get('loss', float('nan')):.4f}"),
-        ("best round (validation)", best.get("round")),
+        (best_round_label(best), best.get("round")),
         ("test accuracy at best round", f"{best.get('accuracy', float('nan')):.4f}"),
         ("wall time (s)", f"{summary.get('wall_seconds', 0):.1f}"),
     ]
     if summary.get("reason"):
         overview.insert(1, ("reason", summary["reason"]))
+    warnings = _notice("Warnings", summary.get("warnings", []))
     privacy = summary.get("privacy", {})
-    if "sample" in privacy:
-        s = privacy["sample"]
-        text = f"ε max {s['epsilon_max']:.3f} (mean {s['epsilon_mean']:.3f}), δ = {s['delta']:g}, {s['accountant']}"
-        overview.append(("sample-level DP", f"{text}, target {s['target_epsilon']}"))
-    if "user" in privacy:
-        u = privacy["user"]
-        text = f"ε = {u['epsilon']:.3f}, δ = {u['delta']:g}, {u['rounds']} rounds, {u['clipping']} clipping"
-        overview.append(("user-level DP", text))
+    outside = _notice(
+        "Outside the privacy budget",
+        privacy.get("outside_budget", []),
+        "These private statistics were read outside the DP accountant; the ε above does not cover them.",
+    )
     phases = "".join(
         f"<tr><td>{html.escape(p['name'])}</td><td>{p['rounds']}</td><td>{html.escape(p['status'])}</td></tr>"
         for p in summary.get("phases", [])
@@ -60,8 +98,9 @@ def write_report(path: Path, summary: dict[str, Any], images: list[Path]) -> Pat
     name = html.escape(path.parent.name)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>fedtrain run {name}</title>
 <style>{_STYLE}</style></head><body>
-<h1>fedtrain run <code>{name}</code></h1>
+<h1>fedtrain run <code>{name}</code></h1>{warnings}
 <h2>Summary</h2>{_table(overview)}
+<h2>Privacy</h2>{_table(_privacy_rows(privacy))}{outside}
 <h2>Phases</h2><table><tr><th>phase</th><th>rounds</th><th>status</th></tr>{phases}</table>
 <h2>Plots</h2><div class="grid">{figs}</div>
 <h2>Configuration</h2>{_table(sorted(summary.get("config", {}).items()))}
