@@ -109,3 +109,18 @@ def test_bad_toml_file_is_a_config_error(tmp_path):
 def test_unparseable_override_string():
     with pytest.raises(ConfigError, match="cannot parse"):
         parse_overrides("num-rounds 5")
+
+
+def test_weighted_sampler_message_does_not_recommend_an_unaccounted_option():
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides="dp-level=sample sampler=weighted")
+    message = str(err.value)
+    assert "sampler='weighted' is refused under sample-level DP" in message and "sampler='uniform'" in message
+    assert "'balanced' instead" not in message
+    assert "dp-allow-unaccounted-statistics=true" in message  # honest about what balanced weights cost
+
+
+def test_early_stopping_needs_a_validation_split():
+    with pytest.raises(ConfigError, match="early-stopping-patience=3 needs a validation split: set val-fraction > 0"):
+        load_config(overrides="early-stopping-patience=3 val-fraction=0")
+    load_config(overrides="early-stopping-patience=3")

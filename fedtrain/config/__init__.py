@@ -1,5 +1,6 @@
 """Run configuration: typed defaults, TOML files, ``key=value`` overrides and validation."""
 
+from fedtrain.config.dp_defaults import dp_default_changes, format_dp_default_changes
 from fedtrain.config.loader import (
     KNOWN_PHASES,
     dump_toml,
@@ -35,8 +36,10 @@ __all__ = [
     "RuntimeConfig",
     "StrategyConfig",
     "TrainConfig",
+    "dp_default_changes",
     "dump_toml",
     "flat_keys",
+    "format_dp_default_changes",
     "load_config",
     "parse_class_keep",
     "parse_int_list",

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedtrain.config.dp_defaults import NONE_APPLIED, apply_dp_defaults, table_keys
 from fedtrain.config.schema import SECTIONS, RunConfig
 from fedtrain.errors import ConfigError
 
@@ -204,8 +205,15 @@ def _cross_checks(cfg: RunConfig) -> list[str]:
     if cfg.sample_dp and cfg.train.sampler != "uniform":
         problems.append(
             f"sampler={cfg.train.sampler!r} is refused under sample-level DP: oversampling breaks the accountant's "
-            "uniform Poisson sampling assumption and understates epsilon; use sampler='uniform' with "
-            "class-weights='balanced' instead"
+            "uniform Poisson sampling assumption and understates epsilon; use sampler='uniform'. "
+            "(class-weights='balanced' also reads each client's label counts outside the accountant, so under DP "
+            "it needs dp-allow-unaccounted-statistics=true and the summary lists it as outside the budget)"
+        )
+    problems.extend(_unaccounted_checks(cfg))
+    if cfg.strategy.early_stopping_patience > 0 and cfg.data.val_fraction == 0:
+        problems.append(
+            f"early-stopping-patience={cfg.strategy.early_stopping_patience} needs a validation split: set "
+            "val-fraction > 0; with val-fraction=0 the model of the last round is reported"
         )
     if cfg.user_dp and cfg.strategy.strategy not in ("fedavg", "fedprox"):
         problems.append(
@@ -217,6 +225,55 @@ def _cross_checks(cfg: RunConfig) -> list[str]:
     return problems
 
 
+_OPT_IN = "or set dp-allow-unaccounted-statistics=true to accept it (epsilon then does not cover it)"
+
+
+def _unaccounted_checks(cfg: RunConfig) -> list[str]:
+    """Under DP, refuse private statistics outside the accountant unless the user opted in."""
+    problems: list[str] = []
+    pc = cfg.privacy
+    applied = [k for k in pc.dp_defaults_applied.split(",") if k and k != NONE_APPLIED]
+    unknown = [k for k in applied if k not in table_keys()]
+    if unknown:
+        problems.append(
+            f"dp-defaults-applied={pc.dp_defaults_applied!r} names keys without a DP default: {unknown}; "
+            "leave dp-defaults-applied empty (fedtrain fills it in)"
+        )
+    if pc.dp_level == "none" or pc.dp_allow_unaccounted_statistics:
+        return problems
+    level = f"dp-level={pc.dp_level!r}"
+    if cfg.data.normalize in ("standard", "minmax"):
+        what = "mean and std" if cfg.data.normalize == "standard" else "minimum and maximum"
+        problems.append(
+            f"normalize={cfg.data.normalize!r} is refused under {level}: it fits the per-feature {what} on the "
+            "pooled training data of all clients, which real clients could not pool and no accountant covers; "
+            f"use normalize='range' (divides by the format's maximum, reads no data) or 'none', {_OPT_IN}"
+        )
+    if cfg.sample_dp and cfg.train.class_weights == "balanced":
+        problems.append(
+            f"class-weights='balanced' is refused under {level}: the weights come from each client's label "
+            "counts, so one record changes every other record's loss and DP-SGD's per-record clipping does not "
+            f"bound it; use class-weights='none', {_OPT_IN}"
+        )
+    if cfg.strategy.fraction_evaluate > 0:
+        problems.append(
+            f"fraction-evaluate={cfg.strategy.fraction_evaluate:g} is refused under {level}: client-side "
+            "evaluation sends the loss and accuracy on each client's records to the server without noise; "
+            f"use fraction-evaluate=0 (the server still evaluates on its own splits), {_OPT_IN}"
+        )
+    return problems
+
+
+def _user_set(given: Mapping[str, Any], base: Mapping[str, Any] | None, checked: Mapping[str, Any]) -> set[str]:
+    """Keys the user set: from the file or overrides, or from ``base`` with a non-default value.
+
+    ``flwr run`` passes every key of the app table as ``base``, so a base value equal to the generic
+    default is taken as not set.
+    """
+    defaults = RunConfig().to_flat()
+    return set(given) | {k for k in base or () if k in checked and checked[k] != defaults[k]}
+
+
 def load_config(
     *,
     file: str | Path | None = None,
@@ -225,24 +282,28 @@ def load_config(
 ) -> RunConfig:
     """Return the validated config: defaults, then ``base``, then ``file``, then ``overrides``.
 
+    Under DP, the keys the user did not set then take DP-suited defaults
+    (:mod:`fedtrain.config.dp_defaults`); the result records them in ``dp-defaults-applied`` and
+    loading it again gives the same config.
+
     Raises
     ------
     ConfigError
         Listing every unknown key (with the closest valid key), wrong type and out-of-range value.
     """
-    values: dict[str, Any] = {}
-    if base:
-        values.update(base)
+    given: dict[str, Any] = {}  # from the file and the overrides: set by the user
     if file is not None:
-        values.update(_read_toml(Path(file)))
+        given.update(_read_toml(Path(file)))
     if isinstance(overrides, str):
         overrides = parse_overrides(overrides)
     if overrides:
-        values.update(overrides)
+        given.update(overrides)
+    values: dict[str, Any] = {**(base or {}), **given}
 
     keys = flat_keys()
     problems: list[str] = []
     per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    checked: dict[str, Any] = {}
     for key, value in values.items():
         if key not in keys:
             close = difflib.get_close_matches(key, keys, n=1)
@@ -255,9 +316,11 @@ def load_config(
             problems.append(problem)
         else:
             per_section[section][f.name] = value
+            checked[key] = value
     if problems:
         raise ConfigError(problems)
     cfg = RunConfig(**{s: cls(**per_section[s]) for s, cls in SECTIONS.items()})
+    cfg = apply_dp_defaults(cfg, _user_set(given, base, checked))
     problems = _cross_checks(cfg)
     if problems:
         raise ConfigError(problems)

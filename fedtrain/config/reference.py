@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fedtrain.config.dp_defaults import DP_DEFAULTS, SAMPLE_DP_DEFAULTS
 from fedtrain.config.loader import flat_keys, toml_value
 from fedtrain.config.schema import SECTIONS, RunConfig
 
@@ -50,7 +51,38 @@ def render_markdown() -> str:
             help_text = f.metadata["help"].replace("|", "\\|")
             lines.append(f"| `{key}` | `{default}` | {f.type} | {_allowed(f.metadata)} | {help_text} |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + _dp_defaults_section(defaults))
+
+
+def _dp_defaults_section(defaults: dict) -> list[str]:
+    """The table of DP-suited defaults (``fedtrain/config/dp_defaults.py``)."""
+    lines = [
+        "## DP defaults",
+        "",
+        "Under DP (`dp-level` other than `none`), the keys you did not set take these values instead of the",
+        "generic defaults above; the keys you set are kept, and `dp-defaults=false` keeps the generic training",
+        "recipe (only the first three rows, which keep the run inside the budget, still apply). A key",
+        "counts as set when it is in the `--config` file or `--run-config`; with `flwr run`, which passes the whole",
+        "app table, a key set to its generic default counts as not set. The run logs the keys that changed",
+        "(`DP defaults applied (keys you did not set): ...`) and the resolved `config.toml` holds the values and",
+        "lists the keys in `dp-defaults-applied`. The sample-level values were tuned on validation accuracy",
+        "(`benchmarks/results/dp_tuning.md`). `client-eval-fraction` changes only when client evaluation is off.",
+        "",
+        "| key | generic default | DP default | applies under |",
+        "|---|---|---|---|",
+    ]
+    for table, levels in ((DP_DEFAULTS, "`sample`, `user`, `both`"), (SAMPLE_DP_DEFAULTS, "`sample`, `both`")):
+        for key, value in table.items():
+            lines.append(f"| `{key}` | `{toml_value(defaults[key])}` | `{toml_value(value)}` | {levels} |")
+    lines += [
+        "",
+        "Under DP, private statistics that no accountant covers are refused unless",
+        "`dp-allow-unaccounted-statistics=true`: `normalize=standard` or `minmax`, `class-weights=balanced`",
+        "(sample-level DP), `fraction-evaluate` above 0. With the opt-in they are allowed and listed under",
+        "`privacy.outside_budget` in `summary.json`.",
+        "",
+    ]
+    return lines
 
 
 def render_app_table() -> str:

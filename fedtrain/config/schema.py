@@ -86,8 +86,9 @@ class DataConfig:
     normalize: str = setting(
         "standard",
         "Input scaling, stored with the model: `standard` (z-score, clipped to +-5) and `minmax` (to [0, 1]) are "
-        "fitted on the training split; `range` divides by the format's nominal maximum (16 for digits, 255 for "
-        "images) and reads no data, so it costs no privacy; or `none`.",
+        "fitted on the pooled training split; `range` divides by the format's nominal maximum (16 for digits, "
+        "255 for images) and reads no data, so it costs no privacy; or `none`. Under DP the default is `range`, "
+        "and `standard`/`minmax` need `dp-allow-unaccounted-statistics=true`.",
         choices=("standard", "minmax", "range", "none"),
     )
     label_noise: float = setting(
@@ -208,7 +209,9 @@ class TrainConfig:
     label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy.", low=0.0, high=1.0, high_open=True)
     class_weights: str = setting(
         "none",
-        "`balanced` weighs the loss by the client's inverse class frequency.",
+        "`balanced` weighs the loss by the client's inverse class frequency; under sample-level DP it needs "
+        "`dp-allow-unaccounted-statistics=true` (the weights depend on all of the client's labels, outside "
+        "DP-SGD's per-record clipping).",
         choices=("none", "balanced"),
     )
     sampler: str = setting(
@@ -262,6 +265,27 @@ class PrivacyConfig:
         "`sample` protects single records (DP-SGD on each client), `user` protects whole clients (clipped "
         "updates, server noise), `both` does both.",
         choices=("none", "sample", "user", "both"),
+    )
+    dp_defaults: bool = setting(
+        True,
+        "Under DP, the keys you did not set take DP-suited defaults (the table 'DP defaults' below) and a log "
+        "line names them; false keeps the generic training recipe (model size, batch, epochs) but still keeps "
+        "the run inside the budget (`normalize`, client evaluation). With `flwr run`, a key set to its generic "
+        "default counts as not set.",
+    )
+    dp_defaults_applied: str = setting(
+        "",
+        "Written by fedtrain into the resolved `config.toml`: the keys that took a DP default, comma-separated "
+        "(`none` when no key did). A config that holds it is final, so loading it again changes nothing; "
+        "leave it empty.",
+    )
+    dp_allow_unaccounted_statistics: bool = setting(
+        False,
+        "Opt-in to private statistics that no accountant covers: under DP, `normalize=standard`/`minmax` "
+        "(fitted on the pooled training data of all clients), `class-weights=balanced` (each client's label "
+        "counts; sample-level DP), `fraction-evaluate>0` (unnoised client metrics) and the label-distribution "
+        "plot are refused unless this is true. epsilon then does not cover them; summary.json lists them under "
+        "`privacy.outside_budget`.",
     )
     dp_target_epsilon: float = setting(
         3.0,
@@ -333,7 +357,11 @@ class StrategyConfig:
         1.0, "Share of clients sampled for training each round.", low=0.0, high=1.0, low_open=True
     )
     fraction_evaluate: float = setting(
-        0.5, "Share of clients sampled for client-side evaluation; 0 = off.", low=0.0, high=1.0
+        0.5,
+        "Share of clients sampled for client-side evaluation; 0 = off. Under DP the default is 0, and a value "
+        "above 0 needs `dp-allow-unaccounted-statistics=true` (clients send unnoised metrics of their records).",
+        low=0.0,
+        high=1.0,
     )
     min_clients: int = setting(2, "Minimum clients per round (and that must be available).", low=1)
     proximal_mu: float = setting(0.01, "`fedprox`: weight of the proximal term mu/2 |w - w_global|^2.", low=0.0)

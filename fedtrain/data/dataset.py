@@ -60,7 +60,8 @@ class Normalizer:
             if max_value is None:
                 raise DataError(
                     "normalize='range' needs a format with a known value range (digits, IDX, image folders); "
-                    "use 'standard' or 'minmax' for npz and CSV data"
+                    "for npz and CSV data use 'none', or 'standard'/'minmax' (fitted on the training data; under DP "
+                    "they need dp-allow-unaccounted-statistics=true)"
                 )
             ones = np.ones(x.shape[1:], dtype=np.float32)
             return cls("range", 0.0 * ones, max_value * ones, None)
