@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedtrain.config import RunConfig
 from fedtrain.data import ClientData
@@ -20,6 +20,7 @@ from fedtrain.federation.context import config_from_run_config, federated_data, 
 from fedtrain.logging import get_logger
 from fedtrain.models import build_model
 from fedtrain.pretrain import AUX_PREFIX, pretrain_local
+from fedtrain.privacy.accountant import ClientAccountant
 from fedtrain.privacy.client_privacy import load_accountant, phase_plan, round_budget, save_accountant
 from fedtrain.privacy.dp_sgd import dp_train_local
 from fedtrain.train import evaluate, train_local
@@ -58,7 +59,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         metrics.update(report)
         if report[keys.DP_DECLINED]:
             metrics.update({keys.TRAIN_LOSS: 0.0, keys.NUM_EXAMPLES: 0})
-            return _reply(msg, {**model.state_dict(), **aux}, metrics)
+            return _reply(msg, {**model.state_dict(), **aux}, metrics, acc)
     if phase == "pretrain":
         arrays, result = pretrain_local(
             model, int(config[keys.LAYER]), aux, data, cfg, seed=seed, noise_multiplier=sigma
@@ -70,7 +71,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         save_accountant(context, acc)
         metrics[keys.DP_STEPS] = acc.steps
     metrics.update({keys.TRAIN_LOSS: result.loss, keys.NUM_EXAMPLES: result.num_examples})
-    return _reply(msg, arrays, metrics)
+    return _reply(msg, arrays, metrics, acc)
 
 
 def _phase_data(client: ClientData, phase: str):
@@ -106,8 +107,12 @@ def _budget(msg, context, cfg: RunConfig, client: ClientData, pid: int, phase: s
     return sigma, report, acc
 
 
-def _reply(msg: Message, arrays: dict[str, torch.Tensor], metrics: dict[str, Any]) -> Message:
+def _reply(
+    msg: Message, arrays: dict[str, torch.Tensor], metrics: dict[str, Any], acc: ClientAccountant | None = None
+) -> Message:
     content = RecordDict({keys.ARRAYS: ArrayRecord(arrays), keys.METRICS: MetricRecord(metrics)})
+    if acc is not None:  # the whole history, so the server's ledger can rebuild and audit every epsilon
+        content[keys.DP_HISTORY] = ConfigRecord(acc.state_dict())
     return Message(content, reply_to=msg)
 
 

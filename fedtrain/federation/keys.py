@@ -20,11 +20,14 @@ TRAIN_LOSS = "train-loss"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 
-# Per-client reply metrics the server reads one by one (not only aggregated).
-PARTITION_ID = "partition-id"
-DP_DECLINED = "dp-declined"  # 1 when the budget guard refused the round
-DP_EPSILON = "dp-epsilon"
-DP_SIGMA = "dp-sigma"
-DP_SAMPLE_RATE = "dp-q"
-DP_STEPS = "dp-steps"
-USER_DP_WEIGHT = "dp-weight"  # equal weights, required by Flower's user-level DP accounting
+# Per-client reply fields the server reads one by one (not only aggregated); defined with the ledger.
+from fedtrain.privacy.wire import (  # noqa: E402, F401  (re-exported: every wire key in one namespace)
+    DP_DECLINED,
+    DP_EPSILON,
+    DP_HISTORY,
+    DP_SAMPLE_RATE,
+    DP_SIGMA,
+    DP_STEPS,
+    PARTITION_ID,
+    USER_DP_WEIGHT,
+)

@@ -22,9 +22,11 @@ from flwr.serverapp.strategy import Strategy
 
 from fedtrain.config import RunConfig
 from fedtrain.federation import keys
+from fedtrain.federation.reply_metrics import canonical_metrics, reply_metrics
 from fedtrain.models import build_model
 from fedtrain.pretrain import AUX_PREFIX, LayerObjective
 from fedtrain.privacy.client_mods import ADAPTIVE_FLAG
+from fedtrain.privacy.composition import RoundSelection, select_replies
 from fedtrain.train import learning_rate
 
 __all__ = ["PHASES", "FinetunePhase", "Phase", "PhaseResult", "PretrainLayerPhase", "RoundOutcome", "build_plan"]
@@ -72,9 +74,25 @@ def _errors(replies: Iterable[Message]) -> list[str]:
     return [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()]
 
 
-def _metrics(reply: Message) -> dict[str, Any]:
-    record = reply.content.get(keys.METRICS)
-    return dict(record) if record is not None else {}
+def _client_report(reply: Message) -> dict[str, Any]:
+    """A train reply's metrics, with its DP history (a ConfigRecord) when it sent one."""
+    report = reply_metrics(reply)
+    history = None if reply.has_error() else reply.content.config_records.get(keys.DP_HISTORY)
+    if history is not None:
+        report[keys.DP_HISTORY] = dict(history)
+    return report
+
+
+def _in(reply: Message, replies: list[Message]) -> bool:
+    return any(reply is m for m in replies)
+
+
+def _train_loss(replies: list[Message]) -> float | None:
+    """Mean training loss of the clients that trained, weighted by their examples."""
+    pairs = [(float(met[keys.TRAIN_LOSS]), float(met.get(keys.NUM_EXAMPLES, 1)))
+             for met in map(reply_metrics, replies) if keys.TRAIN_LOSS in met]  # fmt: skip
+    total = sum(w for _, w in pairs)
+    return sum(loss * w for loss, w in pairs) / total if total > 0 else None
 
 
 class Phase(ABC):
@@ -157,6 +175,22 @@ class Phase(ABC):
                 return PhaseResult(self.label, self.finish(arrays), done, "stopped", stop)
         return PhaseResult(self.label, self.finish(arrays), done, "completed")
 
+    def _too_few(self, chosen: RoundSelection, sent: int) -> PhaseResult | None:
+        """End the phase when too few clients trained: their budget is spent, or none did DP."""
+        usable, min_clients = len(chosen.trained), self.cfg.strategy.min_clients
+        if chosen.refused and not usable and not chosen.declined:
+            reason = (f"no client ran DP: all {len(chosen.refused)} replies lacked DP evidence under "
+                      f"dp-level={self.cfg.privacy.dp_level!r} ({chosen.refused[0]})")  # fmt: skip
+            return PhaseResult(self.label, ArrayRecord(), 0, "failed", reason)
+        if chosen.declined and usable < min_clients:
+            reason = (
+                f"privacy budget: {len(chosen.declined)} of {sent} clients would pass "
+                f"dp-target-epsilon={self.cfg.privacy.dp_target_epsilon}, leaving {usable} "
+                f"(< min-clients={min_clients})"
+            )
+            return PhaseResult(self.label, ArrayRecord(), 0, "stopped", reason)
+        return None
+
     def _round(
         self, grid: Grid, arrays: ArrayRecord, phase_round: int, global_round: int, extra_config
     ) -> RoundOutcome | PhaseResult:
@@ -171,21 +205,14 @@ class Phase(ABC):
         except PrivacyBudgetExhausted as err:
             return PhaseResult(self.label, arrays, 0, "stopped", f"user-level privacy budget: {err}")
         replies = list(grid.send_and_receive(messages, timeout=timeout))
-        failures = _errors(replies)
-        answered = [m for m in replies if not m.has_error()]
-        client_metrics = [_metrics(m) for m in answered]
-        declined = [m for m, met in zip(answered, client_metrics, strict=True) if met.get(keys.DP_DECLINED)]
-        if declined:
-            replies = [m for m in replies if all(m is not d for d in declined)]
-            usable = len(answered) - len(declined)
-            if usable < self.cfg.strategy.min_clients:
-                reason = (
-                    f"privacy budget: {len(declined)} of {len(answered)} clients would pass "
-                    f"dp-target-epsilon={self.cfg.privacy.dp_target_epsilon}, leaving {usable} "
-                    f"(< min-clients={self.cfg.strategy.min_clients})"
-                )
-                return PhaseResult(self.label, arrays, 0, "stopped", reason)
-        new_arrays, train_metrics = self.strategy.aggregate_train(global_round, replies)
+        canonical_metrics(replies, "train")
+        reports = [_client_report(m) for m in replies]
+        chosen = select_replies(self.cfg, replies, reports)
+        failures = _errors(replies) + chosen.refused
+        stop = self._too_few(chosen, len(replies))
+        if stop is not None:
+            return stop
+        new_arrays, _ = self.strategy.aggregate_train(global_round, chosen.aggregate)
         if new_arrays is None:
             reason = f"round {phase_round}: no usable client update" + (f" ({failures[0]})" if failures else "")
             return PhaseResult(self.label, arrays, 0, "failed", reason)
@@ -200,6 +227,7 @@ class Phase(ABC):
                     self.strategy.configure_evaluate(global_round, new_arrays, eval_cfg, grid), timeout=timeout
                 )
             )
+            canonical_metrics(eval_replies, "evaluate")
             failures += _errors(eval_replies)
             eval_metrics = self.strategy.aggregate_evaluate(global_round, eval_replies) if eval_replies else None
         return RoundOutcome(
@@ -209,15 +237,17 @@ class Phase(ABC):
             global_round=global_round,
             arrays=new_arrays,
             lr=float(train_cfg.get(keys.LR, 0.0)),
-            train_loss=_get(train_metrics, keys.TRAIN_LOSS),
+            train_loss=_train_loss(chosen.trained),
             client_eval_loss=_get(eval_metrics, keys.EVAL_LOSS),
             client_eval_accuracy=_get(eval_metrics, keys.EVAL_ACCURACY),
-            clients_trained=sum(not m.has_error() for m in replies),
+            clients_trained=len(chosen.trained),
             clients_evaluated=sum(not m.has_error() for m in eval_replies),
             failures=failures,
             seconds=time.perf_counter() - t0,
-            client_metrics=client_metrics,
-            declined=len(declined),
+            client_metrics=[
+                r for m, r in zip(replies, reports, strict=True) if _in(m, chosen.trained + chosen.declined)
+            ],
+            declined=len(chosen.declined),
             supervised=self.supervised,
             extra=self.central_metrics(new_arrays),
         )

@@ -1,13 +1,14 @@
 """A client's sample-level DP across rounds: accountant in ``Context.state``, sigma fixed for the run.
 
 The server never sees a client's data, but it does see (and checkpoints) each client's public
-DP parameters (sigma, q, steps) from its replies; on ``--resume`` it sends them back in the
-train config (``dp-restore-*``, lists indexed by partition id), so a restarted client keeps its
-spent budget.
+DP history (every ``(sigma, q, steps)`` segment) from its replies; on ``--resume`` it sends the
+histories back in the train config (``dp-restore-history``, one JSON list per partition id), so a
+restarted client keeps its spent budget over every phase it ran.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +19,7 @@ from fedtrain.config import RunConfig
 from fedtrain.privacy.accountant import ClientAccountant
 from fedtrain.privacy.calibration import calibrate_noise
 from fedtrain.privacy.dp_sgd import DPPlan, plan_steps
+from fedtrain.privacy.wire import RESTORE_HISTORY
 
 __all__ = [
     "STATE_KEY",
@@ -31,7 +33,6 @@ __all__ = [
 ]
 
 STATE_KEY = "fedtrain-dp"
-RESTORE_SIGMA, RESTORE_Q, RESTORE_STEPS = "dp-restore-sigma", "dp-restore-q", "dp-restore-steps"
 
 
 def phase_plan(cfg: RunConfig, phase: str, num_examples: int) -> DPPlan:
@@ -63,13 +64,14 @@ def planned_segments(cfg: RunConfig, n_all: int, n_labeled: int) -> list[tuple[f
 
 
 def load_accountant(context: Context, train_config: Mapping[str, Any], pid: int, mechanism: str) -> ClientAccountant:
-    """This client's accountant: from ``Context.state``, else from the server's restore lists, else new."""
+    """This client's accountant: from ``Context.state``, else from the server's restore entry, else new."""
     if STATE_KEY in context.state.config_records:
         return ClientAccountant.from_state_dict(dict(context.state.config_records[STATE_KEY]))
     acc = ClientAccountant(mechanism)
-    steps = list(train_config.get(RESTORE_STEPS, []))
-    if pid < len(steps) and int(steps[pid]) > 0:
-        acc.record(float(train_config[RESTORE_SIGMA][pid]), float(train_config[RESTORE_Q][pid]), int(steps[pid]))
+    restore = list(train_config.get(RESTORE_HISTORY, []))
+    if pid < len(restore) and restore[pid]:
+        for sigma, q, steps in json.loads(str(restore[pid])):
+            acc.record(float(sigma), float(q), int(steps))
     return acc
 
 

@@ -1,62 +1,110 @@
-"""The server's view of privacy spent: every client's sample-level epsilon and the user-level epsilon.
+"""The server's view of privacy spent: every client's full DP history and the user-level releases.
 
-Clients report their public DP parameters (sigma, q, steps) and epsilon with each reply; the
-ledger keeps the latest per partition (clients that sat a round out keep their value), so the
-reported maximum covers every client, not only those sampled last. Its state goes into the
-server checkpoint, and on resume it is sent back to clients (``dp-restore-*``).
+Clients send their whole accountant history (every ``(sigma, q, steps)`` segment, over all
+phases) with each train reply; the ledger keeps the latest per partition (clients that sat a
+round out keep theirs) and recomputes each epsilon itself, so the reported maximum covers every
+client and does not rest on a client's own figure. Its state goes into the server checkpoint; on
+resume the histories are sent back to clients (``dp-restore-history``) and the user-level
+accountant is rebuilt release by release. :meth:`PrivacyLedger.document` is ``privacy.json``, from
+which anyone can recompute every epsilon (docs/privacy.md).
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from fedtrain.config import RunConfig
-from fedtrain.federation import keys
-from fedtrain.privacy.client_privacy import RESTORE_Q, RESTORE_SIGMA, RESTORE_STEPS
-from fedtrain.privacy.user_level import make_user_accountant, sampled_clients, user_epsilon
+from fedtrain.errors import CheckpointError
+from fedtrain.logging import get_logger
+from fedtrain.privacy.accountant import RDP_ORDERS, ClientAccountant, epsilon_of
+from fedtrain.privacy.user_level import make_user_accountant, sampled_clients, user_epsilon, user_releases
+from fedtrain.privacy.wire import DP_EPSILON, DP_HISTORY, PARTITION_ID, RESTORE_HISTORY
 
-__all__ = ["PrivacyLedger"]
+__all__ = ["PRIVACY_FORMAT", "PrivacyLedger"]
+
+PRIVACY_FORMAT = "fedtrain-privacy/1"
+log = get_logger()
+
+Segment = tuple[float, float, int]
 
 
 class PrivacyLedger:
-    """Sample-level budgets per partition and the run's user-level accountant."""
+    """Sample-level histories per partition and the run's user-level accountant."""
 
     def __init__(self, cfg: RunConfig, state: dict[str, Any]) -> None:
         self.cfg = cfg
         self.state = state  # persisted in the checkpoint; keys: clients, user_releases
         self.state.setdefault("clients", {})
-        self.user_accountant = make_user_accountant(cfg, int(state.get("user_releases", 0))) if cfg.user_dp else None
+        _migrate(cfg, self.state)
+        self._epsilons: dict[tuple[Segment, ...], float] = {}
+        releases = self.state.get("user_releases", [])
+        self.user_accountant = make_user_accountant(cfg, releases) if cfg.user_dp else None
 
     @property
-    def clients(self) -> dict[str, dict[str, float]]:
+    def clients(self) -> dict[str, dict[str, Any]]:
         return self.state["clients"]
 
-    def update(self, client_metrics: list[dict[str, Any]]) -> None:
-        for m in client_metrics:
-            if keys.DP_EPSILON in m:
-                self.clients[str(int(m[keys.PARTITION_ID]))] = {
-                    "epsilon": float(m[keys.DP_EPSILON]),
-                    "sigma": float(m[keys.DP_SIGMA]),
-                    "q": float(m[keys.DP_SAMPLE_RATE]),
-                    "steps": int(m[keys.DP_STEPS]),
-                }
+    def history(self, pid: str) -> list[Segment]:
+        return [(float(s), float(q), int(n)) for s, q, n in self.clients[pid]["segments"]]
+
+    def update(self, reports: Iterable[dict[str, Any]]) -> None:
+        """Take the histories of this round's train replies (and the user-level releases so far)."""
+        for report in reports:
+            history = report.get(DP_HISTORY)
+            if history is None:
+                continue
+            pid = str(int(report[PARTITION_ID]))
+            acc = ClientAccountant.from_state_dict(history)
+            if self._shrunk(pid, acc):
+                continue
+            epsilon = self._epsilon(acc.history)
+            claimed = report.get(DP_EPSILON)
+            if claimed is not None and float(claimed) < epsilon * (1 - 1e-6) - 1e-9:
+                log.warning("client %s reported ε = %.4f, its history spends %.4f: using the latter", pid,
+                            float(claimed), epsilon)  # fmt: skip
+            self.clients[pid] = {
+                "segments": [[float(s), float(q), int(n)] for s, q, n in acc.history],
+                "steps": acc.steps,
+                "epsilon": epsilon,
+            }
         if self.user_accountant is not None:
-            self.state["user_releases"] = self.user_accountant.num_releases
+            self.state["user_releases"] = user_releases(self.user_accountant)
+
+    def _shrunk(self, pid: str, acc: ClientAccountant) -> bool:
+        """A history only grows; a shorter one means a client lost its accountant (the ledger keeps its own)."""
+        if pid not in self.clients or acc.steps >= self.clients[pid]["steps"]:
+            return False
+        log.warning("client %s reported %d DP steps, fewer than the %d it spent before: it lost its accountant; "
+                    "the ledger keeps the longer history", pid, acc.steps, self.clients[pid]["steps"])  # fmt: skip
+        return True
+
+    def _epsilon(self, history: list[Segment]) -> float:
+        key = tuple(history)
+        if key not in self._epsilons:
+            pc = self.cfg.privacy
+            self._epsilons[key] = epsilon_of(pc.dp_accountant, list(history), pc.dp_delta) if history else 0.0
+        return self._epsilons[key]
+
+    def _epsilons_by_client(self) -> list[float]:
+        return [float(c["epsilon"]) for c in self.clients.values()]
 
     def record(self, declined: int) -> dict[str, Any]:
-        """Fields for this round's metrics line."""
+        """Fields for this round's metrics line; aggregates over clients are named as aggregates."""
         out: dict[str, Any] = {}
         if self.cfg.sample_dp:
-            eps = [c["epsilon"] for c in self.clients.values()] or [0.0]
+            eps = self._epsilons_by_client() or [0.0]
+            last = [self.history(pid)[-1] for pid in self.clients if self.clients[pid]["segments"]]
             out.update({
                 "epsilon_max": max(eps),
                 "epsilon_mean": sum(eps) / len(eps),
                 "epsilon_min": min(eps),
                 "delta": self.cfg.privacy.dp_delta,
-                "sigma": _mean(c["sigma"] for c in self.clients.values()),
-                "sample_rate": _mean(c["q"] for c in self.clients.values()),
-                "steps": max((c["steps"] for c in self.clients.values()), default=0),
+                "sigma_mean": _mean(s for s, _, _ in last),
+                "sample_rate_mean": _mean(q for _, q, _ in last),
+                "steps_max": max((int(c["steps"]) for c in self.clients.values()), default=0),
                 "declined": declined,
             })  # fmt: skip
         if self.user_accountant is not None:
@@ -66,30 +114,27 @@ class PrivacyLedger:
         return out
 
     def restore_config(self) -> dict[str, Any]:
-        """Per-partition DP parameters for clients that lost their ``Context.state`` (resume)."""
+        """Every partition's full history, for clients that lost their ``Context.state`` (resume)."""
         n = self.cfg.partition.num_clients
-        rows = [self.clients.get(str(i), {"sigma": 0.0, "q": 0.0, "steps": 0}) for i in range(n)]
-        return {
-            RESTORE_SIGMA: [float(r["sigma"]) for r in rows],
-            RESTORE_Q: [float(r["q"]) for r in rows],
-            RESTORE_STEPS: [int(r["steps"]) for r in rows],
-        }
+        rows = [json.dumps(self.clients[str(i)]["segments"]) if str(i) in self.clients else "" for i in range(n)]
+        return {RESTORE_HISTORY: rows}
 
     def summary(self) -> dict[str, Any]:
         """The ``privacy`` section of summary.json."""
         pc = self.cfg.privacy
-        out: dict[str, Any] = {"level": pc.dp_level}
+        out: dict[str, Any] = {"level": pc.dp_level, "outside_budget": _outside_budget(self.cfg)}
         if self.cfg.sample_dp:
-            rec = self.record(0)
+            eps = self._epsilons_by_client() or [0.0]
             out["sample"] = {
                 "accountant": pc.dp_accountant,
                 "delta": pc.dp_delta,
                 "target_epsilon": pc.dp_target_epsilon,
-                "epsilon_max": rec["epsilon_max"],
-                "epsilon_mean": rec["epsilon_mean"],
-                "epsilon_min": rec["epsilon_min"],
+                "epsilon_max": max(eps),
+                "epsilon_mean": sum(eps) / len(eps),
+                "epsilon_min": min(eps),
                 "max_grad_norm": pc.dp_max_grad_norm,
-                "per_client": {k: v for k, v in sorted(self.clients.items(), key=lambda kv: int(kv[0]))},
+                "clients_with_dp": len(self.clients),
+                "per_client": {k: dict(v) for k, v in sorted(self.clients.items(), key=lambda kv: int(kv[0]))},
             }
         if self.user_accountant is not None:
             out["user"] = {
@@ -105,19 +150,80 @@ class PrivacyLedger:
             }
         return out
 
+    def document(self) -> dict[str, Any]:
+        """``privacy.json``: everything needed to recompute every epsilon of the run (docs/privacy.md)."""
+        pc = self.cfg.privacy
+        doc: dict[str, Any] = {"format": PRIVACY_FORMAT, "level": pc.dp_level,
+                               "outside_budget": _outside_budget(self.cfg)}  # fmt: skip
+        if self.cfg.sample_dp:
+            doc["sample"] = {
+                "mechanism": "Poisson-subsampled Gaussian (DP-SGD), add or remove one record",
+                "accountant": pc.dp_accountant,
+                "rdp_orders": list(RDP_ORDERS) if pc.dp_accountant == "rdp" else None,
+                "delta": pc.dp_delta,
+                "target_epsilon": pc.dp_target_epsilon,
+                "max_grad_norm": pc.dp_max_grad_norm,
+                "clients": {
+                    pid: {
+                        "epsilon": c["epsilon"],
+                        "segments": [
+                            {"noise_multiplier": s, "sample_rate": q, "steps": n} for s, q, n in c["segments"]
+                        ],
+                    }
+                    for pid, c in sorted(self.clients.items(), key=lambda kv: int(kv[0]))
+                },
+            }
+        if self.user_accountant is not None:
+            doc["user"] = {
+                "mechanism": "Gaussian on the average of clipped client updates, add or remove one client, "
+                "no sampling amplification",
+                "accountant": "rdp",
+                "rdp_orders": [float(a) for a in self.user_accountant.state_dict()["orders"]],
+                "delta": pc.dp_user_delta,
+                "epsilon": user_epsilon(self.user_accountant),
+                "releases": user_releases(self.user_accountant),
+            }
+        return doc
+
     def log_line(self) -> str:
         """Opacus' style: ``(ε = 1.16, δ = 1e-05)``."""
         parts = []
         if self.cfg.sample_dp:
-            parts.append(
-                f"sample-level max (ε = {self.record(0)['epsilon_max']:.2f}, δ = {self.cfg.privacy.dp_delta:g})"
-            )
+            eps = self._epsilons_by_client()
+            detail = f"ε = {max(eps):.2f}" if eps else "no client has reported DP yet"
+            parts.append(f"sample-level max ({detail}, δ = {self.cfg.privacy.dp_delta:g})")
         if self.user_accountant is not None:
             eps = user_epsilon(self.user_accountant)
             parts.append(f"user-level (ε = {eps:.2f}, δ = {self.cfg.privacy.dp_user_delta:g})")
         return "; ".join(parts)
 
 
-def _mean(values) -> float:
+def _migrate(cfg: RunConfig, state: dict[str, Any]) -> None:
+    """Read a checkpoint of fedtrain <= 0.1.0, which kept one (sigma, q, steps) per client."""
+    old = {pid: c for pid, c in state["clients"].items() if "segments" not in c}
+    if old and "pretrain" in cfg.phases:
+        raise CheckpointError(
+            "this checkpoint was written by an older fedtrain that kept only one DP segment per client; its "
+            f"plan {cfg.strategy.plan!r} has several phases, so the spent epsilon cannot be rebuilt exactly. "
+            "Start a new run instead of resuming"
+        )
+    for pid, c in old.items():
+        state["clients"][pid] = {"segments": [[float(c["sigma"]), float(c["q"]), int(c["steps"])]],
+                                 "steps": int(c["steps"]), "epsilon": float(c["epsilon"])}  # fmt: skip
+    count = state.get("user_releases")
+    if isinstance(count, int):  # a count of identical releases at the configured noise and cohort
+        z, k = cfg.privacy.dp_user_noise_multiplier, sampled_clients(cfg)
+        state["user_releases"] = [{"noise_multiplier": z, "sample_size": k, "count": count}] if count else []
+
+
+def _outside_budget(cfg: RunConfig) -> list[str]:
+    try:  # TEMP until unaccounted.py lands
+        from fedtrain.privacy.unaccounted import unaccounted_statistics
+    except ImportError:
+        return []
+    return unaccounted_statistics(cfg)
+
+
+def _mean(values: Iterable[float]) -> float:
     vals = list(values)
     return sum(vals) / len(vals) if vals else math.nan

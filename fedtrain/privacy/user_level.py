@@ -2,15 +2,23 @@
 
 Each client's whole update is clipped (at the server or on the client) and the server adds
 Gaussian noise to the average. One accountant spans the run (all phases); it counts one
-release per round with no sampling amplification (Flower's supported mode), at ``dp-user-delta``.
-Fixed clipping uses the accountant built into Flower's wrappers; Flower's adaptive wrappers
-have none, so :class:`_AccountedAdaptive` composes the same Gaussian event per round (the
-adaptive wrappers already split the noise budget between update and clipped-count noise so
-that the total equals a Gaussian mechanism with the configured multiplier, Andrew et al. 2021).
+release per aggregated round with no sampling amplification (Flower's supported mode), at
+``dp-user-delta``. This module owns how the two DP levels compose at the server:
+
+- Clients that decline a round (sample-level budget) stay in the aggregate as zero updates with
+  their equal weight, so every round averages exactly the sampled cohort the noise was scaled
+  for (see :func:`fedtrain.privacy.composition.select_replies`).
+- Fixed clipping uses the accountant built into Flower's wrappers, whose strict check refuses a
+  round with fewer updates than sampled.
+- Flower's adaptive wrappers have no accountant and accept fewer updates, so
+  :class:`_AccountedAdaptive` composes, per aggregated round, the Gaussian event that was really
+  released (:func:`adaptive_release_multiplier`): the update noise, scaled for ``K`` sampled
+  clients, on an average of ``m <= K`` updates, together with the clipped-count noise.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -33,7 +41,15 @@ from flwr.serverapp.strategy import (
 
 from fedtrain.config import RunConfig
 
-__all__ = ["make_user_accountant", "sampled_clients", "user_epsilon", "wrap_user_dp"]
+__all__ = [
+    "adaptive_noise_split",
+    "adaptive_release_multiplier",
+    "make_user_accountant",
+    "sampled_clients",
+    "user_epsilon",
+    "user_releases",
+    "wrap_user_dp",
+]
 
 
 def sampled_clients(cfg: RunConfig) -> int:
@@ -42,8 +58,8 @@ def sampled_clients(cfg: RunConfig) -> int:
     return min(n, max(int(n * cfg.strategy.fraction_train), cfg.strategy.min_clients))
 
 
-def make_user_accountant(cfg: RunConfig, releases: int = 0) -> RdpAccountant:
-    """Flower's RDP accountant for the run, with ``releases`` rounds already spent (resume)."""
+def make_user_accountant(cfg: RunConfig, releases: Iterable[dict] = ()) -> RdpAccountant:
+    """Flower's RDP accountant for the run, with the ``releases`` of earlier rounds replayed (resume)."""
     pc = cfg.privacy
     acc = RdpAccountant(
         PrivacyConfig(
@@ -54,32 +70,58 @@ def make_user_accountant(cfg: RunConfig, releases: int = 0) -> RdpAccountant:
             max_epsilon=pc.dp_user_max_epsilon or None,
         )
     )
-    if releases:
-        acc.compose(_event(cfg), count=releases)
+    for r in releases:
+        event = GaussianPrivacyEvent(float(r["noise_multiplier"]), int(r["sample_size"]), cfg.partition.num_clients)
+        acc.compose(event, count=int(r["count"]))
     return acc
 
 
-def _event(cfg: RunConfig) -> GaussianPrivacyEvent:
-    return GaussianPrivacyEvent(
-        noise_multiplier=cfg.privacy.dp_user_noise_multiplier,
-        sample_size=sampled_clients(cfg),
-        population_size=cfg.partition.num_clients,
-    )
+def user_releases(acc: RdpAccountant) -> list[dict]:
+    """The releases composed so far: ``noise_multiplier``, ``sample_size`` and ``count`` of each."""
+    return [
+        {"noise_multiplier": float(c["event"]["noise_multiplier"]), "sample_size": int(c["event"]["sample_size"]),
+         "count": int(c["count"])}
+        for c in acc.state_dict()["compositions"]
+    ]  # fmt: skip
 
 
 def user_epsilon(acc: RdpAccountant) -> float:
     return acc.get_privacy_spent().epsilon if acc.num_releases else 0.0
 
 
+def adaptive_release_multiplier(update_multiplier: float, count_stddev: float, sampled: int, aggregated: int) -> float:
+    """Noise multiplier of the one Gaussian mechanism equivalent to a round of adaptive clipping.
+
+    The update noise has std ``update_multiplier * C / sampled`` on an average of ``aggregated``
+    updates of norm <= C, i.e. multiplier ``update_multiplier * aggregated / sampled`` on their sum.
+    Flower's clipped count is ``count + N(0, count_stddev)`` with sensitivity 1 (not the centred
+    1/2 of Andrew et al. 2021 that Flower's noise split assumes), so it is a Gaussian with
+    multiplier ``count_stddev``. Two Gaussians on one neighbouring pair compose as
+    ``z = (z_update^-2 + z_count^-2)^-1/2``.
+    """
+    z_update = update_multiplier * aggregated / sampled
+    inverse = (z_update**-2 if z_update > 0 else math.inf) + (count_stddev**-2 if count_stddev > 0 else math.inf)
+    return 0.0 if math.isinf(inverse) else inverse**-0.5
+
+
 class _AccountedAdaptive:
-    """Mixin: compose one Gaussian release per aggregated round; refuse a round past the budget."""
+    """Mixin: compose the Gaussian release of each aggregated round; refuse a round past the budget."""
 
     accountant: RdpAccountant
-    event: GaussianPrivacyEvent
+    population: int
+    noise_multiplier: float  # Flower's update share, set by the wrapper
+    clipped_count_stddev: float
+    num_sampled_clients: int
+
+    def _release(self, aggregated: int) -> GaussianPrivacyEvent:
+        z = adaptive_release_multiplier(
+            self.noise_multiplier, self.clipped_count_stddev, self.num_sampled_clients, aggregated
+        )
+        return GaussianPrivacyEvent(noise_multiplier=z, sample_size=aggregated, population_size=self.population)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         limit = self.accountant.config.max_epsilon
-        if limit is not None and self.accountant.would_exceed(self.event):
+        if limit is not None and self.accountant.would_exceed(self._release(self.num_sampled_clients)):
             raise PrivacyBudgetExhausted(
                 f"the next round would exceed dp-user-max-epsilon={limit} "
                 f"(current epsilon: {user_epsilon(self.accountant):.3f})"
@@ -89,9 +131,10 @@ class _AccountedAdaptive:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
         arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is not None:
-            self.accountant.compose(self.event)
+            self.accountant.compose(self._release(sum(not m.has_error() for m in replies)))
         return arrays, metrics
 
 
@@ -116,8 +159,22 @@ def wrap_user_dp(strategy: Strategy, cfg: RunConfig, accountant: RdpAccountant) 
         )
         return cls(strategy, z, pc.dp_user_clipping_norm, k, accountant=accountant)
     cls = _ServerAdaptive if pc.dp_user_clipping == "adaptive-server" else _ClientAdaptive
-    # Flower splits z between update noise and clipped-count noise and needs 2 * count_stddev > z;
-    # Andrew et al. suggest count_stddev = K / 20, which small cohorts cannot meet.
-    wrapped = cls(strategy, z, k, initial_clipping_norm=pc.dp_user_clipping_norm, clipped_count_stddev=max(k / 20, z))
-    wrapped.accountant, wrapped.event = accountant, _event(cfg)
+    count_stddev, z_flower = adaptive_noise_split(z, k)
+    wrapped = cls(strategy, z_flower, k, initial_clipping_norm=pc.dp_user_clipping_norm,
+                  clipped_count_stddev=count_stddev)  # fmt: skip
+    wrapped.accountant, wrapped.population = accountant, cfg.partition.num_clients
     return wrapped
+
+
+def adaptive_noise_split(z: float, sampled: int) -> tuple[float, float]:
+    """Clipped-count std and the multiplier to hand Flower so that a full round releases exactly ``z``.
+
+    Flower splits its multiplier as ``z_update = (z_f^-2 - (2 s)^-2)^-1/2``, which would be exact
+    for a centred count of sensitivity 1/2; its count has sensitivity 1. Handing it
+    ``z_f = (z^-2 - 0.75 s^-2)^-1/2`` gives ``z_update^-2 + s^-2 = z^-2``. ``s = max(K/20, 2z)``:
+    Andrew et al.'s K/20 where the cohort allows, else enough for the split to exist.
+    """
+    if z <= 0:
+        return 0.0, 0.0
+    s = max(sampled / 20, 2 * z)
+    return s, (z**-2 - 0.75 * s**-2) ** -0.5
