@@ -32,15 +32,17 @@ def test_multi_phase_run_epsilon_is_one_accountant_over_all_steps(small_config):
     sample = summary["privacy"]["sample"]
     assert summary["rounds"] == 4
     for client in sample["per_client"].values():
-        whole = ClientAccountant("rdp", [(client["sigma"], client["q"], client["steps"])]).epsilon(1e-5)
-        last_round_only = ClientAccountant("rdp", [(client["sigma"], client["q"], client["steps"] // 4)]).epsilon(1e-5)
+        [(sigma, q, steps)] = client["segments"]  # same sampling rate in both phases: one merged segment
+        assert steps == client["steps"]
+        whole = ClientAccountant("rdp", [(sigma, q, steps)]).epsilon(1e-5)
+        last_round_only = ClientAccountant("rdp", [(sigma, q, steps // 4)]).epsilon(1e-5)
         assert client["epsilon"] == pytest.approx(whole, rel=1e-9)
         assert client["epsilon"] > 1.5 * last_round_only
         assert client["epsilon"] <= cfg.privacy.dp_target_epsilon  # calibrated for all 4 rounds
     records = RunFolder(run_dir).read_metrics()
     eps = [r["epsilon_max"] for r in records]
     assert eps == sorted(eps) and eps[-1] == sample["epsilon_max"]
-    assert all({"epsilon_mean", "epsilon_min", "delta", "sigma", "sample_rate", "steps"} <= r.keys() for r in records)
+    assert all({"epsilon_mean", "epsilon_min", "delta", "sigma_mean", "sample_rate_mean", "steps_max"} <= r.keys() for r in records)
 
 
 def test_resume_keeps_the_accountant(small_config):

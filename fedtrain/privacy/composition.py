@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import Message
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message
 
 from fedtrain.config import RunConfig
 from fedtrain.privacy.wire import DP_DECLINED, DP_EVIDENCE, DP_HISTORY
@@ -42,6 +43,22 @@ def _missing_evidence(metrics: Mapping[str, Any], reply: Message) -> list[str]:
     return missing
 
 
+def _nudge(reply: Message) -> None:
+    """Move one weight of an unchanged model by 1e-6.
+
+    Flower 1.42's clipping divides by the update's norm and raises ZeroDivisionError on an exact
+    zero update; a fixed, data-independent offset keeps the norm positive and changes nothing else.
+    """
+    for name, record in list(reply.content.array_records.items()):
+        arrays = record.to_numpy_ndarrays()
+        first = next((a for a in arrays if a.size), None)
+        if first is None:
+            return
+        first.flat[0] += np.asarray(1e-6, dtype=first.dtype)
+        reply.content[name] = ArrayRecord(dict(zip(record.keys(), (Array(a) for a in arrays), strict=True)))
+        return
+
+
 def select_replies(cfg: RunConfig, replies: list[Message], metrics: list[Mapping[str, Any]]) -> RoundSelection:
     """Split a round's train replies; ``metrics`` holds each reply's metrics (``{}`` for error replies)."""
     selection = RoundSelection(aggregate=[], trained=[])
@@ -61,6 +78,7 @@ def select_replies(cfg: RunConfig, replies: list[Message], metrics: list[Mapping
         if met.get(DP_DECLINED):
             selection.declined.append(reply)
             if cfg.user_dp:
+                _nudge(reply)
                 selection.aggregate.append(reply)  # a zero update: the cohort stays the one the noise is for
             continue
         selection.trained.append(reply)
