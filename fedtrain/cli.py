@@ -71,9 +71,8 @@ def _print_summary(run_dir: Path) -> None:
     if "user" in privacy:
         u = privacy["user"]
         rows.append(("user-level privacy", f"(ε = {u['epsilon']:.2f}, δ = {u['delta']:g})", ""))
-    outside = privacy.get("outside_budget", [])
-    if outside:
-        rows.append(("outside the privacy budget", "; ".join(map(str, outside)), alert))
+    for i, item in enumerate(privacy.get("outside_budget", [])):  # one row per statistic, labelled once
+        rows.append(("outside the privacy budget" if i == 0 else "", str(item), alert))
     rows.append(("report", str(run_dir / "report.html"), ""))
     for k, v, style in rows:
         # Text, not markup: warnings and paths may hold "[...]", which rich would read as tags

@@ -9,9 +9,10 @@ from fedtrain.results import plot_curves, write_report
 
 WARNING = "phase finetune: training loss rose 3 rounds in a row, rounds 1-4: 2.2 -> 4 (phase minimum 2.2)"
 OUTSIDE = "normalize=standard: per-feature mean and std of the training split"
+OUTSIDE_2 = "train loss of each client, sent without noise"
 
 
-def _summary(selected_by="last round (no validation split)", warnings=(WARNING,), outside=(OUTSIDE,)):
+def _summary(selected_by="last round (no validation split)", warnings=(WARNING,), outside=(OUTSIDE, OUTSIDE_2)):
     return {
         "status": "completed",
         "rounds": 4,
@@ -39,7 +40,7 @@ def _report(tmp_path, summary) -> str:
 def test_report_shows_warnings_outside_budget_and_selection(tmp_path):
     page = _report(tmp_path, _summary())
     assert "Warnings" in page and "training loss rose 3 rounds in a row" in page
-    assert "Outside the privacy budget" in page and "per-feature mean and std" in page
+    assert "Outside the privacy budget" in page and OUTSIDE in page and OUTSIDE_2 in page
     assert "best round (last round: no validation split)" in page and "by validation" not in page
 
 
@@ -71,7 +72,7 @@ def test_cli_summary_shows_warnings_outside_budget_and_selection(tmp_path, capsy
     _print_summary(_run_dir(tmp_path, _summary()))
     out = capsys.readouterr().out
     assert "│ warning" in out and WARNING in out
-    assert "outside the privacy budget" in out and OUTSIDE in out
+    assert "outside the privacy budget" in out and OUTSIDE in out and OUTSIDE_2 in out
     assert "best round (last round: no validation split)" in out and "by validation" not in out
 
 
