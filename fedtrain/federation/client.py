@@ -25,7 +25,7 @@ from fedtrain.privacy.client_privacy import load_accountant, phase_plan, round_b
 from fedtrain.privacy.dp_sgd import dp_train_local
 from fedtrain.train import evaluate, train_local
 
-__all__ = ["handle_evaluate", "handle_train"]
+__all__ = ["handle_evaluate", "handle_train", "reports_train_loss"]
 
 log = get_logger()
 
@@ -58,7 +58,9 @@ def handle_train(msg: Message, context: Context) -> Message:
         sigma, report, acc = _budget(msg, context, cfg, client, pid, phase)
         metrics.update(report)
         if report[keys.DP_DECLINED]:
-            metrics.update({keys.TRAIN_LOSS: 0.0, keys.NUM_EXAMPLES: 0})
+            metrics[keys.NUM_EXAMPLES] = 0
+            if reports_train_loss(cfg):
+                metrics[keys.TRAIN_LOSS] = 0.0
             return _reply(msg, {**model.state_dict(), **aux}, metrics, acc)
     if phase == "pretrain":
         arrays, result = pretrain_local(
@@ -70,8 +72,15 @@ def handle_train(msg: Message, context: Context) -> Message:
         acc.record(sigma, metrics[keys.DP_SAMPLE_RATE], phase_plan(cfg, phase, len(data.y)).steps_per_call)
         save_accountant(context, acc)
         metrics[keys.DP_STEPS] = acc.steps
-    metrics.update({keys.TRAIN_LOSS: result.loss, keys.NUM_EXAMPLES: result.num_examples})
+    metrics[keys.NUM_EXAMPLES] = result.num_examples
+    if reports_train_loss(cfg):  # under DP an unnoised loss of private records stays on the client
+        metrics[keys.TRAIN_LOSS] = result.loss
     return _reply(msg, arrays, metrics, acc)
+
+
+def reports_train_loss(cfg: RunConfig) -> bool:
+    """Whether clients send their mean local loss: always without DP, under DP only when opted in."""
+    return cfg.privacy.dp_level == "none" or cfg.privacy.dp_allow_unaccounted_statistics
 
 
 def _phase_data(client: ClientData, phase: str):

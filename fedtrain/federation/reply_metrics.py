@@ -39,8 +39,11 @@ def reply_metrics(reply: Message) -> dict[str, Any]:
     return dict(records[0]) if records else {}
 
 
-def canonical_metrics(replies: list[Message], kind: str) -> None:
-    """Rename accepted aliases to fedtrain's metric names in place, in every reply of ``kind``."""
+def canonical_metrics(replies: list[Message], kind: str, *, withheld: tuple[str, ...] = ()) -> None:
+    """Rename accepted aliases to fedtrain's metric names in place, in every reply of ``kind``.
+
+    ``withheld`` names metrics that clients keep to themselves in this run (no warning when absent).
+    """
     for reply in replies:
         if reply.has_error():
             continue
@@ -52,7 +55,7 @@ def canonical_metrics(replies: list[Message], kind: str) -> None:
                 found = next((a for a in aliases if a in values), None)
                 if found is not None:
                     values[canonical] = values.pop(found)
-                elif canonical != keys.NUM_EXAMPLES and (kind, canonical) not in _warned:
+                elif canonical not in (keys.NUM_EXAMPLES, *withheld) and (kind, canonical) not in _warned:
                     _warned.add((kind, canonical))
                     log.warning(
                         "%s replies from node %d have no %r metric (accepted names: %s; got %s): it is not reported",

@@ -239,6 +239,12 @@ def _write_outputs(folder: RunFolder, cfg: RunConfig, data: FederatedData, summa
     write_report(folder.path / "report.html", summary, images)
 
 
+def _write_privacy(folder: RunFolder, cfg: RunConfig, ledger: PrivacyLedger) -> None:
+    """``privacy.json``: every client's DP history, so anyone can recompute each epsilon."""
+    if cfg.privacy.dp_level != "none":
+        folder.write_json("privacy.json", ledger.document())
+
+
 def run_server(grid: Grid, context: Context) -> Path:
     """Run the whole plan on ``grid``; return the run folder (also left in ``context.state``)."""
     t_start = time.perf_counter()
@@ -276,10 +282,12 @@ def run_server(grid: Grid, context: Context) -> Path:
     except BaseException as err:
         state["wall_seconds"] = wall_before + time.perf_counter() - t_start
         msg = str(err) if isinstance(err, FedtrainError) else f"{type(err).__name__}: {err}"
+        _write_privacy(folder, cfg, tracker.privacy)
         _write_outputs(folder, cfg, data, _summary(cfg, state, tracker.last, "failed", msg, tracker.privacy))
         raise
     state["wall_seconds"] = wall_before + time.perf_counter() - t_start
     summary = _summary(cfg, state, tracker.last or _last_record(folder), status, reason, tracker.privacy)
+    _write_privacy(folder, cfg, tracker.privacy)
     _write_outputs(folder, cfg, data, summary)
     log.info("Run %s %s: final test accuracy %.4f", folder.path.name, status, summary["final"]["accuracy"])
     return folder.path
