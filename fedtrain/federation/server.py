@@ -73,13 +73,21 @@ class _Tracker:
             log.warning("%s", message)
             self.state["warnings"].append(message)
 
-    def _watch_loss(self, outcome: RoundOutcome) -> None:
-        """Warn when the phase's training loss keeps rising or is not finite."""
+    def _watch_loss(self, outcome: RoundOutcome, record: dict[str, Any]) -> None:
+        """Warn when the phase's loss keeps rising or is not finite.
+
+        The clients' training loss when they report it; under DP they keep it to themselves, so the
+        server watches its own central loss instead (validation, else test: a warning selects nothing).
+        """
         watch = self.state["loss_watch"]
         if watch.get("phase") != outcome.phase:  # a new phase: its loss is on a new scale
             watch.clear()
             watch["phase"] = outcome.phase
-        alert = LossWatch(watch.setdefault("state", {}), outcome.phase).observe(outcome.phase_round, outcome.train_loss)
+        quantity, loss = "training loss", outcome.train_loss
+        if loss is None:
+            name = "recon_error" if not outcome.supervised else "val_loss" if self.has_val else "test_loss"
+            quantity, loss = f"central {name.replace('_', ' ')}", record.get(name)
+        alert = LossWatch(watch.setdefault("state", {}), outcome.phase).observe(outcome.phase_round, loss, quantity)
         if alert is not None:
             self._warn(alert.message())
 
@@ -128,7 +136,7 @@ class _Tracker:
         )  # fmt: skip
         if self.cfg.privacy.dp_level != "none":
             log.info("Privacy spent: %s", self.privacy.log_line())
-        self._watch_loss(outcome)  # before the checkpoint, so a resumed run keeps the episode
+        self._watch_loss(outcome, record)  # before the checkpoint, so a resumed run keeps the episode
         self.folder.save_checkpoint(self.checkpoint(outcome.arrays), best=s["best"]["round"] == outcome.global_round)
         if self.progress:
             self.progress.advance(test.accuracy, val.accuracy if val else float("nan"), record.get("epsilon_max"))

@@ -27,13 +27,14 @@ class LossAlert:
     last_loss: float
     rises: int  # consecutive rises (0 when non-finite)
     minimum: float  # the phase's lowest finite loss so far (NaN if none yet)
+    quantity: str = "training loss"  # what was watched, for the message
 
     def message(self) -> str:
         """One line naming phase, rounds and losses."""
         if self.kind == "non-finite":
-            return f"phase {self.phase}: training loss is {self.last_loss} in round {self.last_round} (not finite)"
+            return f"phase {self.phase}: {self.quantity} is {self.last_loss} in round {self.last_round} (not finite)"
         return (
-            f"phase {self.phase}: training loss rose {self.rises} rounds in a row, rounds {self.first_round}-"
+            f"phase {self.phase}: {self.quantity} rose {self.rises} rounds in a row, rounds {self.first_round}-"
             f"{self.last_round}: {self.first_loss:.4g} -> {self.last_loss:.4g} (phase minimum {self.minimum:.4g}); "
             "training may be diverging"
         )
@@ -64,8 +65,8 @@ class LossWatch:
         state.setdefault("rising", False)  # inside a reported rising episode
         state.setdefault("non_finite", False)  # inside a reported non-finite run
 
-    def observe(self, round_: int, loss: float | None) -> LossAlert | None:
-        """Record round ``round_``'s loss; return an alert when a new episode starts."""
+    def observe(self, round_: int, loss: float | None, quantity: str = "training loss") -> LossAlert | None:
+        """Record round ``round_``'s loss (``quantity`` names it); return an alert when a new episode starts."""
         s = self.state
         if loss is None:  # no client trained: nothing to judge
             return None
@@ -73,7 +74,9 @@ class LossWatch:
             was, s["non_finite"] = s["non_finite"], True
             s["start"], s["last"], s["count"], s["rising"] = None, None, 0, False  # no rise runs across it
             minimum = math.nan if s["minimum"] is None else s["minimum"]
-            return None if was else LossAlert(self.phase, "non-finite", round_, round_, loss, loss, 0, minimum)
+            if was:
+                return None
+            return LossAlert(self.phase, "non-finite", round_, round_, loss, loss, 0, minimum, quantity)
         s["non_finite"] = False
         if s["last"] is not None and loss > s["last"][1]:
             s["count"] += 1
@@ -87,4 +90,4 @@ class LossWatch:
             return None
         s["rising"] = True
         (first_round, first_loss) = s["start"]
-        return LossAlert(self.phase, "rising", first_round, round_, first_loss, loss, s["count"], minimum)
+        return LossAlert(self.phase, "rising", first_round, round_, first_loss, loss, s["count"], minimum, quantity)
