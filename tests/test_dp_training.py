@@ -42,7 +42,10 @@ def test_multi_phase_run_epsilon_is_one_accountant_over_all_steps(small_config):
     records = RunFolder(run_dir).read_metrics()
     eps = [r["epsilon_max"] for r in records]
     assert eps == sorted(eps) and eps[-1] == sample["epsilon_max"]
-    assert all({"epsilon_mean", "epsilon_min", "delta", "sigma_mean", "sample_rate_mean", "steps_max"} <= r.keys() for r in records)
+    assert all(
+        {"epsilon_mean", "epsilon_min", "delta", "sigma_mean", "sample_rate_mean", "steps_max"} <= r.keys()
+        for r in records
+    )
 
 
 def test_resume_keeps_the_accountant(small_config):
