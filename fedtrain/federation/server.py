@@ -31,6 +31,7 @@ from fedtrain.models import build_model
 from fedtrain.pretrain import AUX_PREFIX
 from fedtrain.privacy.ledger import PrivacyLedger
 from fedtrain.privacy.preflight import check_privacy_plan
+from fedtrain.privacy.unaccounted import label_counts_allowed
 from fedtrain.privacy.user_level import wrap_user_dp
 from fedtrain.results import RunFolder, plot_curves, plot_filters, plot_label_distribution, write_report
 from fedtrain.results.trends import LossWatch
@@ -241,7 +242,8 @@ def _write_outputs(folder: RunFolder, cfg: RunConfig, data: FederatedData, summa
     if not cfg.output.report:
         return
     images = plot_curves(folder.read_metrics(), folder.path)
-    images.append(plot_label_distribution(data.label_counts(), data.classes, folder.path))
+    if label_counts_allowed(cfg):  # each client's label counts are private: under DP only when opted in
+        images.append(plot_label_distribution(data.label_counts(), data.classes, folder.path))
     if (folder.path / "filters.png").is_file():
         images.append(folder.path / "filters.png")
     write_report(folder.path / "report.html", summary, images)
