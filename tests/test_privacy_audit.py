@@ -228,3 +228,21 @@ def test_adaptive_run_accounts_the_releases_it_made(small_config):
     assert sum(r["count"] for r in user["releases"]) == 3
     assert all(math.isclose(r["noise_multiplier"], 1.0) for r in user["releases"])
     assert np.isfinite(user["epsilon"])
+
+
+def test_the_user_level_recipe_learns(tmp_path):
+    # The README's user-level example (the audit's adaptive-server run ended at chance, loss 2.2 -> 9.1).
+    cfg = load_config(
+        file=ROOT / "benchmarks" / "configs" / "user-dp-digits.toml",
+        overrides={"num-rounds": 20, "seed": 11, "progress": False, "report": False, "out-dir": str(tmp_path)},
+    )
+    summary = json.loads((run_inprocess(cfg) / "summary.json").read_text())
+    assert summary["final"]["accuracy"] > 0.5  # chance is 0.1
+    assert summary["privacy"]["user"]["epsilon"] < 10
+    assert not summary["warnings"]
+
+
+def test_weak_user_level_dp_is_warned_about(small_config):
+    run_dir = run_inprocess(small_config(dp_level="user", num_rounds=1))
+    warnings = json.loads((run_dir / "summary.json").read_text())["warnings"]
+    assert any("will likely swamp training" in w for w in warnings)

@@ -30,7 +30,7 @@ from fedtrain.logging import get_logger, quiet_flower
 from fedtrain.models import build_model
 from fedtrain.pretrain import AUX_PREFIX
 from fedtrain.privacy.ledger import PrivacyLedger
-from fedtrain.privacy.preflight import check_privacy_plan
+from fedtrain.privacy.preflight import check_privacy_plan, warn_weak_user_dp
 from fedtrain.privacy.unaccounted import label_counts_allowed
 from fedtrain.privacy.user_level import wrap_user_dp
 from fedtrain.results import RunFolder, plot_curves, plot_filters, plot_label_distribution, write_report
@@ -66,9 +66,9 @@ class _Tracker:
         state.setdefault("warnings", [])
         state.setdefault("loss_watch", {})
         if not self.has_val and cfg.strategy.early_stopping_patience:
-            self._warn("early stopping is off: it needs a validation split (val-fraction > 0)")
+            self.warn("early stopping is off: it needs a validation split (val-fraction > 0)")
 
-    def _warn(self, message: str) -> None:
+    def warn(self, message: str) -> None:
         """Log ``message`` as a warning and keep it for summary.json (once per run)."""
         if message not in self.state["warnings"]:
             log.warning("%s", message)
@@ -90,7 +90,7 @@ class _Tracker:
             quantity, loss = f"central {name.replace('_', ' ')}", record.get(name)
         alert = LossWatch(watch.setdefault("state", {}), outcome.phase).observe(outcome.phase_round, loss, quantity)
         if alert is not None:
-            self._warn(alert.message())
+            self.warn(alert.message())
 
     def on_round(self, outcome: RoundOutcome, phase_index: int) -> str | None:
         """Evaluate, log, checkpoint; return a reason to stop early (supervised phases only)."""
@@ -272,6 +272,9 @@ def run_server(grid: Grid, context: Context) -> Path:
     if arrays is None:
         arrays = ArrayRecord(initial.state_dict())
     tracker = _Tracker(cfg, folder, data, state)
+    weak = warn_weak_user_dp(cfg, sum(p.numel() for p in initial.parameters()))
+    if weak:
+        tracker.warn(weak)
     user_accountant = tracker.privacy.user_accountant
 
     def make_strategy(c: RunConfig):
