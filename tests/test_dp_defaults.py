@@ -24,7 +24,7 @@ def flower_run_config(**overrides: object) -> dict:
 def test_dp_defaults_fill_the_unset_keys_and_keep_the_set_ones():
     cfg = load_config(overrides="dp-level=sample activation=relu batch-size=32").to_flat()
     assert (cfg["activation"], cfg["batch-size"]) == ("relu", 32)  # set by the user: kept
-    assert cfg["hidden-sizes"] == "64" and cfg["local-epochs"] == 1 and cfg["normalize"] == "range"
+    assert cfg["hidden-sizes"] == "128" and cfg["local-epochs"] == 1 and cfg["normalize"] == "range"
     assert cfg["fraction-evaluate"] == 0.0 and cfg["client-eval-fraction"] == 0.0
     assert set(cfg["dp-defaults-applied"].split(",")) == set(DP_DEFAULTS) | set(SAMPLE_DP_DEFAULTS) - {
         "activation",
@@ -36,7 +36,7 @@ def test_dp_defaults_via_a_full_flower_run_config():
     # Every key is present in the base; only those that differ from the generic default were set.
     cfg = load_config(base=flower_run_config(dp_level="sample", activation="elu", local_epochs=3)).to_flat()
     assert (cfg["activation"], cfg["local-epochs"]) == ("elu", 3)
-    assert (cfg["hidden-sizes"], cfg["batch-size"], cfg["normalize"]) == ("64", 16, "range")
+    assert (cfg["hidden-sizes"], cfg["batch-size"], cfg["normalize"]) == ("128", 16, "range")
 
 
 def test_a_file_key_at_its_generic_default_counts_as_set(tmp_path):
@@ -94,7 +94,7 @@ def test_cnn_keeps_its_mlp_keys_untouched():
 def test_log_line_names_the_changed_keys():
     line = format_dp_default_changes(dp_default_changes(load_config(overrides="dp-level=sample")))
     assert line.startswith("DP defaults applied (keys you did not set): ")
-    assert "hidden-sizes=64" in line and "activation=tanh" in line and "normalize=range" in line
+    assert "hidden-sizes=128" in line and "activation=tanh" in line and "normalize=range" in line
 
 
 def test_a_hand_written_marker_must_name_dp_default_keys():
@@ -133,12 +133,11 @@ def test_balanced_weights_are_covered_by_user_level_dp():
 
 def test_unaccounted_statistics_in_plain_words():
     assert unaccounted_statistics(load_config()) == []
-    # The DP defaults read nothing outside the budget that a key controls; the report hides label counts.
+    # The DP defaults read nothing outside the budget: no fitted scaling, no client evaluation, no train
+    # loss sent, no label counts in the report.
     default_dp = load_config(overrides="dp-level=sample")
     assert not label_counts_allowed(default_dp)
-    assert unaccounted_statistics(default_dp) == [
-        "train loss of each client: its mean local training loss each round, sent to the server without noise"
-    ]
+    assert unaccounted_statistics(default_dp) == []
     everything = load_config(
         overrides={
             "dp-level": "sample",
@@ -153,6 +152,7 @@ def test_unaccounted_statistics_in_plain_words():
     assert "class-weights='balanced': label counts of each client (they weight its loss)" in items
     assert any(i.startswith("fraction-evaluate=0.5: loss and accuracy") for i in items)
     assert any(i.startswith("report=true: label counts of each client") for i in items)
+    assert any(i.startswith("train loss of each client") for i in items)
 
 
 def test_unaccounted_module_reads_only_the_config():

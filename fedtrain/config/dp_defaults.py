@@ -39,9 +39,9 @@ DP_DEFAULTS: dict[str, Any] = {
 # Under sample-level DP (DP-SGD on clients) in addition, unless dp-defaults=false: the recipe tuned on
 # validation.
 SAMPLE_DP_DEFAULTS: dict[str, Any] = {
-    "hidden-sizes": "64",  # fewer parameters, less noise in total
+    "hidden-sizes": "128",  # one hidden layer: 128 beat 64, 256 and 128,64 on validation
     "activation": "tanh",  # bounded activations suit clipped, noisy gradients (Papernot et al. 2021)
-    "batch-size": 16,  # more, smaller noisy steps
+    "batch-size": 16,  # more, smaller noisy steps (beat 32 at lr 0.1 on validation)
     "local-epochs": 1,
 }
 

@@ -51,8 +51,9 @@ def unaccounted_statistics(cfg: RunConfig) -> list[str]:
             f"fraction-evaluate={cfg.strategy.fraction_evaluate:g}: loss and accuracy of the global model on each "
             "sampled client's local evaluation share, sent to the server without noise"
         )
-    # Not a key: every client reports its training loss unnoised (fedtrain/federation/client.py).
-    out.append("train loss of each client: its mean local training loss each round, sent to the server without noise")
+    opted_in = cfg.privacy.dp_allow_unaccounted_statistics
+    if opted_in:  # the same rule as fedtrain.federation.client.reports_train_loss
+        out.append("train loss of each client: its mean local loss each round, sent to the server without noise")
     if cfg.output.report and label_counts_allowed(cfg):
         out.append("report=true: label counts of each client (the label-distribution plot of report.html)")
     return out
