@@ -24,6 +24,7 @@ from fedtrain.config import RunConfig
 from fedtrain.federation import keys
 from fedtrain.federation.client import reports_train_loss
 from fedtrain.federation.reply_metrics import canonical_metrics, reply_metrics
+from fedtrain.logging import get_logger
 from fedtrain.models import build_model
 from fedtrain.pretrain import AUX_PREFIX, LayerObjective
 from fedtrain.privacy.client_mods import ADAPTIVE_FLAG
@@ -31,6 +32,8 @@ from fedtrain.privacy.composition import RoundSelection, select_replies
 from fedtrain.train import learning_rate
 
 __all__ = ["PHASES", "FinetunePhase", "Phase", "PhaseResult", "PretrainLayerPhase", "RoundOutcome", "build_plan"]
+
+log = get_logger()
 
 
 @dataclass
@@ -210,6 +213,8 @@ class Phase(ABC):
         reports = [_client_report(m) for m in replies]
         chosen = select_replies(self.cfg, replies, reports)
         failures = _errors(replies) + chosen.refused
+        for reason in chosen.refused:
+            log.warning("refused: %s", reason)
         stop = self._too_few(chosen, len(replies))
         if stop is not None:
             return stop
