@@ -20,6 +20,7 @@ from fedtrain.config import RunConfig
 from fedtrain.errors import CheckpointError
 from fedtrain.logging import get_logger
 from fedtrain.privacy.accountant import RDP_ORDERS, ClientAccountant, epsilon_of
+from fedtrain.privacy.unaccounted import unaccounted_statistics
 from fedtrain.privacy.user_level import make_user_accountant, sampled_clients, user_epsilon, user_releases
 from fedtrain.privacy.wire import DP_EPSILON, DP_HISTORY, PARTITION_ID, RESTORE_HISTORY
 
@@ -122,7 +123,7 @@ class PrivacyLedger:
     def summary(self) -> dict[str, Any]:
         """The ``privacy`` section of summary.json."""
         pc = self.cfg.privacy
-        out: dict[str, Any] = {"level": pc.dp_level, "outside_budget": _outside_budget(self.cfg)}
+        out: dict[str, Any] = {"level": pc.dp_level, "outside_budget": unaccounted_statistics(self.cfg)}
         if self.cfg.sample_dp:
             eps = self._epsilons_by_client() or [0.0]
             out["sample"] = {
@@ -154,7 +155,7 @@ class PrivacyLedger:
         """``privacy.json``: everything needed to recompute every epsilon of the run (docs/privacy.md)."""
         pc = self.cfg.privacy
         doc: dict[str, Any] = {"format": PRIVACY_FORMAT, "level": pc.dp_level,
-                               "outside_budget": _outside_budget(self.cfg)}  # fmt: skip
+                               "outside_budget": unaccounted_statistics(self.cfg)}  # fmt: skip
         if self.cfg.sample_dp:
             doc["sample"] = {
                 "mechanism": "Poisson-subsampled Gaussian (DP-SGD), add or remove one record",
@@ -214,14 +215,6 @@ def _migrate(cfg: RunConfig, state: dict[str, Any]) -> None:
     if isinstance(count, int):  # a count of identical releases at the configured noise and cohort
         z, k = cfg.privacy.dp_user_noise_multiplier, sampled_clients(cfg)
         state["user_releases"] = [{"noise_multiplier": z, "sample_size": k, "count": count}] if count else []
-
-
-def _outside_budget(cfg: RunConfig) -> list[str]:
-    try:  # TEMP until unaccounted.py lands
-        from fedtrain.privacy.unaccounted import unaccounted_statistics
-    except ImportError:
-        return []
-    return unaccounted_statistics(cfg)
 
 
 def _mean(values: Iterable[float]) -> float:
