@@ -75,10 +75,15 @@ def test_user_level_dp_gets_only_the_budget_keeping_defaults():
     assert (cfg["hidden-sizes"], cfg["batch-size"]) == (GENERIC["hidden-sizes"], GENERIC["batch-size"])
 
 
-def test_dp_defaults_off_keeps_the_generic_recipe_but_stays_inside_the_budget():
-    cfg = load_config(overrides="dp-level=sample dp-defaults=false").to_flat()
-    assert (cfg["hidden-sizes"], cfg["batch-size"]) == (GENERIC["hidden-sizes"], GENERIC["batch-size"])
-    assert cfg["normalize"] == "range"
+def test_dp_defaults_off_keeps_the_generic_values_and_the_refusals():
+    # The escape hatch of `flwr run`, where a value equal to the generic default counts as not set.
+    raw = flower_run_config(dp_level="sample", dp_defaults=False, normalize="standard", **{k: True for k in OPT_IN})
+    cfg = load_config(base=raw).to_flat()
+    assert {k: cfg[k] for k in (*DP_DEFAULTS, *SAMPLE_DP_DEFAULTS)} == {
+        k: GENERIC[k] for k in (*DP_DEFAULTS, *SAMPLE_DP_DEFAULTS)
+    }
+    with pytest.raises(ConfigError, match="normalize='standard' is refused"):
+        load_config(overrides="dp-level=sample dp-defaults=false")
 
 
 def test_client_evaluation_kept_on_keeps_its_share():

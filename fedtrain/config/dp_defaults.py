@@ -36,8 +36,7 @@ DP_DEFAULTS: dict[str, Any] = {
     "client-eval-fraction": 0.0,  # with no client evaluation, those records train instead
 }
 
-# Under sample-level DP (DP-SGD on clients) in addition, unless dp-defaults=false: the recipe tuned on
-# validation.
+# Under sample-level DP (DP-SGD on clients) in addition: the recipe tuned on validation.
 SAMPLE_DP_DEFAULTS: dict[str, Any] = {
     "hidden-sizes": "128",  # one hidden layer: 128 beat 64, 256 and 128,64 on validation
     "activation": "tanh",  # bounded activations suit clipped, noisy gradients (Papernot et al. 2021)
@@ -55,7 +54,7 @@ def _table(cfg: RunConfig) -> dict[str, Any]:
     if cfg.privacy.dp_level == "none":
         return {}
     table = dict(DP_DEFAULTS)
-    if cfg.sample_dp and cfg.privacy.dp_defaults:
+    if cfg.sample_dp:
         table.update(SAMPLE_DP_DEFAULTS)
     if cfg.model.model != "mlp":
         for key in _MLP_ONLY:
@@ -92,11 +91,11 @@ def apply_dp_defaults(cfg: RunConfig, user_set: Set[str]) -> RunConfig:
     Returns
     -------
     RunConfig
-        ``cfg`` itself without DP or when already resolved; otherwise a copy with the DP defaults applied
-        (with ``dp-defaults=false`` only those of :data:`DP_DEFAULTS`) and ``dp-defaults-applied`` naming
-        the changed keys.
+        ``cfg`` itself without DP, with ``dp-defaults=false`` or when already resolved; otherwise a copy
+        with the DP defaults applied and ``dp-defaults-applied`` naming the changed keys.
     """
-    if cfg.privacy.dp_defaults_applied or cfg.privacy.dp_level == "none":
+    pc = cfg.privacy
+    if pc.dp_defaults_applied or pc.dp_level == "none" or not pc.dp_defaults:
         return cfg
     flat = cfg.to_flat()
     changes = {k: v for k, v in _table(cfg).items() if k not in user_set and flat[k] != v}

@@ -269,9 +269,9 @@ class PrivacyConfig:
     dp_defaults: bool = setting(
         True,
         "Under DP, the keys you did not set take DP-suited defaults (the table 'DP defaults' below) and a log "
-        "line names them; false keeps the generic training recipe (model size, batch, epochs) but still keeps "
-        "the run inside the budget (`normalize`, client evaluation). With `flwr run`, a key set to its generic "
-        "default counts as not set.",
+        "line names them; false keeps every generic default (the refusals of statistics outside the budget "
+        "still apply). With `flwr run`, a key set to its generic default counts as not set: set this to false "
+        "to keep such a value.",
     )
     dp_defaults_applied: str = setting(
         "",
