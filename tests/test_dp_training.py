@@ -183,7 +183,9 @@ def test_client_side_clipping_mod_clips_the_update(small_config):
 def test_report_plots_epsilon_against_round(small_config):
     run_dir = run_inprocess(small_config(report=True, **DP))
     assert (run_dir / "epsilon.png").is_file()
-    assert (run_dir / "report.html").read_text().count("data:image/png") == 4
+    # accuracy, loss, epsilon; no per-client label counts under DP (private, outside the budget)
+    assert (run_dir / "report.html").read_text().count("data:image/png") == 3
+    assert not (run_dir / "label_distribution.png").exists()
 
 
 def test_physical_batches_do_not_change_the_logical_steps():

@@ -160,7 +160,9 @@ def test_dp_accountant_steps_equal_the_sum_over_phases(small_config, method):
         # One accountant over both sampling rates, not one per phase.
         q_pre = plan_steps(len(data.train.y), 32, 1).sample_rate
         q_fine = plan_steps(len(data.labeled.y), 16, 1).sample_rate
-        whole = ClientAccountant("rdp", [(client["sigma"], q_pre, 4 * pre), (client["sigma"], q_fine, 2 * fine)])
+        sigma = client["segments"][0][0]
+        assert client["segments"] == [[sigma, q_pre, 4 * pre], [sigma, q_fine, 2 * fine]]
+        whole = ClientAccountant("rdp", [(sigma, q_pre, 4 * pre), (sigma, q_fine, 2 * fine)])
         assert client["epsilon"] == pytest.approx(whole.epsilon(1e-5), rel=1e-6)
 
 

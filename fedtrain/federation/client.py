@@ -23,9 +23,10 @@ from fedtrain.pretrain import AUX_PREFIX, pretrain_local
 from fedtrain.privacy.accountant import ClientAccountant
 from fedtrain.privacy.client_privacy import load_accountant, phase_plan, round_budget, save_accountant
 from fedtrain.privacy.dp_sgd import dp_train_local
+from fedtrain.privacy.unaccounted import train_loss_shared
 from fedtrain.train import evaluate, train_local
 
-__all__ = ["handle_evaluate", "handle_train", "reports_train_loss"]
+__all__ = ["handle_evaluate", "handle_train"]
 
 log = get_logger()
 
@@ -59,7 +60,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         metrics.update(report)
         if report[keys.DP_DECLINED]:
             metrics[keys.NUM_EXAMPLES] = 0
-            if reports_train_loss(cfg):
+            if train_loss_shared(cfg):
                 metrics[keys.TRAIN_LOSS] = 0.0
             return _reply(msg, {**model.state_dict(), **aux}, metrics, acc)
     if phase == "pretrain":
@@ -73,14 +74,9 @@ def handle_train(msg: Message, context: Context) -> Message:
         save_accountant(context, acc)
         metrics[keys.DP_STEPS] = acc.steps
     metrics[keys.NUM_EXAMPLES] = result.num_examples
-    if reports_train_loss(cfg):  # under DP an unnoised loss of private records stays on the client
+    if train_loss_shared(cfg):  # under DP an unnoised loss of private records stays on the client
         metrics[keys.TRAIN_LOSS] = result.loss
     return _reply(msg, arrays, metrics, acc)
-
-
-def reports_train_loss(cfg: RunConfig) -> bool:
-    """Whether clients send their mean local loss: always without DP, under DP only when opted in."""
-    return cfg.privacy.dp_level == "none" or cfg.privacy.dp_allow_unaccounted_statistics
 
 
 def _phase_data(client: ClientData, phase: str):

@@ -22,13 +22,13 @@ from flwr.serverapp.strategy import Strategy
 
 from fedtrain.config import RunConfig
 from fedtrain.federation import keys
-from fedtrain.federation.client import reports_train_loss
 from fedtrain.federation.reply_metrics import canonical_metrics, reply_metrics
 from fedtrain.logging import get_logger
 from fedtrain.models import build_model
 from fedtrain.pretrain import AUX_PREFIX, LayerObjective
 from fedtrain.privacy.client_mods import ADAPTIVE_FLAG
 from fedtrain.privacy.composition import RoundSelection, select_replies
+from fedtrain.privacy.unaccounted import train_loss_shared
 from fedtrain.train import learning_rate
 
 __all__ = ["PHASES", "FinetunePhase", "Phase", "PhaseResult", "PretrainLayerPhase", "RoundOutcome", "build_plan"]
@@ -209,7 +209,7 @@ class Phase(ABC):
         except PrivacyBudgetExhausted as err:
             return PhaseResult(self.label, arrays, 0, "stopped", f"user-level privacy budget: {err}")
         replies = list(grid.send_and_receive(messages, timeout=timeout))
-        canonical_metrics(replies, "train", withheld=() if reports_train_loss(self.cfg) else (keys.TRAIN_LOSS,))
+        canonical_metrics(replies, "train", withheld=() if train_loss_shared(self.cfg) else (keys.TRAIN_LOSS,))
         reports = [_client_report(m) for m in replies]
         chosen = select_replies(self.cfg, replies, reports)
         failures = _errors(replies) + chosen.refused

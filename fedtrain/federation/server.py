@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid
 
 from fedtrain.aggregation import build_strategy
-from fedtrain.config import RunConfig
+from fedtrain.config import RunConfig, dp_default_changes, format_dp_default_changes
 from fedtrain.data import FederatedData
 from fedtrain.errors import CheckpointError, FedtrainError
 from fedtrain.federation.context import config_from_run_config, federated_data
@@ -259,6 +259,9 @@ def run_server(grid: Grid, context: Context) -> Path:
     """Run the whole plan on ``grid``; return the run folder (also left in ``context.state``)."""
     t_start = time.perf_counter()
     cfg = config_from_run_config(context.run_config)
+    changes = dp_default_changes(cfg)
+    if changes and not cfg.output.resume_dir:
+        log.info("%s", format_dp_default_changes(changes))
     torch.set_num_threads(cfg.runtime.torch_threads)
     random.seed(cfg.runtime.seed)  # Flower's strategies sample clients with `random`
     np.random.seed(cfg.runtime.seed)  # Flower's DP wrappers draw their noise from numpy

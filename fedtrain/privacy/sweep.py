@@ -45,9 +45,13 @@ def run_sweep(base: RunConfig, epsilons: list[float], seeds: int, out_dir: Path,
     folder = out_dir / time.strftime("sweep-%Y%m%d-%H%M%S")
     folder.mkdir(parents=True, exist_ok=False)
     tasks = []
+    # Resolve the DP form of the base once (DP defaults for the keys the user did not set) and run every
+    # epsilon, inf included, with those values: the sweep varies only the privacy budget.
+    dp_level = "sample" if base.privacy.dp_level in ("none", "sample") else "both"
+    resolved = load_config(base=base.to_flat(), overrides={"dp-level": dp_level}).to_flat()
     for eps in epsilons:
         for s in range(seeds):
-            flat = base.to_flat()
+            flat = dict(resolved)
             seed = base.runtime.seed + s
             flat.update(
                 {"seed": seed, "progress": False, "report": False, "out-dir": str(folder / "runs"),

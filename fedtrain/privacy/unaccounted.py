@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fedtrain.config import RunConfig
 
-__all__ = ["label_counts_allowed", "unaccounted_statistics"]
+__all__ = ["label_counts_allowed", "train_loss_shared", "unaccounted_statistics"]
 
 
 def label_counts_allowed(cfg: RunConfig) -> bool:
@@ -18,6 +18,11 @@ def label_counts_allowed(cfg: RunConfig) -> bool:
 
     Without DP always; under DP only with ``dp-allow-unaccounted-statistics=true``.
     """
+    return cfg.privacy.dp_level == "none" or cfg.privacy.dp_allow_unaccounted_statistics
+
+
+def train_loss_shared(cfg: RunConfig) -> bool:
+    """Whether clients send their mean local loss: always without DP, under DP only when opted in."""
     return cfg.privacy.dp_level == "none" or cfg.privacy.dp_allow_unaccounted_statistics
 
 
@@ -51,8 +56,7 @@ def unaccounted_statistics(cfg: RunConfig) -> list[str]:
             f"fraction-evaluate={cfg.strategy.fraction_evaluate:g}: loss and accuracy of the global model on each "
             "sampled client's local evaluation share, sent to the server without noise"
         )
-    opted_in = cfg.privacy.dp_allow_unaccounted_statistics
-    if opted_in:  # the same rule as fedtrain.federation.client.reports_train_loss
+    if train_loss_shared(cfg):
         out.append("train loss of each client: its mean local loss each round, sent to the server without noise")
     if cfg.output.report and label_counts_allowed(cfg):
         out.append("report=true: label counts of each client (the label-distribution plot of report.html)")
