@@ -60,6 +60,8 @@ def test_flwr_run_keeps_each_clients_accountant_across_phases(tmp_path):
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds"] == 3
     records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r["steps"] for r in records]
+    steps = [r["steps_max"] for r in records]
     assert steps[0] < steps[1] < steps[2]  # composed, not restarted each round
     assert summary["privacy"]["sample"]["epsilon_max"] <= 3.0
+    clients = json.loads((result.run_dir / "privacy.json").read_text())["sample"]["clients"]
+    assert len(clients) == 4 and all(len(c["segments"]) == 2 for c in clients.values())  # pretrain, finetune
