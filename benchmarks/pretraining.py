@@ -119,6 +119,12 @@ def code_version() -> dict:
     return info
 
 
+def code_line(code: dict) -> str:
+    if "commit" not in code:
+        return f"fedtrain imported from {code['fedtrain']}"
+    return f"fedtrain at commit {code['commit'][:7]}{' (uncommitted changes)' if code.get('dirty') else ' (clean)'}"
+
+
 def command_line(args: argparse.Namespace) -> str:
     parts = ["python benchmarks/pretraining.py"]
     for key, default in DEFAULTS.items():
@@ -227,7 +233,7 @@ def write_markdown(payload: dict, arms: list[str], path: Path) -> None:
         "# Federated layer-wise pretraining: paired seeds",
         "",
         f"`{payload['command']}` on {payload['date']} ({payload['machine']}), {payload['wall_seconds']} s; "
-        f"code {payload['code']}.",
+        f"{code_line(payload['code'])}.",
         "",
         f"Setup: {payload['setup']}",
         "",
@@ -255,7 +261,14 @@ def write_markdown(payload: dict, arms: list[str], path: Path) -> None:
             s = r["per_seed"][i]
             cells.append(f"{s['none']:.4f} | {s[method]:.4f} | {s['difference'] * 100:+.1f}")
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    seconds = "; ".join(
+        f"{r['labeled_fraction']:.0%}: "
+        + ", ".join(f"{arm} {statistics.fmean(s['seconds'][arm] for s in r['per_seed']):.0f} s" for arm in arms)
+        for r in rows
+    )
+    lines += ["", f"Mean seconds per run (one process, machine shared): {seconds}."]
     lines += ["", "## Notes", "", f"- {payload['replaced_claim']}", f"- {payload['dp_note']}"]
+    lines += [f"- {check}" for check in payload.get("checks", [])]
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
