@@ -79,7 +79,8 @@ class DataConfig:
     val_fraction: float = setting(
         0.1,
         "Share of the remaining data the server keeps for validation (early stopping, "
-        "best checkpoint); 0 uses the test split.",
+        "best checkpoint); 0: no validation split, the last round is reported and early stopping is off (the "
+        "test split is never used to select).",
         low=0.0,
         high=0.5,
     )
