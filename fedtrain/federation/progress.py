@@ -32,9 +32,11 @@ class RoundProgress:
             self._progress.start()
         return self
 
-    def advance(self, accuracy: float, val_accuracy: float, epsilon: float | None = None) -> None:
+    def advance(self, accuracy: float, val_accuracy: float | None, epsilon: float | None = None) -> None:
+        """One round done; ``val_accuracy`` is None without a validation split."""
         eps = "" if epsilon is None else f"  ε max {epsilon:.2f}"
-        self._progress.update(self._task, advance=1, acc=f"{accuracy:.4f}", val=f"{val_accuracy:.4f}", eps=eps)
+        val = "-" if val_accuracy is None else f"{val_accuracy:.4f}"
+        self._progress.update(self._task, advance=1, acc=f"{accuracy:.4f}", val=val, eps=eps)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -140,7 +140,7 @@ class _Tracker:
         self._watch_loss(outcome, record)  # before the checkpoint, so a resumed run keeps the episode
         self.folder.save_checkpoint(self.checkpoint(outcome.arrays), best=s["best"]["round"] == outcome.global_round)
         if self.progress:
-            self.progress.advance(test.accuracy, val.accuracy if val else float("nan"), record.get("epsilon_max"))
+            self.progress.advance(test.accuracy, val.accuracy if val else None, record.get("epsilon_max"))
         patience = self.cfg.strategy.early_stopping_patience
         if outcome.supervised and self.has_val and patience and s["bad_rounds"] >= patience:
             min_delta = self.cfg.strategy.early_stopping_min_delta
