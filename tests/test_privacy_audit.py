@@ -189,12 +189,13 @@ def test_stock_metric_names_are_read(small_config):
 # --- user-level DP with clients that decline -----------------------------------------------------------
 
 
-def test_declined_clients_stay_in_the_user_level_cohort(small_config):
+@pytest.mark.parametrize("clipping", ["server", "client", "adaptive-server", "adaptive-client"])
+def test_declined_clients_stay_in_the_user_level_cohort(small_config, clipping):
     # A fixed sigma this small exhausts the sample-level budget of most clients mid-run; the
     # user-level mechanism must still average the whole sampled cohort it scales its noise for.
     cfg = small_config(
         **{**DP, "dp_level": "both"}, num_clients=4, min_clients=1, num_rounds=6, dp_noise_multiplier=1.0,
-        dp_target_epsilon=3.5, dp_user_clipping="server",
+        dp_target_epsilon=3.5, dp_user_clipping=clipping,
     )  # fmt: skip
     run_dir = run_inprocess(cfg)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -204,10 +205,60 @@ def test_declined_clients_stay_in_the_user_level_cohort(small_config):
     user = json.loads((run_dir / "privacy.json").read_text())["user"]
     rounds = len(records)
     assert sum(r["count"] for r in user["releases"]) == rounds
-    assert all(r["sample_size"] == 4 and r["noise_multiplier"] == 1.0 for r in user["releases"])
+    assert all(r["sample_size"] == 4 and r["noise_multiplier"] == pytest.approx(1.0) for r in user["releases"])
     oracle = dp_accounting.rdp.RdpAccountant(orders=user["rdp_orders"])
     oracle.compose(dp_accounting.GaussianDpEvent(1.0), rounds)
-    assert user["epsilon"] == pytest.approx(oracle.get_epsilon(user["delta"]), rel=1e-9)
+    assert user["epsilon"] == pytest.approx(oracle.get_epsilon(user["delta"]), rel=1e-6)
+
+
+def test_a_resumed_user_level_run_continues_the_noise_and_the_clipping_norm(small_config):
+    # Reseeding on resume added the first rounds' noise again: two global models then cancel it.
+    user = {"dp_level": "user", "dp_user_clipping": "adaptive-server", "normalize": "range"}
+    straight = run_inprocess(small_config(num_rounds=4, **user))
+    first = run_inprocess(small_config(num_rounds=2, **user))
+    resumed = run_inprocess(small_config(num_rounds=4, resume_dir=str(first), **user))
+    a, b = RunFolder(straight).load_checkpoint()["arrays"], RunFolder(resumed).load_checkpoint()["arrays"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_adaptive_noise_uses_the_norm_that_clipped_and_the_norm_moves_towards_the_quantile(small_config, monkeypatch):
+    import flwr.serverapp.strategy.dp_adaptive_clipping as flower_adaptive
+
+    clipped_at, noised_at = [], []
+    clip, stdv = flower_adaptive.adaptive_clip_inputs_inplace, flower_adaptive.compute_stdv
+
+    def spy_clip(arrays, norm):
+        clipped_at.append(norm)
+        return clip(arrays, norm)
+
+    def spy_stdv(z, norm, k):
+        noised_at.append(norm)
+        return stdv(z, norm, k)
+
+    monkeypatch.setattr(flower_adaptive, "adaptive_clip_inputs_inplace", spy_clip)
+    monkeypatch.setattr(flower_adaptive, "compute_stdv", spy_stdv)
+    # A tiny initial norm clips every update: the norm must grow (Flower's own update shrinks it).
+    run_inprocess(small_config(dp_level="user", dp_user_clipping="adaptive-server", dp_user_clipping_norm=1e-4,
+                               num_rounds=4, normalize="range"))  # fmt: skip
+    per_round = clipped_at[::3]  # 3 clients a round, all clipped at that round's norm
+    assert noised_at == per_round
+    assert per_round == sorted(per_round) and per_round[-1] > per_round[0]
+
+
+def test_the_round_that_ends_a_phase_is_accounted(small_config):
+    # A fixed sigma that spends the budget within a few rounds: the phase stops on min-clients after some
+    # clients trained in that last round; their spend must reach the ledger.
+    cfg = small_config(**DP, num_rounds=10, min_clients=3, dp_noise_multiplier=1.0, dp_target_epsilon=3.5)
+    grid = InProcessGrid(__import__("clients.client_app").client_app.app, 3, cfg.to_flat())
+    run_dir = run_inprocess(cfg, grid=grid)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped"
+    clients = json.loads((run_dir / "privacy.json").read_text())["sample"]["clients"]
+    for context in grid.contexts.values():
+        pid = str(context.node_config["partition-id"])
+        own = context.state.config_records["fedtrain-dp"]
+        assert clients[pid]["segments"][-1]["steps"] == sum(own["steps"]) or len(clients[pid]["segments"]) > 1
+        assert sum(seg["steps"] for seg in clients[pid]["segments"]) == sum(own["steps"])
 
 
 @pytest.mark.parametrize(("z", "k"), [(1.0, 10), (0.5, 4), (2.0, 100)])

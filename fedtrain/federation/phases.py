@@ -68,6 +68,8 @@ class PhaseResult:
     rounds: int
     status: str  # "completed" | "stopped" | "failed"
     reason: str = ""
+    # Reports of a round that ended the phase before its outcome was recorded: their DP spend still counts.
+    client_metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
 # Called after every round; returns a reason to stop the phase early, or None to go on.
@@ -211,17 +213,19 @@ class Phase(ABC):
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         canonical_metrics(replies, "train", withheld=() if train_loss_shared(self.cfg) else (keys.TRAIN_LOSS,))
         reports = [_client_report(m) for m in replies]
-        chosen = select_replies(self.cfg, replies, reports)
+        chosen = select_replies(self.cfg, replies, reports, arrays)
+        spent = [r for m, r in zip(replies, reports, strict=True) if _in(m, chosen.trained + chosen.declined)]
         failures = _errors(replies) + chosen.refused
         for reason in chosen.refused:
             log.warning("refused: %s", reason)
         stop = self._too_few(chosen, len(replies))
         if stop is not None:
+            stop.client_metrics = spent
             return stop
         new_arrays, _ = self.strategy.aggregate_train(global_round, chosen.aggregate)
         if new_arrays is None:
             reason = f"round {phase_round}: no usable client update" + (f" ({failures[0]})" if failures else "")
-            return PhaseResult(self.label, arrays, 0, "failed", reason)
+            return PhaseResult(self.label, arrays, 0, "failed", reason, client_metrics=spent)
         for key in self.frozen_keys(phase_round, arrays):
             new_arrays[key] = arrays[key]  # exact: averaging equal floats may round, DP noise would move them
         eval_replies: list[Message] = []
@@ -243,16 +247,14 @@ class Phase(ABC):
             global_round=global_round,
             arrays=new_arrays,
             lr=float(train_cfg.get(keys.LR, 0.0)),
-            train_loss=_train_loss(chosen.trained),
+            train_loss=_train_loss(chosen.trained) if train_loss_shared(self.cfg) else None,
             client_eval_loss=_get(eval_metrics, keys.EVAL_LOSS),
             client_eval_accuracy=_get(eval_metrics, keys.EVAL_ACCURACY),
             clients_trained=len(chosen.trained),
             clients_evaluated=sum(not m.has_error() for m in eval_replies),
             failures=failures,
             seconds=time.perf_counter() - t0,
-            client_metrics=[
-                r for m, r in zip(replies, reports, strict=True) if _in(m, chosen.trained + chosen.declined)
-            ],
+            client_metrics=spent,
             declined=len(chosen.declined),
             supervised=self.supervised,
             extra=self.central_metrics(new_arrays),

@@ -168,6 +168,7 @@ class _Tracker:
             "input_shape": list(self.data.input_shape),
             "state": dict(self.state),
             "random_state": random.getstate(),
+            "numpy_random_state": _numpy_state(),
         }
 
 
@@ -195,6 +196,7 @@ def _open_folder(cfg: RunConfig) -> tuple[RunFolder, dict[str, Any], ArrayRecord
     try:
         state, arrays = dict(ckpt["state"]), ArrayRecord(ckpt["arrays"])
         random.setstate(_as_random_state(ckpt["random_state"]))
+        _restore_numpy_state(ckpt, cfg)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(
             f"checkpoint in {str(folder.path)!r} lacks or has a bad {err}; it cannot be resumed"
@@ -202,6 +204,27 @@ def _open_folder(cfg: RunConfig) -> tuple[RunFolder, dict[str, Any], ArrayRecord
     folder.truncate_metrics(state["records"])
     log.info("Resuming %s after global round %d", folder.path, state["global_round"])
     return folder, state, arrays
+
+
+def _numpy_state() -> list:
+    """The global numpy RNG state as plain values (checkpoints load with ``weights_only``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]
+
+
+def _restore_numpy_state(ckpt: dict[str, Any], cfg: RunConfig) -> None:
+    """Continue numpy's stream: Flower's DP wrappers draw their noise from it.
+
+    Reseeding on resume would add the very noise of the first rounds again, and anyone holding two global
+    models could cancel it. A checkpoint without the state cannot be resumed under user-level DP.
+    """
+    raw = ckpt.get("numpy_random_state")
+    if raw is None:
+        if cfg.user_dp:
+            raise KeyError("numpy_random_state (user-level DP noise would repeat the first rounds' noise)")
+        return
+    name, keys, pos, has_gauss, cached = raw
+    np.random.set_state((str(name), np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
 
 
 def _as_random_state(raw: Any) -> tuple:
@@ -282,9 +305,13 @@ def run_server(grid: Grid, context: Context) -> Path:
 
     def make_strategy(c: RunConfig):
         strategy = build_strategy(c)
-        return wrap_user_dp(strategy, c, user_accountant) if user_accountant is not None else strategy
+        if user_accountant is None:
+            return strategy
+        return wrap_user_dp(strategy, c, user_accountant, tracker.privacy.state)
 
     plan = build_plan(cfg, make_strategy)
+    # Sent every round: a client may lose its Context.state at any time (resume, a restarted SuperNode). One
+    # config goes to all, so each client also sees the others' (public) DP parameters.
     restore = tracker.privacy.restore_config if cfg.sample_dp else None
     wall_before = state["wall_seconds"]
     log.info("fedtrain run %s: %s", folder.path, "; ".join(p.summary() for p in plan))
@@ -334,6 +361,9 @@ def _run_phases(
             extra_config=restore,
         )
         arrays = result.arrays
+        if result.client_metrics:  # the round that ended the phase: clients spent budget in it
+            tracker.privacy.update(result.client_metrics)
+            _persist_privacy(folder, tracker.privacy.state)
         if result.name == "pretrain-1":
             _draw_filters(arrays, data, folder)
         state["phases"].append({"name": result.name, "rounds": result.rounds, "status": result.status,
@@ -343,6 +373,16 @@ def _run_phases(
         if result.status != "completed":
             return result.status, result.reason
     return "completed", ""
+
+
+def _persist_privacy(folder: RunFolder, privacy_state: dict[str, Any]) -> None:
+    """Put the ledger's latest state into the latest checkpoint, keeping its position in the plan."""
+    if not folder.latest_checkpoint.is_file():
+        return
+    ckpt = folder.load_checkpoint("latest")
+    ckpt["state"] = {**ckpt["state"], "privacy": privacy_state}
+    ckpt.pop("format", None)
+    folder.save_checkpoint(ckpt)
 
 
 def _draw_filters(arrays: ArrayRecord, data: FederatedData, folder: RunFolder) -> None:

@@ -12,15 +12,29 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from fedtrain.privacy.composition import is_declined, zero_update
+
 __all__ = ["user_dp_clipping_mod"]
 
 ADAPTIVE_FLAG = "dp-user-adaptive"
 
 
 def user_dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Clip the update with Flower's mod when the train config carries a clipping norm."""
+    """Clip the update with Flower's mod when the train config carries a clipping norm.
+
+    A client that declined the round returns the global model; Flower's mods divide by the update's
+    norm, so the reply goes to them as the nudged zero update the server would make of it anyway.
+    """
     configs = list(msg.content.config_records.values())
     if len(configs) != 1 or KEY_CLIPPING_NORM not in configs[0]:
         return call_next(msg, context)
     mod = adaptiveclipping_mod if configs[0].get(ADAPTIVE_FLAG, 0) else fixedclipping_mod
-    return mod(msg, context, call_next)
+    received = next(iter(msg.content.array_records.values()))
+
+    def train(m: Message, c: Context) -> Message:
+        reply = call_next(m, c)
+        if is_declined(reply):
+            zero_update(reply, received)
+        return reply
+
+    return mod(msg, context, train)

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 
 from fedtrain.config import RunConfig
-from fedtrain.privacy.wire import DP_DECLINED, DP_EVIDENCE, DP_HISTORY
+from fedtrain.privacy.wire import DP_DECLINED, DP_EVIDENCE, DP_HISTORY, USER_DP_WEIGHT
 
-__all__ = ["RoundSelection", "select_replies"]
+__all__ = ["RoundSelection", "is_declined", "select_replies", "zero_update"]
 
 
 @dataclass
@@ -43,24 +43,42 @@ def _missing_evidence(metrics: Mapping[str, Any], reply: Message) -> list[str]:
     return missing
 
 
-def _nudge(reply: Message) -> None:
-    """Move one weight of an unchanged model by 1e-6.
+def zero_update(reply: Message, global_arrays: ArrayRecord) -> None:
+    """Make a declined reply carry the global model itself, moved by one small fixed step.
 
-    Flower 1.42's clipping divides by the update's norm and raises ZeroDivisionError on an exact
-    zero update; a fixed, data-independent offset keeps the norm positive and changes nothing else.
+    The server does not take the client's word that its model is unchanged. The step keeps the update's
+    norm positive: Flower 1.42's clipping divides by it (ZeroDivisionError on an exact zero update). It
+    is data-independent, so it reveals nothing, and large enough to survive float32 rounding.
     """
-    for name, record in list(reply.content.array_records.items()):
-        arrays = record.to_numpy_ndarrays()
-        first = next((a for a in arrays if a.size), None)
-        if first is None:
-            return
-        first.flat[0] += np.asarray(1e-6, dtype=first.dtype)
-        reply.content[name] = ArrayRecord(dict(zip(record.keys(), (Array(a) for a in arrays), strict=True)))
-        return
+    nudged = {k: np.array(v, copy=True) for k, v in zip(global_arrays.keys(), global_arrays.to_numpy_ndarrays(),
+                                                        strict=True)}  # fmt: skip
+    target = next((a for a in nudged.values() if a.size and np.issubdtype(a.dtype, np.floating)), None)
+    if target is not None:
+        value = target.flat[0]
+        target.flat[0] = value + max(np.asarray(1e-6, target.dtype), 8 * np.spacing(value))
+    for name in list(reply.content.array_records):
+        reply.content[name] = ArrayRecord({k: Array(a) for k, a in nudged.items()})
 
 
-def select_replies(cfg: RunConfig, replies: list[Message], metrics: list[Mapping[str, Any]]) -> RoundSelection:
-    """Split a round's train replies; ``metrics`` holds each reply's metrics (``{}`` for error replies)."""
+def is_declined(reply: Message) -> bool:
+    """Whether a train reply says its client declined the round (budget)."""
+    return not reply.has_error() and any(r.get(DP_DECLINED) for r in reply.content.metric_records.values())
+
+
+def _equal_weight(reply: Message) -> None:
+    """User-level sensitivity assumes equal weights: set them here rather than trust each client's."""
+    for name, record in list(reply.content.metric_records.items()):
+        reply.content[name] = MetricRecord({**dict(record), USER_DP_WEIGHT: 1.0})
+
+
+def select_replies(
+    cfg: RunConfig, replies: list[Message], metrics: list[Mapping[str, Any]], global_arrays: ArrayRecord
+) -> RoundSelection:
+    """Split a round's train replies; ``metrics`` holds each reply's metrics (``{}`` for error replies).
+
+    Replies are edited in place where the server must not trust them: under user-level DP every
+    aggregated reply gets weight 1, and a declined one the global model (``global_arrays``).
+    """
     selection = RoundSelection(aggregate=[], trained=[])
     for reply, met in zip(replies, metrics, strict=True):
         if reply.has_error():
@@ -78,9 +96,12 @@ def select_replies(cfg: RunConfig, replies: list[Message], metrics: list[Mapping
         if met.get(DP_DECLINED):
             selection.declined.append(reply)
             if cfg.user_dp:
-                _nudge(reply)
+                zero_update(reply, global_arrays)
+                _equal_weight(reply)
                 selection.aggregate.append(reply)  # a zero update: the cohort stays the one the noise is for
             continue
+        if cfg.user_dp:
+            _equal_weight(reply)
         selection.trained.append(reply)
         selection.aggregate.append(reply)
     return selection

@@ -75,11 +75,21 @@ class PrivacyLedger:
             self.state["user_releases"] = user_releases(self.user_accountant)
 
     def _shrunk(self, pid: str, acc: ClientAccountant) -> bool:
-        """A history only grows; a shorter one means a client lost its accountant (the ledger keeps its own)."""
-        if pid not in self.clients or acc.steps >= self.clients[pid]["steps"]:
+        """A history only grows: the stored one must be a prefix of the new one (its last segment may grow).
+
+        Anything else means the client lost its accountant; the ledger then keeps its own history.
+        """
+        if pid not in self.clients:
             return False
-        log.warning("client %s reported %d DP steps, fewer than the %d it spent before: it lost its accountant; "
-                    "the ledger keeps the longer history", pid, acc.steps, self.clients[pid]["steps"])  # fmt: skip
+        old, new = self.history(pid), acc.history
+        extends = len(new) >= len(old) and all(
+            n == o if i < len(old) - 1 else n[:2] == o[:2] and n[2] >= o[2]
+            for i, (o, n) in enumerate(zip(old, new, strict=False))
+        )
+        if extends:
+            return False
+        log.warning("client %s sent a DP history that does not extend the one it spent before (%d steps): it lost "
+                    "its accountant; the ledger keeps its own history", pid, self.clients[pid]["steps"])  # fmt: skip
         return True
 
     def _epsilon(self, history: list[Segment]) -> float:
@@ -212,6 +222,11 @@ def _migrate(cfg: RunConfig, state: dict[str, Any]) -> None:
         state["clients"][pid] = {"segments": [[float(c["sigma"]), float(c["q"]), int(c["steps"])]],
                                  "steps": int(c["steps"]), "epsilon": float(c["epsilon"])}  # fmt: skip
     count = state.get("user_releases")
+    if isinstance(count, int) and count and cfg.privacy.dp_user_clipping.startswith("adaptive"):
+        raise CheckpointError(
+            "this checkpoint was written by an older fedtrain whose adaptive clipping released less noise than it "
+            "accounted; its user-level epsilon cannot be rebuilt. Start a new run instead of resuming"
+        )
     if isinstance(count, int):  # a count of identical releases at the configured noise and cohort
         z, k = cfg.privacy.dp_user_noise_multiplier, sampled_clients(cfg)
         state["user_releases"] = [{"noise_multiplier": z, "sample_size": k, "count": count}] if count else []

@@ -105,13 +105,30 @@ def adaptive_release_multiplier(update_multiplier: float, count_stddev: float, s
 
 
 class _AccountedAdaptive:
-    """Mixin: compose the Gaussian release of each aggregated round; refuse a round past the budget."""
+    """Mixin over Flower's adaptive wrappers: a sound, accounted Gaussian release per round.
+
+    Three corrections to Flower 1.42's adaptive clipping:
+
+    - Strict cohort: a round is aggregated only when every sampled client replied (as Flower's
+      fixed-clipping accountant requires), so each release is the full-cohort mechanism accounted
+      and checked against ``dp-user-max-epsilon`` before the round.
+    - Noise at the norm that clipped: Flower updates the clipping norm before it adds the noise, so
+      the noise was scaled to the *next* round's norm. Here it uses the norm the updates were clipped to.
+    - Direction of the norm update: Flower's bit means "was clipped", Andrew et al.'s "was not
+      clipped", so Flower's norm ran away from the target quantile; here it moves towards it.
+
+    The norm is kept in ``norm_state`` (the ledger's checkpointed state), so it survives phases and resume.
+    """
 
     accountant: RdpAccountant
     population: int
+    norm_state: dict
     noise_multiplier: float  # Flower's update share, set by the wrapper
     clipped_count_stddev: float
+    clipping_norm: float
     num_sampled_clients: int
+    clip_norm_lr: float
+    target_clipped_quantile: float
 
     def _release(self, aggregated: int) -> GaussianPrivacyEvent:
         z = adaptive_release_multiplier(
@@ -132,10 +149,26 @@ class _AccountedAdaptive:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
+        answered = sum(not m.has_error() for m in replies)
+        if answered != self.num_sampled_clients or answered != len(replies):
+            return None, None  # an incomplete cohort: the accounted mechanism was not what would be released
+        self._norm_used = self.clipping_norm
         arrays, metrics = super().aggregate_train(server_round, replies)
+        self.norm_state["user_clipping_norm"] = float(self.clipping_norm)
         if arrays is not None:
-            self.accountant.compose(self._release(sum(not m.has_error() for m in replies)))
+            self.accountant.compose(self._release(answered))
         return arrays, metrics
+
+    def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
+        next_norm, self.clipping_norm = self.clipping_norm, self._norm_used
+        try:
+            return super()._add_noise_to_aggregated_arrays(aggregated)
+        finally:
+            self.clipping_norm = next_norm
+
+    def _geometric_update(self, clipped_fraction: float) -> None:
+        unclipped = 1.0 - clipped_fraction  # Andrew et al.'s b: the share of updates within the norm
+        self.clipping_norm *= math.exp(-self.clip_norm_lr * (unclipped - (1.0 - self.target_clipped_quantile)))
 
 
 class _ServerAdaptive(_AccountedAdaptive, DifferentialPrivacyServerSideAdaptiveClipping):
@@ -146,8 +179,11 @@ class _ClientAdaptive(_AccountedAdaptive, DifferentialPrivacyClientSideAdaptiveC
     pass
 
 
-def wrap_user_dp(strategy: Strategy, cfg: RunConfig, accountant: RdpAccountant) -> Strategy:
-    """Wrap ``strategy`` in the Flower DP wrapper named by ``dp-user-clipping``."""
+def wrap_user_dp(strategy: Strategy, cfg: RunConfig, accountant: RdpAccountant, norm_state: dict) -> Strategy:
+    """Wrap ``strategy`` in the Flower DP wrapper named by ``dp-user-clipping``.
+
+    ``norm_state`` keeps the adaptive clipping norm across phases and resume (``user_clipping_norm``).
+    """
     pc = cfg.privacy
     k = sampled_clients(cfg)
     z = pc.dp_user_noise_multiplier
@@ -160,9 +196,9 @@ def wrap_user_dp(strategy: Strategy, cfg: RunConfig, accountant: RdpAccountant) 
         return cls(strategy, z, pc.dp_user_clipping_norm, k, accountant=accountant)
     cls = _ServerAdaptive if pc.dp_user_clipping == "adaptive-server" else _ClientAdaptive
     count_stddev, z_flower = adaptive_noise_split(z, k)
-    wrapped = cls(strategy, z_flower, k, initial_clipping_norm=pc.dp_user_clipping_norm,
-                  clipped_count_stddev=count_stddev)  # fmt: skip
-    wrapped.accountant, wrapped.population = accountant, cfg.partition.num_clients
+    norm = float(norm_state.get("user_clipping_norm", pc.dp_user_clipping_norm))
+    wrapped = cls(strategy, z_flower, k, initial_clipping_norm=norm, clipped_count_stddev=count_stddev)
+    wrapped.accountant, wrapped.population, wrapped.norm_state = accountant, cfg.partition.num_clients, norm_state
     return wrapped
 
 
