@@ -297,3 +297,9 @@ def test_weak_user_level_dp_is_warned_about(small_config):
     run_dir = run_inprocess(small_config(dp_level="user", num_rounds=1))
     warnings = json.loads((run_dir / "summary.json").read_text())["warnings"]
     assert any("will likely swamp training" in w for w in warnings)
+
+
+def test_noise_from_os_entropy_is_not_reproducible(small_config):
+    cfg = small_config(**DP, dp_noise_seed="os", num_rounds=1)
+    a, b = (RunFolder(run_inprocess(cfg)).load_checkpoint()["arrays"] for _ in range(2))
+    assert not all(torch.equal(a[k], b[k]) for k in a)

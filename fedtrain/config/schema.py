@@ -288,6 +288,14 @@ class PrivacyConfig:
         "plot are refused unless this is true. epsilon then does not cover them; summary.json lists them under "
         "`privacy.outside_budget`.",
     )
+    dp_noise_seed: str = setting(
+        "run",
+        "Where DP noise and Poisson sampling get their seeds: `run` derives them from `seed` (reproducible, for "
+        "experiments: anyone who knows `seed`, which summary.json records, can regenerate the noise); `os` takes "
+        "them from the operating system's entropy (runs are not reproducible). Neither makes torch's or numpy's "
+        "generator a CSPRNG.",
+        choices=("run", "os"),
+    )
     dp_target_epsilon: float = setting(
         3.0,
         "Sample-level budget per client for the whole run; sigma is calibrated to it unless "

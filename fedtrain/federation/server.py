@@ -29,6 +29,7 @@ from fedtrain.federation.progress import RoundProgress
 from fedtrain.logging import get_logger, quiet_flower
 from fedtrain.models import build_model
 from fedtrain.pretrain import AUX_PREFIX
+from fedtrain.privacy.dp_sgd import noise_seed
 from fedtrain.privacy.ledger import PrivacyLedger
 from fedtrain.privacy.preflight import check_privacy_plan, warn_weak_user_dp
 from fedtrain.privacy.unaccounted import label_counts_allowed
@@ -287,7 +288,7 @@ def run_server(grid: Grid, context: Context) -> Path:
         log.info("%s", format_dp_default_changes(changes))
     torch.set_num_threads(cfg.runtime.torch_threads)
     random.seed(cfg.runtime.seed)  # Flower's strategies sample clients with `random`
-    np.random.seed(cfg.runtime.seed)  # Flower's DP wrappers draw their noise from numpy
+    np.random.seed(noise_seed(cfg, cfg.runtime.seed) % 2**32)  # Flower's DP wrappers draw their noise from numpy
     data = federated_data(cfg)  # bad data, a bad federation size or DP plan fail before any folder exists
     _check_nodes(grid, cfg)
     check_privacy_plan(cfg, data)

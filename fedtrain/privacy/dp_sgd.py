@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import secrets
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,15 @@ from fedtrain.train.loop import TrainResult, make_loader
 from fedtrain.train.losses import build_criterion
 from fedtrain.train.optimizers import build_optimizer
 
-__all__ = ["DPPlan", "check_model", "choose_grad_sample_mode", "dp_train_local", "plan_steps", "run_private"]
+__all__ = [
+    "DPPlan",
+    "check_model",
+    "choose_grad_sample_mode",
+    "dp_train_local",
+    "noise_seed",
+    "plan_steps",
+    "run_private",
+]
 
 log = get_logger()
 
@@ -106,6 +115,11 @@ def dp_train_local(
     return plain, TrainResult(loss=loss, num_examples=len(data.y), steps=plan.steps_per_call), plan
 
 
+def noise_seed(cfg: RunConfig, seed: int) -> int:
+    """The seed of DP noise: ``seed`` (reproducible per client and round), or fresh entropy (``dp-noise-seed=os``)."""
+    return secrets.randbits(63) if cfg.privacy.dp_noise_seed == "os" else seed
+
+
 def run_private(
     module: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -127,7 +141,7 @@ def run_private(
     pc = cfg.privacy
     module.train()
     with torch.random.fork_rng(), warnings.catch_warnings():
-        torch.manual_seed(seed)  # Poisson sampling and noise: reproducible per client and round
+        torch.manual_seed(noise_seed(cfg, seed))  # Poisson sampling and noise
         # Known and documented (docs/privacy.md): noise from torch's PRNG, not a CSPRNG; and the
         # first layer's inputs need no gradient, which Opacus' backward hooks warn about.
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
