@@ -2,8 +2,10 @@
 
 Epsilon covers DP-SGD's noisy gradients (sample level) or the noisy aggregate of clipped updates (user
 level). Anything else computed from the clients' data and seen by the server, the report or an exported
-model is outside the budget; this module names each such statistic for a config. It reads only the
-config (no data, no federation) so the CLI, the server and the report can all call it.
+model is outside the budget; this module names each such statistic that a config turns on. Record counts
+are taken as public, as the accountant's model does (clients send ``num-examples``, and ``q`` and
+``steps`` follow from them), and are not listed. It reads only the config (no data, no federation) so the
+CLI, the server and the report can all call it.
 """
 
 from __future__ import annotations
