@@ -61,7 +61,17 @@ def test_at_least_fifteen_bad_inputs_end_in_one_clear_line(tmp_path, capsys):
 def test_error_exit_codes_follow_error_type(tmp_path, capsys):
     assert main(["run", "--run-config", "num-round=3"]) == 2
     assert main(["run", "--run-config", f"dataset=file data-path={tmp_path / 'none.npz'}", "--out", str(tmp_path)]) == 3
-    assert FedtrainError.exit_code == 1
+
+
+def test_an_environment_error_exits_with_1(tmp_path, capsys, monkeypatch):
+    import fedtrain.runtime as runtime
+
+    def unavailable(*args, **kwargs):
+        raise FedtrainError("the federation is not reachable")
+
+    monkeypatch.setattr(runtime, "run_inprocess", unavailable)
+    assert main(["run", "--run-config", f"out-dir={tmp_path} progress=false"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: the federation is not reachable"
 
 
 def test_config_command_prints_resolved_toml(capsys):

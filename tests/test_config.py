@@ -124,3 +124,14 @@ def test_early_stopping_needs_a_validation_split():
     with pytest.raises(ConfigError, match="early-stopping-patience=3 needs a validation split: set val-fraction > 0"):
         load_config(overrides="early-stopping-patience=3 val-fraction=0")
     load_config(overrides="early-stopping-patience=3")
+
+
+@pytest.mark.parametrize("key", ["optimizer", "pretrain-optimizer"])
+def test_nesterov_without_momentum_is_refused_before_any_run(key, tmp_path, capsys):
+    from fedtrain.cli import main
+
+    with pytest.raises(ConfigError, match="needs momentum > 0"):
+        load_config(overrides={key: "nesterov", "momentum": 0.0})
+    assert main(["run", "--run-config", f"{key}=nesterov momentum=0 out-dir={tmp_path}"]) == 2
+    assert "needs momentum > 0" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no run folder

@@ -13,7 +13,7 @@ from fedtrain.models import build_model
 from fedtrain.privacy import ClientAccountant, check_model, dp_train_local, plan_steps
 from fedtrain.results import RunFolder
 from fedtrain.runtime import run_inprocess
-from fedtrain.train import OPTIMIZERS
+from fedtrain.train import OPTIMIZERS, evaluate
 
 DP = {"dp_level": "sample", "batch_size": 32, "hidden_sizes": "16"}
 
@@ -59,14 +59,14 @@ def test_resume_keeps_the_accountant(small_config):
 
 
 def test_budget_guard_stops_the_run_and_keeps_results(small_config):
-    # A fixed sigma this small spends the budget of 1.0 within a round or two.
-    cfg = small_config(num_rounds=10, dp_noise_multiplier=0.6, dp_target_epsilon=1.0, **DP)
+    # A fixed sigma this small spends the budget of 2.0 after one round (measured: 1.87 after it).
+    cfg = small_config(num_rounds=10, dp_noise_multiplier=1.2, dp_target_epsilon=2.0, **DP)
     run_dir = run_inprocess(cfg)
     summary = _summary(run_dir)
     assert summary["status"] == "stopped" and "privacy budget" in summary["reason"]
-    assert summary["privacy"]["sample"]["epsilon_max"] <= 1.0
-    assert (run_dir / "checkpoints" / "latest.pt").is_file() or summary["rounds"] == 0
-    assert summary["rounds"] < 10
+    assert 0 < summary["privacy"]["sample"]["epsilon_max"] <= 2.0
+    assert 1 <= summary["rounds"] < 10
+    assert (run_dir / "checkpoints" / "latest.pt").is_file()  # the rounds before the stop are kept
 
 
 def test_returned_weights_load_into_the_plain_model():
@@ -85,10 +85,12 @@ def test_dp_works_with_every_optimizer(name):
     cfg = load_config(overrides={"dp-level": "sample", "optimizer": name, "hidden-sizes": "16", "learning-rate": 0.01})
     data = build_federated_data(cfg.data, cfg.partition, 0).clients[1].train
     model = build_model(cfg.model, data.input_shape, data.num_classes)
-    before = [p.detach().clone() for p in model.parameters()]
-    trained, result, _ = dp_train_local(model, data, cfg, lr=0.01, seed=0, noise_multiplier=1.0)
+    before = evaluate(model, data).loss
+    # No noise: what moves the weights is the optimizer's step on clipped per-sample gradients.
+    lr = 0.005 if name in ("adagrad", "rmsprop", "adam", "adamw") else 0.05  # adaptive steps are larger
+    trained, result, _ = dp_train_local(model, data, cfg, lr=lr, seed=0, noise_multiplier=0.0)
     assert torch.isfinite(torch.tensor(result.loss))
-    assert any(not torch.equal(a, b) for a, b in zip(before, trained.parameters(), strict=True))
+    assert evaluate(trained, data).loss < before
 
 
 @pytest.mark.parametrize("model_name", ["mlp", "cnn"])

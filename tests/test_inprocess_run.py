@@ -8,10 +8,13 @@ import torch
 
 from fedtrain.aggregation import STRATEGIES, build_strategy
 from fedtrain.config import KNOWN_PHASES, load_config
+from fedtrain.data import build_federated_data
 from fedtrain.errors import CheckpointError
 from fedtrain.federation import PHASES
+from fedtrain.models import build_model
 from fedtrain.results import RunFolder
 from fedtrain.runtime import run_inprocess
+from fedtrain.train import evaluate
 
 
 def test_three_clients_two_rounds_fill_the_run_folder(small_config):
@@ -52,7 +55,8 @@ def test_three_clients_two_rounds_fill_the_run_folder(small_config):
 def test_learning_happens(small_config):
     run_dir = run_inprocess(small_config(num_rounds=4, hidden_sizes="64"))
     records = RunFolder(run_dir).read_metrics()
-    assert records[-1]["test_accuracy"] > 0.8 > records[0]["test_accuracy"] - 0.5
+    # measured: 0.725 after round 1, 0.922 after round 4
+    assert records[-1]["test_accuracy"] > 0.85 and records[-1]["test_accuracy"] > records[0]["test_accuracy"] + 0.1
 
 
 def test_same_seed_same_run(small_config):
@@ -124,7 +128,9 @@ def test_every_strategy_by_name_runs(small_config, name):
     }
     assert type(build_strategy(cfg)).__name__ == expected[name]
     summary = json.loads((run_inprocess(cfg) / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["final"]["accuracy"] > 0.1
+    data = build_federated_data(cfg.data, cfg.partition, cfg.runtime.seed)
+    untrained = evaluate(build_model(cfg.model, data.input_shape, len(data.classes), seed=cfg.runtime.seed), data.test)
+    assert summary["status"] == "completed" and summary["final"]["accuracy"] > untrained.accuracy + 0.1
 
 
 def test_phase_registry_matches_config():

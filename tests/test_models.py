@@ -37,6 +37,11 @@ def test_init_schemes_are_seeded_and_distinct(init):
     cfg = load_config(overrides={"init": init}).model
     a, b = build_model(cfg, (64,), 10, seed=1), build_model(cfg, (64,), 10, seed=1)
     assert torch.equal(a.hidden[0].linear.weight, b.hidden[0].linear.weight)
+    other_seed = build_model(cfg, (64,), 10, seed=2)
+    assert not torch.equal(a.hidden[0].linear.weight, other_seed.hidden[0].linear.weight)
+    for other in sorted(set(INITIALIZERS) - {init}):  # each scheme draws differently from every other
+        w = build_model(load_config(overrides={"init": other}).model, (64,), 10, seed=1).hidden[0].linear.weight
+        assert not torch.allclose(a.hidden[0].linear.weight, w)
     if init != "default":
         assert torch.count_nonzero(a.hidden[0].linear.bias) == 0
 

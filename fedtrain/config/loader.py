@@ -202,6 +202,13 @@ def _cross_checks(cfg: RunConfig) -> list[str]:
         problems.append(
             "fraction-evaluate>0 needs client-eval-fraction>0 (clients have nothing to evaluate on); set one of them"
         )
+    nesterov = [k for k, name in (("optimizer", cfg.train.optimizer), ("pretrain-optimizer",
+                cfg.pretrain.pretrain_optimizer)) if name == "nesterov"]  # fmt: skip
+    if nesterov and cfg.train.momentum == 0:
+        problems.append(
+            f"{nesterov[0]}='nesterov' needs momentum > 0 (Nesterov's look-ahead is a momentum step); set "
+            "momentum=0.9, or use optimizer='sgd'"
+        )
     if cfg.sample_dp and cfg.train.sampler != "uniform":
         problems.append(
             f"sampler={cfg.train.sampler!r} is refused under sample-level DP: oversampling breaks the accountant's "

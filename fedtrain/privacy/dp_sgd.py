@@ -103,7 +103,7 @@ def dp_train_local(
     tc, pc = cfg.train, cfg.privacy
     plan = plan_steps(len(data.y), tc.batch_size, tc.local_epochs)
     mode = choose_grad_sample_mode(pc.dp_grad_sample_mode, cfg.model.model, tc.batch_size)
-    model = check_model(model, fix=pc.dp_fix_model)
+    model = check_model(model.train(), fix=pc.dp_fix_model)  # Opacus validates a module in training mode
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     criterion = build_criterion(tc, data.y, data.num_classes)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], tc, lr)
