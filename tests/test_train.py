@@ -105,3 +105,18 @@ def test_evaluate_counts_accuracy():
 
     ds = ArrayDataset(np.zeros((4, 2), np.float32), np.array([1, 1, 0, 1]), ("a", "b"))
     assert evaluate(Const(), ds).accuracy == 0.75
+
+
+def test_weighted_sampler_balances_the_classes_it_draws():
+    import numpy as np
+
+    from fedtrain.data import ArrayDataset
+    from fedtrain.train import make_loader
+
+    y = np.array([0] * 90 + [1] * 10, dtype=np.int64)
+    ds = ArrayDataset(np.zeros((100, 4), dtype=np.float32), y, ("a", "b"))
+    drawn = np.concatenate([b[1].numpy() for e in range(20) for b in make_loader(ds, 10, shuffle=True, seed=e,
+                                                                                   class_balanced=True)])  # fmt: skip
+    assert 0.4 < (drawn == 1).mean() < 0.6  # uniform sampling would give 0.1
+    plain = np.concatenate([b[1].numpy() for b in make_loader(ds, 10, shuffle=True)])
+    assert (plain == 1).mean() == 0.1

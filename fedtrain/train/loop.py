@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from fedtrain.config import TrainConfig
 from fedtrain.data import ArrayDataset
@@ -32,11 +33,22 @@ class EvalResult:
     num_examples: int
 
 
-def make_loader(ds: ArrayDataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
-    """DataLoader over ``ds``; ``batch_size=0`` means one full batch."""
+def make_loader(
+    ds: ArrayDataset, batch_size: int, *, shuffle: bool, seed: int = 0, class_balanced: bool = False
+) -> DataLoader:
+    """DataLoader over ``ds``; ``batch_size=0`` means one full batch.
+
+    ``class_balanced`` draws an epoch of ``len(ds)`` records with replacement, each with probability
+    proportional to 1 / (its class's count), so every class present is drawn equally often on average.
+    """
     tensors = TensorDataset(torch.from_numpy(ds.x), torch.from_numpy(ds.y))
     size = len(ds.y) if batch_size == 0 else min(batch_size, len(ds.y))
     gen = torch.Generator().manual_seed(seed)
+    if class_balanced:
+        counts = np.bincount(ds.y)
+        weights = torch.from_numpy(1.0 / counts[ds.y])
+        sampler = WeightedRandomSampler(weights, num_samples=len(ds.y), replacement=True, generator=gen)
+        return DataLoader(tensors, batch_size=size, sampler=sampler)
     return DataLoader(tensors, batch_size=size, shuffle=shuffle, generator=gen)
 
 
@@ -53,7 +65,7 @@ def train_local(
     model.train()
     criterion = build_criterion(cfg, data.y, data.num_classes)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg, lr)
-    loader = make_loader(data, cfg.batch_size, shuffle=True, seed=seed)
+    loader = make_loader(data, cfg.batch_size, shuffle=True, seed=seed, class_balanced=cfg.sampler == "weighted")
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     total, count, steps = 0.0, 0, 0
     for _epoch in range(cfg.local_epochs):
