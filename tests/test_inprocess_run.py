@@ -84,6 +84,17 @@ def test_resume_continues_exactly_where_a_run_stopped(small_config):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_resumes_exactly(small_config, name):
+    # FedAdam's and FedYogi's moments and FedAvgM's momentum restarted on resume (issue 9, defect c).
+    opts = {"strategy": name, "num_clients": 5, "min_clients": 5, "fraction_evaluate": 0.0}
+    straight = run_inprocess(small_config(num_rounds=3, **opts))
+    first = run_inprocess(small_config(num_rounds=1, **opts))
+    resumed = run_inprocess(small_config(num_rounds=3, resume_dir=str(first), **opts))
+    wa, wb = RunFolder(straight).load_checkpoint()["arrays"], RunFolder(resumed).load_checkpoint()["arrays"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_early_stopping_stops_with_status_stopped(small_config):
     cfg = small_config(num_rounds=30, early_stopping_patience=1, early_stopping_min_delta=0.5)
     summary = json.loads((run_inprocess(cfg) / "summary.json").read_text())

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Strategy
 
+from fedtrain.aggregation.state import strategy_state
 from fedtrain.config import RunConfig
 from fedtrain.federation import keys
 from fedtrain.federation.reply_metrics import canonical_metrics, reply_metrics
@@ -57,6 +58,7 @@ class RoundOutcome:
     declined: int = 0  # clients that refused the round (privacy budget)
     supervised: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # phase-specific central metrics
+    strategy_state: dict[str, Any] = field(default_factory=dict)  # server optimizer moments, for the checkpoint
 
 
 @dataclass
@@ -258,6 +260,7 @@ class Phase(ABC):
             declined=len(chosen.declined),
             supervised=self.supervised,
             extra=self.central_metrics(new_arrays),
+            strategy_state=strategy_state(self.strategy),
         )
 
 

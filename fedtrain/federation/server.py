@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid
 
 from fedtrain.aggregation import build_strategy
+from fedtrain.aggregation.state import load_strategy_state
 from fedtrain.config import RunConfig, dp_default_changes, format_dp_default_changes
 from fedtrain.data import FederatedData
 from fedtrain.errors import CheckpointError, FedtrainError
@@ -126,6 +127,7 @@ class _Tracker:
             self._select(outcome, test.accuracy, val.accuracy if val else None)
         s["phase_index"], s["phase_round"], s["global_round"] = phase_index, outcome.phase_round, outcome.global_round
         s["records"] = s.get("records", 0) + 1
+        s["strategy"] = outcome.strategy_state
         val_text = f"{val.accuracy:.4f}" if val else "- (no validation split)"
         detail = (
             f"test acc {test.accuracy:.4f} loss {test.loss:.4f} | val acc {val_text}"
@@ -346,6 +348,8 @@ def _run_phases(
     for index in range(state["phase_index"], len(plan)):
         phase = plan[index]
         resume_round = state["phase_round"] + 1 if index == state["phase_index"] else 1
+        if resume_round > 1 and state.get("strategy"):
+            load_strategy_state(phase.strategy, state["strategy"])  # FedAdam's moments, FedAvgM's momentum
         if resume_round > phase.num_rounds:  # this phase finished just before the run was cut
             arrays = phase.finish(arrays)  # e.g. drop the decoder its checkpoint still carries
             state["phases"].append(
