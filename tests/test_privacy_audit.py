@@ -6,6 +6,7 @@ histories it checks are rebuilt from the plan and the data sizes, not read from 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -238,9 +239,11 @@ def test_adaptive_noise_uses_the_norm_that_clipped_and_the_norm_moves_towards_th
     monkeypatch.setattr(flower_adaptive, "adaptive_clip_inputs_inplace", spy_clip)
     monkeypatch.setattr(flower_adaptive, "compute_stdv", spy_stdv)
     # A tiny initial norm clips every update: the norm must grow (Flower's own update shrinks it).
-    run_inprocess(small_config(dp_level="user", dp_user_clipping="adaptive-server", dp_user_clipping_norm=1e-4,
-                               num_rounds=4, normalize="range"))  # fmt: skip
-    per_round = clipped_at[::3]  # 3 clients a round, all clipped at that round's norm
+    # Little count noise (z = 0.1, 6 clients: std 0.05 on the clipped share), so every round sees all clipped.
+    cfg = small_config(dp_level="user", dp_user_clipping="adaptive-server", dp_user_clipping_norm=1e-4,
+                       dp_user_noise_multiplier=0.1, num_clients=6, num_rounds=4, normalize="range")  # fmt: skip
+    run_inprocess(cfg)
+    per_round = clipped_at[::6]  # 6 clients a round, all clipped at that round's norm
     assert noised_at == per_round
     assert per_round == sorted(per_round) and per_round[-1] > per_round[0]
 
@@ -303,3 +306,32 @@ def test_noise_from_os_entropy_is_not_reproducible(small_config):
     cfg = small_config(**DP, dp_noise_seed="os", num_rounds=1)
     a, b = (RunFolder(run_inprocess(cfg)).load_checkpoint()["arrays"] for _ in range(2))
     assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("clipping", ["server", "client", "adaptive-server", "adaptive-client"])
+def test_user_level_dp_runs_every_phase_of_a_pretraining_plan(small_config, clipping):
+    cfg = small_config(dp_level="user", dp_user_clipping=clipping, plan="pretrain,finetune", pretrain_rounds=1,
+                       num_rounds=1, normalize="range")  # fmt: skip
+    run_dir = run_inprocess(cfg)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    releases = json.loads((run_dir / "privacy.json").read_text())["user"]["releases"]
+    assert sum(r["count"] for r in releases) == 2  # one pretraining layer, one fine-tuning round
+
+
+def test_the_adaptive_norm_carries_across_phases(small_config, monkeypatch):
+    import flwr.serverapp.strategy.dp_adaptive_clipping as flower_adaptive
+
+    clipped_at = []
+    clip = flower_adaptive.adaptive_clip_inputs_inplace
+
+    def spy(arrays, norm):
+        clipped_at.append(norm)
+        return clip(arrays, norm)
+
+    monkeypatch.setattr(flower_adaptive, "adaptive_clip_inputs_inplace", spy)
+    cfg = small_config(dp_level="user", dp_user_clipping="adaptive-server", dp_user_clipping_norm=1e-4,
+                       dp_user_noise_multiplier=0.1, num_clients=6, plan="pretrain,finetune", pretrain_rounds=2,
+                       num_rounds=2, normalize="range")  # fmt: skip
+    run_inprocess(cfg)
+    per_round = clipped_at[::6]  # pretrain-1 rounds 1-2, then finetune rounds 1-2
+    assert len(per_round) == 4 and all(a < b for a, b in itertools.pairwise(per_round))

@@ -70,8 +70,6 @@ class PhaseResult:
     rounds: int
     status: str  # "completed" | "stopped" | "failed"
     reason: str = ""
-    # Reports of a round that ended the phase before its outcome was recorded: their DP spend still counts.
-    client_metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
 # Called after every round; returns a reason to stop the phase early, or None to go on.
@@ -162,10 +160,13 @@ class Phase(ABC):
         start_round: int = 1,
         on_round: RoundCallback | None = None,
         extra_config: Callable[[], dict[str, Any]] | None = None,
+        on_spent: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> PhaseResult:
         """Run rounds ``start_round..num_rounds``; ``on_round`` may stop the phase early.
 
-        ``extra_config`` adds entries to every train config (e.g. privacy state to restore).
+        ``extra_config`` adds entries to every train config (e.g. privacy state to restore). ``on_spent``
+        gets the reports of the clients that spent privacy budget in a round, as soon as they arrive and
+        before aggregation, so that no ending of the round (stop, failure, exception) loses them.
         Replies whose client declined the round (privacy budget) are left out of aggregation;
         when fewer than ``min-clients`` remain, the phase stops.
         """
@@ -173,7 +174,7 @@ class Phase(ABC):
         done = start_round - 1
         for phase_round in range(start_round, self.num_rounds + 1):
             global_round = first_global_round + phase_round - 1
-            step = self._round(grid, arrays, phase_round, global_round, extra_config)
+            step = self._round(grid, arrays, phase_round, global_round, extra_config, on_spent)
             if isinstance(step, PhaseResult):
                 step.rounds, step.arrays = done, self.finish(arrays)
                 return step
@@ -200,12 +201,14 @@ class Phase(ABC):
         return None
 
     def _round(
-        self, grid: Grid, arrays: ArrayRecord, phase_round: int, global_round: int, extra_config
+        self, grid: Grid, arrays: ArrayRecord, phase_round: int, global_round: int, extra_config, on_spent
     ) -> RoundOutcome | PhaseResult:
         """One round: train, aggregate, evaluate on clients. A PhaseResult means the phase ends here."""
         t0 = time.perf_counter()
         timeout = self.cfg.runtime.round_timeout
         train_cfg = self.train_config(phase_round, global_round)
+        if self.cfg.user_dp and self.cfg.privacy.dp_user_clipping == "adaptive-client":
+            train_cfg[ADAPTIVE_FLAG] = 1  # every phase: Flower's adaptive wrapper needs each reply's norm bit
         if extra_config:
             train_cfg.update(extra_config())
         try:
@@ -217,17 +220,18 @@ class Phase(ABC):
         reports = [_client_report(m) for m in replies]
         chosen = select_replies(self.cfg, replies, reports, arrays)
         spent = [r for m, r in zip(replies, reports, strict=True) if _in(m, chosen.trained + chosen.declined)]
+        if on_spent is not None:
+            on_spent(spent)
         failures = _errors(replies) + chosen.refused
         for reason in chosen.refused:
             log.warning("refused: %s", reason)
         stop = self._too_few(chosen, len(replies))
         if stop is not None:
-            stop.client_metrics = spent
             return stop
         new_arrays, _ = self.strategy.aggregate_train(global_round, chosen.aggregate)
         if new_arrays is None:
             reason = f"round {phase_round}: no usable client update" + (f" ({failures[0]})" if failures else "")
-            return PhaseResult(self.label, arrays, 0, "failed", reason, client_metrics=spent)
+            return PhaseResult(self.label, arrays, 0, "failed", reason)
         for key in self.frozen_keys(phase_round, arrays):
             new_arrays[key] = arrays[key]  # exact: averaging equal floats may round, DP noise would move them
         eval_replies: list[Message] = []
@@ -350,8 +354,6 @@ class FinetunePhase(Phase):
         config = ConfigRecord({keys.PHASE: self.name, keys.LR: lr, keys.GLOBAL_ROUND: global_round})
         if self._freeze_depth(phase_round):
             config[keys.FREEZE_DEPTH] = self._freeze_depth(phase_round)
-        if self.cfg.user_dp and self.cfg.privacy.dp_user_clipping == "adaptive-client":
-            config[ADAPTIVE_FLAG] = 1
         return config
 
     def frozen_keys(self, phase_round: int, arrays: ArrayRecord) -> set[str]:

@@ -30,7 +30,6 @@ from fedtrain.federation.progress import RoundProgress
 from fedtrain.logging import get_logger, quiet_flower
 from fedtrain.models import build_model
 from fedtrain.pretrain import AUX_PREFIX
-from fedtrain.privacy.dp_sgd import noise_seed
 from fedtrain.privacy.ledger import PrivacyLedger
 from fedtrain.privacy.preflight import check_privacy_plan, warn_weak_user_dp
 from fedtrain.privacy.unaccounted import label_counts_allowed
@@ -171,7 +170,7 @@ class _Tracker:
             "input_shape": list(self.data.input_shape),
             "state": dict(self.state),
             "random_state": random.getstate(),
-            "numpy_random_state": _numpy_state(),
+            "numpy_random_state": _numpy_state(self.cfg),
         }
 
 
@@ -209,8 +208,22 @@ def _open_folder(cfg: RunConfig) -> tuple[RunFolder, dict[str, Any], ArrayRecord
     return folder, state, arrays
 
 
-def _numpy_state() -> list:
-    """The global numpy RNG state as plain values (checkpoints load with ``weights_only``)."""
+def _seed_numpy(cfg: RunConfig) -> None:
+    """Seed numpy's global generator from ``seed``, or, with ``dp-noise-seed=os``, its whole state from the OS."""
+    if cfg.privacy.dp_noise_seed == "os":
+        np.random.seed(np.random.SeedSequence().generate_state(624))
+    else:
+        np.random.seed(cfg.runtime.seed)
+
+
+def _numpy_state(cfg: RunConfig) -> list | None:
+    """The global numpy RNG state as plain values (checkpoints load with ``weights_only``).
+
+    Not with ``dp-noise-seed=os``: the state would let anyone holding a checkpoint (``best.pt`` is made to be
+    shared) regenerate the server's later noise; a resumed run draws fresh entropy instead.
+    """
+    if cfg.privacy.dp_noise_seed == "os":
+        return None
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]
 
@@ -222,6 +235,8 @@ def _restore_numpy_state(ckpt: dict[str, Any], cfg: RunConfig) -> None:
     models could cancel it. A checkpoint without the state cannot be resumed under user-level DP.
     """
     raw = ckpt.get("numpy_random_state")
+    if cfg.privacy.dp_noise_seed == "os":
+        return  # seeded from fresh OS entropy in run_server: no release repeats earlier noise
     if raw is None:
         if cfg.user_dp:
             raise KeyError("numpy_random_state (user-level DP noise would repeat the first rounds' noise)")
@@ -290,7 +305,7 @@ def run_server(grid: Grid, context: Context) -> Path:
         log.info("%s", format_dp_default_changes(changes))
     torch.set_num_threads(cfg.runtime.torch_threads)
     random.seed(cfg.runtime.seed)  # Flower's strategies sample clients with `random`
-    np.random.seed(noise_seed(cfg, cfg.runtime.seed) % 2**32)  # Flower's DP wrappers draw their noise from numpy
+    _seed_numpy(cfg)  # Flower's DP wrappers draw their noise from numpy
     data = federated_data(cfg)  # bad data, a bad federation size or DP plan fail before any folder exists
     _check_nodes(grid, cfg)
     check_privacy_plan(cfg, data)
@@ -328,6 +343,7 @@ def run_server(grid: Grid, context: Context) -> Path:
     except BaseException as err:
         state["wall_seconds"] = wall_before + time.perf_counter() - t_start
         msg = str(err) if isinstance(err, FedtrainError) else f"{type(err).__name__}: {err}"
+        _persist_privacy(folder, tracker.privacy.state)
         _write_privacy(folder, cfg, tracker.privacy)
         _write_outputs(folder, cfg, data, _summary(cfg, state, tracker.last, "failed", msg, tracker.privacy))
         raise
@@ -364,10 +380,10 @@ def _run_phases(
             start_round=resume_round,
             on_round=lambda o, i=index: tracker.on_round(o, i),
             extra_config=restore,
+            on_spent=tracker.privacy.update,
         )
         arrays = result.arrays
-        if result.client_metrics:  # the round that ended the phase: clients spent budget in it
-            tracker.privacy.update(result.client_metrics)
+        if result.status != "completed":  # the round that ended the phase may have spent budget
             _persist_privacy(folder, tracker.privacy.state)
         if result.name == "pretrain-1":
             _draw_filters(arrays, data, folder)

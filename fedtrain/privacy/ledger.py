@@ -59,8 +59,8 @@ class PrivacyLedger:
                 continue
             pid = str(int(report[PARTITION_ID]))
             acc = ClientAccountant.from_state_dict(history)
-            if self._shrunk(pid, acc):
-                continue
+            if not self._extends(pid, acc):
+                acc = self._with_lost_history(pid, acc)
             epsilon = self._epsilon(acc.history)
             claimed = report.get(DP_EPSILON)
             if claimed is not None and float(claimed) < epsilon * (1 - 1e-6) - 1e-9:
@@ -74,23 +74,24 @@ class PrivacyLedger:
         if self.user_accountant is not None:
             self.state["user_releases"] = user_releases(self.user_accountant)
 
-    def _shrunk(self, pid: str, acc: ClientAccountant) -> bool:
-        """A history only grows: the stored one must be a prefix of the new one (its last segment may grow).
-
-        Anything else means the client lost its accountant; the ledger then keeps its own history.
-        """
+    def _extends(self, pid: str, acc: ClientAccountant) -> bool:
+        """Whether the stored history is a prefix of the new one (its last segment may have grown)."""
         if pid not in self.clients:
-            return False
+            return True
         old, new = self.history(pid), acc.history
-        extends = len(new) >= len(old) and all(
+        return len(new) >= len(old) and all(
             n == o if i < len(old) - 1 else n[:2] == o[:2] and n[2] >= o[2]
             for i, (o, n) in enumerate(zip(old, new, strict=False))
         )
-        if extends:
-            return False
+
+    def _with_lost_history(self, pid: str, acc: ClientAccountant) -> ClientAccountant:
+        """The client lost its accountant: count what it spent before and what it reports now (conservative)."""
         log.warning("client %s sent a DP history that does not extend the one it spent before (%d steps): it lost "
-                    "its accountant; the ledger keeps its own history", pid, self.clients[pid]["steps"])  # fmt: skip
-        return True
+                    "its accountant; the ledger counts both", pid, self.clients[pid]["steps"])  # fmt: skip
+        both = ClientAccountant(acc.mechanism)
+        for sigma, q, steps in self.history(pid) + acc.history:
+            both.record(sigma, q, steps)
+        return both
 
     def _epsilon(self, history: list[Segment]) -> float:
         key = tuple(history)

@@ -137,6 +137,8 @@ class _AccountedAdaptive:
         return GaussianPrivacyEvent(noise_multiplier=z, sample_size=aggregated, population_size=self.population)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        # One norm for the run: every phase's wrapper is built before any round, so take the latest here.
+        self.clipping_norm = float(self.norm_state.get("user_clipping_norm", self.clipping_norm))
         limit = self.accountant.config.max_epsilon
         if limit is not None and self.accountant.would_exceed(self._release(self.num_sampled_clients)):
             raise PrivacyBudgetExhausted(
