@@ -54,7 +54,6 @@ class RoundOutcome:
     clients_evaluated: int
     failures: list[str]
     seconds: float
-    client_metrics: list[dict[str, Any]] = field(default_factory=list)  # one per train reply
     declined: int = 0  # clients that refused the round (privacy budget)
     supervised: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # phase-specific central metrics
@@ -89,14 +88,10 @@ def _client_report(reply: Message) -> dict[str, Any]:
     return report
 
 
-def _in(reply: Message, replies: list[Message]) -> bool:
-    return any(reply is m for m in replies)
-
-
-def _train_loss(replies: list[Message]) -> float | None:
+def _train_loss(reports: list[dict[str, Any]]) -> float | None:
     """Mean training loss of the clients that trained, weighted by their examples."""
     pairs = [(float(met[keys.TRAIN_LOSS]), float(met.get(keys.NUM_EXAMPLES, 1)))
-             for met in map(reply_metrics, replies) if keys.TRAIN_LOSS in met]  # fmt: skip
+             for met in reports if keys.TRAIN_LOSS in met]  # fmt: skip
     total = sum(w for _, w in pairs)
     return sum(loss * w for loss, w in pairs) / total if total > 0 else None
 
@@ -167,8 +162,8 @@ class Phase(ABC):
         ``extra_config`` adds entries to every train config (e.g. privacy state to restore). ``on_spent``
         gets the reports of the clients that spent privacy budget in a round, as soon as they arrive and
         before aggregation, so that no ending of the round (stop, failure, exception) loses them.
-        Replies whose client declined the round (privacy budget) are left out of aggregation;
-        when fewer than ``min-clients`` remain, the phase stops.
+        Which replies are aggregated is :func:`fedtrain.privacy.composition.select_replies`'s call; when
+        fewer than ``min-clients`` trained because the others declined (privacy budget), the phase stops.
         """
         arrays = self.prepare(arrays)
         done = start_round - 1
@@ -219,7 +214,9 @@ class Phase(ABC):
         canonical_metrics(replies, "train", withheld=() if train_loss_shared(self.cfg) else (keys.TRAIN_LOSS,))
         reports = [_client_report(m) for m in replies]
         chosen = select_replies(self.cfg, replies, reports, arrays)
-        spent = [r for m, r in zip(replies, reports, strict=True) if _in(m, chosen.trained + chosen.declined)]
+        report_of = {id(m): r for m, r in zip(replies, reports, strict=True)}
+        trained = [report_of[id(m)] for m in chosen.trained]
+        spent = trained + [report_of[id(m)] for m in chosen.declined]
         if on_spent is not None:
             on_spent(spent)
         failures = _errors(replies) + chosen.refused
@@ -253,14 +250,13 @@ class Phase(ABC):
             global_round=global_round,
             arrays=new_arrays,
             lr=float(train_cfg.get(keys.LR, 0.0)),
-            train_loss=_train_loss(chosen.trained) if train_loss_shared(self.cfg) else None,
+            train_loss=_train_loss(trained) if train_loss_shared(self.cfg) else None,
             client_eval_loss=_get(eval_metrics, keys.EVAL_LOSS),
             client_eval_accuracy=_get(eval_metrics, keys.EVAL_ACCURACY),
             clients_trained=len(chosen.trained),
             clients_evaluated=sum(not m.has_error() for m in eval_replies),
             failures=failures,
             seconds=time.perf_counter() - t0,
-            client_metrics=spent,
             declined=len(chosen.declined),
             supervised=self.supervised,
             extra=self.central_metrics(new_arrays),

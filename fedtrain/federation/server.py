@@ -63,7 +63,7 @@ class _Tracker:
         self.progress: RoundProgress | None = None
         self.last: dict[str, Any] = {}
         # Without its own split, FederatedData.val is the test split: never evaluate (select) on it.
-        self.has_val = cfg.data.val_fraction > 0
+        self.has_val = _has_validation(cfg)
         state.setdefault("warnings", [])
         state.setdefault("loss_watch", {})
         if not self.has_val and cfg.strategy.early_stopping_patience:
@@ -117,7 +117,7 @@ class _Tracker:
             "seconds": round(outcome.seconds, 4),
             **outcome.extra,
         }
-        self.privacy.update(outcome.client_metrics)
+        self.privacy.sync_user_releases()  # histories arrived before aggregation (Phase.run's on_spent)
         record.update(self.privacy.record(outcome.declined))
         self.folder.append_metrics(record)
         self.last = record
@@ -208,6 +208,11 @@ def _open_folder(cfg: RunConfig) -> tuple[RunFolder, dict[str, Any], ArrayRecord
     return folder, state, arrays
 
 
+def _has_validation(cfg: RunConfig) -> bool:
+    """Whether the server holds its own validation split (else nothing is selected)."""
+    return cfg.data.val_fraction > 0
+
+
 def _seed_numpy(cfg: RunConfig) -> None:
     """Seed numpy's global generator from ``seed``, or, with ``dp-noise-seed=os``, its whole state from the OS."""
     if cfg.privacy.dp_noise_seed == "os":
@@ -253,7 +258,7 @@ def _as_random_state(raw: Any) -> tuple:
 def _summary(
     cfg: RunConfig, state: dict[str, Any], last: dict[str, Any], status: str, reason: str, privacy: PrivacyLedger
 ) -> dict[str, Any]:
-    has_val = cfg.data.val_fraction > 0
+    has_val = _has_validation(cfg)
     best_val = state["best"].get("val_accuracy") if has_val else None
     summary: dict[str, Any] = {
         "status": status,

@@ -52,7 +52,7 @@ class PrivacyLedger:
         return [(float(s), float(q), int(n)) for s, q, n in self.clients[pid]["segments"]]
 
     def update(self, reports: Iterable[dict[str, Any]]) -> None:
-        """Take the histories of this round's train replies (and the user-level releases so far)."""
+        """Take the histories of this round's train replies, as soon as they arrive."""
         for report in reports:
             history = report.get(DP_HISTORY)
             if history is None:
@@ -71,6 +71,9 @@ class PrivacyLedger:
                 "steps": acc.steps,
                 "epsilon": epsilon,
             }
+
+    def sync_user_releases(self) -> None:
+        """Copy the user-level releases composed so far into the checkpointed state (after aggregation)."""
         if self.user_accountant is not None:
             self.state["user_releases"] = user_releases(self.user_accountant)
 
@@ -100,19 +103,18 @@ class PrivacyLedger:
             self._epsilons[key] = epsilon_of(pc.dp_accountant, list(history), pc.dp_delta) if history else 0.0
         return self._epsilons[key]
 
-    def _epsilons_by_client(self) -> list[float]:
-        return [float(c["epsilon"]) for c in self.clients.values()]
+    def _epsilon_stats(self) -> dict[str, float]:
+        """Max, mean and min of every client's epsilon (0 before any client reported)."""
+        eps = [float(c["epsilon"]) for c in self.clients.values()] or [0.0]
+        return {"epsilon_max": max(eps), "epsilon_mean": sum(eps) / len(eps), "epsilon_min": min(eps)}
 
     def record(self, declined: int) -> dict[str, Any]:
         """Fields for this round's metrics line; aggregates over clients are named as aggregates."""
         out: dict[str, Any] = {}
         if self.cfg.sample_dp:
-            eps = self._epsilons_by_client() or [0.0]
             last = [self.history(pid)[-1] for pid in self.clients if self.clients[pid]["segments"]]
             out.update({
-                "epsilon_max": max(eps),
-                "epsilon_mean": sum(eps) / len(eps),
-                "epsilon_min": min(eps),
+                **self._epsilon_stats(),
                 "delta": self.cfg.privacy.dp_delta,
                 "sigma_mean": _mean(s for s, _, _ in last),
                 "sample_rate_mean": _mean(q for _, q, _ in last),
@@ -136,14 +138,11 @@ class PrivacyLedger:
         pc = self.cfg.privacy
         out: dict[str, Any] = {"level": pc.dp_level, "outside_budget": unaccounted_statistics(self.cfg)}
         if self.cfg.sample_dp:
-            eps = self._epsilons_by_client() or [0.0]
             out["sample"] = {
                 "accountant": pc.dp_accountant,
                 "delta": pc.dp_delta,
                 "target_epsilon": pc.dp_target_epsilon,
-                "epsilon_max": max(eps),
-                "epsilon_mean": sum(eps) / len(eps),
-                "epsilon_min": min(eps),
+                **self._epsilon_stats(),
                 "max_grad_norm": pc.dp_max_grad_norm,
                 "clients_with_dp": len(self.clients),
                 "per_client": {k: dict(v) for k, v in sorted(self.clients.items(), key=lambda kv: int(kv[0]))},
@@ -201,8 +200,9 @@ class PrivacyLedger:
         """Opacus' style: ``(ε = 1.16, δ = 1e-05)``."""
         parts = []
         if self.cfg.sample_dp:
-            eps = self._epsilons_by_client()
-            detail = f"ε = {max(eps):.2f}" if eps else "no client has reported DP yet"
+            detail = (
+                f"ε = {self._epsilon_stats()['epsilon_max']:.2f}" if self.clients else "no client has reported DP yet"
+            )
             parts.append(f"sample-level max ({detail}, δ = {self.cfg.privacy.dp_delta:g})")
         if self.user_accountant is not None:
             eps = user_epsilon(self.user_accountant)
