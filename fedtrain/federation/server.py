@@ -35,6 +35,7 @@ from fedtrain.privacy.preflight import check_privacy_plan, warn_weak_user_dp
 from fedtrain.privacy.unaccounted import label_counts_allowed
 from fedtrain.privacy.user_level import wrap_user_dp
 from fedtrain.results import RunFolder, plot_curves, plot_filters, plot_label_distribution, write_report
+from fedtrain.results.report import SELECTED_BY_LAST_ROUND, SELECTED_BY_VALIDATION
 from fedtrain.results.trends import LossWatch
 from fedtrain.train import evaluate
 
@@ -42,9 +43,6 @@ __all__ = ["RUN_DIR_STATE_KEY", "run_server"]
 
 RUN_DIR_STATE_KEY = "fedtrain"
 log = get_logger()
-
-SELECTED_BY_VALIDATION = "validation"  # summary["best"]["selected_by"] (docs/results.md)
-SELECTED_BY_LAST_ROUND = "last round (no validation split)"
 
 
 class _Tracker:

@@ -47,8 +47,9 @@ def run_sweep(base: RunConfig, epsilons: list[float], seeds: int, out_dir: Path,
     tasks = []
     # Resolve the DP form of the base once (DP defaults for the keys the user did not set) and run every
     # epsilon, inf included, with those values: the sweep varies only the privacy budget.
-    dp_level = "sample" if base.privacy.dp_level in ("none", "sample") else "both"
-    resolved = load_config(base=base.to_flat(), overrides={"dp-level": dp_level}).to_flat()
+    sample_level = base.privacy.dp_level in ("none", "sample")
+    private, public = ("sample", "none") if sample_level else ("both", "user")  # finite epsilon / inf
+    resolved = load_config(base=base.to_flat(), overrides={"dp-level": private}).to_flat()
     for eps in epsilons:
         for s in range(seeds):
             flat = dict(resolved)
@@ -58,9 +59,9 @@ def run_sweep(base: RunConfig, epsilons: list[float], seeds: int, out_dir: Path,
                  "run-name": f"eps{eps:g}-seed{seed}"}
             )  # fmt: skip
             if math.isinf(eps):
-                flat["dp-level"] = "none" if base.privacy.dp_level in ("none", "sample") else "user"
+                flat["dp-level"] = public
             else:
-                flat["dp-level"] = "sample" if base.privacy.dp_level in ("none", "sample") else "both"
+                flat["dp-level"] = private
                 flat["dp-target-epsilon"] = eps
             load_config(overrides=flat)  # fail before starting any process
             tasks.append((eps, flat))

@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-__all__ = ["best_round_label", "png_data_uri", "write_report"]
+__all__ = ["SELECTED_BY_LAST_ROUND", "SELECTED_BY_VALIDATION", "best_round_label", "png_data_uri", "write_report"]
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
@@ -17,16 +17,18 @@ th{background:#f3f3f3}img{max-width:100%;margin:.5em 0}.grid{display:flex;flex-w
 .notice h2{margin:.3em 0;color:#c62828}
 """
 
+SELECTED_BY_VALIDATION = "validation"  # summary["best"]["selected_by"] (docs/results.md)
+SELECTED_BY_LAST_ROUND = "last round (no validation split)"
 # summary["best"]["selected_by"] -> the row label that says how the "best" round was chosen
 _BEST_LABELS = {
-    "validation": "best round (by validation)",
-    "last round (no validation split)": "best round (last round: no validation split)",
+    SELECTED_BY_VALIDATION: "best round (by validation)",
+    SELECTED_BY_LAST_ROUND: "best round (last round: no validation split)",
 }
 
 
 def best_round_label(best: dict[str, Any]) -> str:
     """How ``summary["best"]`` was chosen, as a row label (summaries before ``selected_by`` were by validation)."""
-    selected_by = best.get("selected_by", "validation")
+    selected_by = best.get("selected_by", SELECTED_BY_VALIDATION)
     return _BEST_LABELS.get(selected_by, f"best round (selected by {selected_by})")
 
 
