@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from fedtrain import wire
 from fedtrain.config import RunConfig
 from fedtrain.data import ClientData
-from fedtrain.federation import keys
 from fedtrain.federation.context import config_from_run_config, federated_data, partition_id
 from fedtrain.logging import get_logger
 from fedtrain.models import build_model
@@ -37,7 +37,7 @@ def _local_model(msg: Message, context: Context):
     data = federated_data(cfg)
     pid = partition_id(context.node_config, cfg)
     model = build_model(cfg.model, data.input_shape, len(data.classes))
-    arrays = msg.content[keys.ARRAYS].to_torch_state_dict()
+    arrays = msg.content[wire.ARRAYS].to_torch_state_dict()
     model.load_state_dict({k: v for k, v in arrays.items() if not k.startswith(AUX_PREFIX)})
     aux = {k: v for k, v in arrays.items() if k.startswith(AUX_PREFIX)}
     return cfg, data.clients[pid], pid, model, aux
@@ -46,36 +46,36 @@ def _local_model(msg: Message, context: Context):
 def handle_train(msg: Message, context: Context) -> Message:
     """Run this round's local work for the message's phase and reply with the new weights."""
     cfg, client, pid, model, aux = _local_model(msg, context)
-    config = msg.content[keys.CONFIG]
-    phase = str(config.get(keys.PHASE, "finetune"))
-    global_round = int(config.get(keys.GLOBAL_ROUND, config.get(keys.SERVER_ROUND, 1)))
+    config = msg.content[wire.CONFIG]
+    phase = str(config.get(wire.PHASE, "finetune"))
+    global_round = int(config.get(wire.GLOBAL_ROUND, config.get(wire.SERVER_ROUND, 1)))
     seed = cfg.runtime.seed * 1_000_003 + global_round * 1_009 + pid
     data = _phase_data(client, phase)
-    metrics: dict[str, Any] = {keys.PARTITION_ID: pid}
+    metrics: dict[str, Any] = {wire.PARTITION_ID: pid}
     if cfg.user_dp:
-        metrics[keys.USER_DP_WEIGHT] = 1.0
+        metrics[wire.USER_DP_WEIGHT] = 1.0
     sigma = acc = None
     if cfg.sample_dp:
         sigma, report, acc = _budget(msg, context, cfg, client, pid, phase)
         metrics.update(report)
-        if report[keys.DP_DECLINED]:
-            metrics[keys.NUM_EXAMPLES] = 0
+        if report[wire.DP_DECLINED]:
+            metrics[wire.NUM_EXAMPLES] = 0
             if train_loss_shared(cfg):
-                metrics[keys.TRAIN_LOSS] = 0.0
+                metrics[wire.TRAIN_LOSS] = 0.0
             return _reply(msg, {**model.state_dict(), **aux}, metrics, acc)
     if phase == "pretrain":
         arrays, result = pretrain_local(
-            model, int(config[keys.LAYER]), aux, data, cfg, seed=seed, noise_multiplier=sigma
+            model, int(config[wire.LAYER]), aux, data, cfg, seed=seed, noise_multiplier=sigma
         )
     else:
         arrays, result = _finetune(model, data, cfg, config, seed=seed, sigma=sigma)
     if acc is not None:
-        acc.record(sigma, metrics[keys.DP_SAMPLE_RATE], phase_plan(cfg, phase, len(data.y)).steps_per_call)
+        acc.record(sigma, metrics[wire.DP_SAMPLE_RATE], phase_plan(cfg, phase, len(data.y)).steps_per_call)
         save_accountant(context, acc)
-        metrics[keys.DP_STEPS] = acc.steps
-    metrics[keys.NUM_EXAMPLES] = result.num_examples
+        metrics[wire.DP_STEPS] = acc.steps
+    metrics[wire.NUM_EXAMPLES] = result.num_examples
     if train_loss_shared(cfg):  # under DP an unnoised loss of private records stays on the client
-        metrics[keys.TRAIN_LOSS] = result.loss
+        metrics[wire.TRAIN_LOSS] = result.loss
     return _reply(msg, arrays, metrics, acc)
 
 
@@ -85,8 +85,8 @@ def _phase_data(client: ClientData, phase: str):
 
 
 def _finetune(model, data, cfg: RunConfig, config, *, seed: int, sigma: float | None):
-    lr, mu = float(config[keys.LR]), float(config.get(keys.PROXIMAL_MU, 0.0))
-    depth = int(config.get(keys.FREEZE_DEPTH, 0))
+    lr, mu = float(config[wire.LR]), float(config.get(wire.PROXIMAL_MU, 0.0))
+    depth = int(config.get(wire.FREEZE_DEPTH, 0))
     for block in model.hidden[:depth]:  # linear probe: pretrained layers stay as they are
         for p in block.parameters():
             p.requires_grad_(False)
@@ -100,24 +100,24 @@ def _finetune(model, data, cfg: RunConfig, config, *, seed: int, sigma: float | 
 def _budget(msg, context, cfg: RunConfig, client: ClientData, pid: int, phase: str):
     """Sigma for this call and the privacy metrics; declines when the call would pass the budget."""
     pc = cfg.privacy
-    acc = load_accountant(context, msg.content[keys.CONFIG], pid, pc.dp_accountant)
+    acc = load_accountant(context, msg.content[wire.CONFIG], pid, pc.dp_accountant)
     plan = phase_plan(cfg, phase, len(_phase_data(client, phase).y))
     sigma, projected, allowed = round_budget(cfg, acc, plan, len(client.train.y), len(client.labeled.y))
-    report = {keys.DP_SIGMA: sigma, keys.DP_SAMPLE_RATE: plan.sample_rate, keys.DP_STEPS: acc.steps}
+    report = {wire.DP_SIGMA: sigma, wire.DP_SAMPLE_RATE: plan.sample_rate, wire.DP_STEPS: acc.steps}
     if not allowed:
         log.warning("client %d declines: the round would spend (ε = %.3f, δ = %g)", pid, projected, pc.dp_delta)
-        report.update({keys.DP_DECLINED: 1, keys.DP_EPSILON: acc.epsilon(pc.dp_delta)})
+        report.update({wire.DP_DECLINED: 1, wire.DP_EPSILON: acc.epsilon(pc.dp_delta)})
         return None, report, acc
-    report.update({keys.DP_DECLINED: 0, keys.DP_EPSILON: projected})
+    report.update({wire.DP_DECLINED: 0, wire.DP_EPSILON: projected})
     return sigma, report, acc
 
 
 def _reply(
     msg: Message, arrays: dict[str, torch.Tensor], metrics: dict[str, Any], acc: ClientAccountant | None = None
 ) -> Message:
-    content = RecordDict({keys.ARRAYS: ArrayRecord(arrays), keys.METRICS: MetricRecord(metrics)})
+    content = RecordDict({wire.ARRAYS: ArrayRecord(arrays), wire.METRICS: MetricRecord(metrics)})
     if acc is not None:  # the whole history, so the server's ledger can rebuild and audit every epsilon
-        content[keys.DP_HISTORY] = ConfigRecord(acc.state_dict())
+        content[wire.DP_HISTORY] = ConfigRecord(acc.state_dict())
     return Message(content, reply_to=msg)
 
 
@@ -128,7 +128,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     data = client.eval if client.eval is not None else client.train
     result = evaluate(model, data)
     n = result.num_examples if client.eval is not None else 0
-    metrics = MetricRecord({keys.EVAL_LOSS: result.loss, keys.EVAL_ACCURACY: result.accuracy, keys.NUM_EXAMPLES: n})
+    metrics = MetricRecord({wire.EVAL_LOSS: result.loss, wire.EVAL_ACCURACY: result.accuracy, wire.NUM_EXAMPLES: n})
     if cfg.user_dp:
-        metrics[keys.USER_DP_WEIGHT] = 1.0
-    return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)
+        metrics[wire.USER_DP_WEIGHT] = 1.0
+    return Message(RecordDict({wire.METRICS: metrics}), reply_to=msg)

@@ -20,17 +20,17 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Strategy
 
+from fedtrain import wire
 from fedtrain.aggregation.state import strategy_state
 from fedtrain.config import RunConfig
-from fedtrain.federation import keys
 from fedtrain.federation.reply_metrics import canonical_metrics, reply_metrics
 from fedtrain.logging import get_logger
 from fedtrain.models import build_model
 from fedtrain.pretrain import AUX_PREFIX, LayerObjective
-from fedtrain.privacy.client_mods import ADAPTIVE_FLAG
 from fedtrain.privacy.composition import RoundSelection, select_replies
 from fedtrain.privacy.unaccounted import train_loss_shared
 from fedtrain.train import learning_rate
+from fedtrain.wire import ADAPTIVE_FLAG
 
 __all__ = ["PHASES", "FinetunePhase", "Phase", "PhaseResult", "PretrainLayerPhase", "RoundOutcome", "build_plan"]
 
@@ -82,16 +82,16 @@ def _errors(replies: Iterable[Message]) -> list[str]:
 def _client_report(reply: Message) -> dict[str, Any]:
     """A train reply's metrics, with its DP history (a ConfigRecord) when it sent one."""
     report = reply_metrics(reply)
-    history = None if reply.has_error() else reply.content.config_records.get(keys.DP_HISTORY)
+    history = None if reply.has_error() else reply.content.config_records.get(wire.DP_HISTORY)
     if history is not None:
-        report[keys.DP_HISTORY] = dict(history)
+        report[wire.DP_HISTORY] = dict(history)
     return report
 
 
 def _train_loss(reports: list[dict[str, Any]]) -> float | None:
     """Mean training loss of the clients that trained, weighted by their examples."""
-    pairs = [(float(met[keys.TRAIN_LOSS]), float(met.get(keys.NUM_EXAMPLES, 1)))
-             for met in reports if keys.TRAIN_LOSS in met]  # fmt: skip
+    pairs = [(float(met[wire.TRAIN_LOSS]), float(met.get(wire.NUM_EXAMPLES, 1)))
+             for met in reports if wire.TRAIN_LOSS in met]  # fmt: skip
     total = sum(w for _, w in pairs)
     return sum(loss * w for loss, w in pairs) / total if total > 0 else None
 
@@ -125,7 +125,7 @@ class Phase(ABC):
         """The ConfigRecord sent with every train message of a round."""
 
     def evaluate_config(self, phase_round: int, global_round: int) -> ConfigRecord:
-        return ConfigRecord({keys.PHASE: self.name, keys.GLOBAL_ROUND: global_round})
+        return ConfigRecord({wire.PHASE: self.name, wire.GLOBAL_ROUND: global_round})
 
     def prepare(self, arrays: ArrayRecord) -> ArrayRecord:
         """Arrays at the start of the phase (e.g. add a decoder); must keep arrays it already has."""
@@ -211,7 +211,7 @@ class Phase(ABC):
         except PrivacyBudgetExhausted as err:
             return PhaseResult(self.label, arrays, 0, "stopped", f"user-level privacy budget: {err}")
         replies = list(grid.send_and_receive(messages, timeout=timeout))
-        canonical_metrics(replies, "train", withheld=() if train_loss_shared(self.cfg) else (keys.TRAIN_LOSS,))
+        canonical_metrics(replies, "train", withheld=() if train_loss_shared(self.cfg) else (wire.TRAIN_LOSS,))
         reports = [_client_report(m) for m in replies]
         chosen = select_replies(self.cfg, replies, reports, arrays)
         report_of = {id(m): r for m, r in zip(replies, reports, strict=True)}
@@ -249,10 +249,10 @@ class Phase(ABC):
             phase_rounds=self.num_rounds,
             global_round=global_round,
             arrays=new_arrays,
-            lr=float(train_cfg.get(keys.LR, 0.0)),
+            lr=float(train_cfg.get(wire.LR, 0.0)),
             train_loss=_train_loss(trained) if train_loss_shared(self.cfg) else None,
-            client_eval_loss=_get(eval_metrics, keys.EVAL_LOSS),
-            client_eval_accuracy=_get(eval_metrics, keys.EVAL_ACCURACY),
+            client_eval_loss=_get(eval_metrics, wire.EVAL_LOSS),
+            client_eval_accuracy=_get(eval_metrics, wire.EVAL_ACCURACY),
             clients_trained=len(chosen.trained),
             clients_evaluated=sum(not m.has_error() for m in eval_replies),
             failures=failures,
@@ -299,8 +299,8 @@ class PretrainLayerPhase(Phase):
 
     def train_config(self, phase_round: int, global_round: int) -> ConfigRecord:
         return ConfigRecord({
-            keys.PHASE: self.name, keys.LAYER: self.layer, keys.GLOBAL_ROUND: global_round,
-            keys.LR: self.cfg.pretrain.pretrain_learning_rate,
+            wire.PHASE: self.name, wire.LAYER: self.layer, wire.GLOBAL_ROUND: global_round,
+            wire.LR: self.cfg.pretrain.pretrain_learning_rate,
         })  # fmt: skip
 
     def prepare(self, arrays: ArrayRecord) -> ArrayRecord:
@@ -347,9 +347,9 @@ class FinetunePhase(Phase):
 
     def train_config(self, phase_round: int, global_round: int) -> ConfigRecord:
         lr = learning_rate(self.cfg.train, phase_round, self.num_rounds)
-        config = ConfigRecord({keys.PHASE: self.name, keys.LR: lr, keys.GLOBAL_ROUND: global_round})
+        config = ConfigRecord({wire.PHASE: self.name, wire.LR: lr, wire.GLOBAL_ROUND: global_round})
         if self._freeze_depth(phase_round):
-            config[keys.FREEZE_DEPTH] = self._freeze_depth(phase_round)
+            config[wire.FREEZE_DEPTH] = self._freeze_depth(phase_round)
         return config
 
     def frozen_keys(self, phase_round: int, arrays: ArrayRecord) -> set[str]:

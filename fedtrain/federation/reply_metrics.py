@@ -12,7 +12,7 @@ from typing import Any
 
 from flwr.app import Message, MetricRecord
 
-from fedtrain.federation import keys
+from fedtrain import wire
 from fedtrain.logging import get_logger
 
 __all__ = ["ALIASES", "canonical_metrics", "reply_metrics"]
@@ -21,13 +21,13 @@ log = get_logger()
 
 ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
     "train": {
-        keys.TRAIN_LOSS: ("train_loss", "loss", "train-loss"),
-        keys.NUM_EXAMPLES: ("num_examples", "num-examples"),
+        wire.TRAIN_LOSS: ("train_loss", "loss", "train-loss"),
+        wire.NUM_EXAMPLES: ("num_examples", "num-examples"),
     },
     "evaluate": {
-        keys.EVAL_LOSS: ("eval_loss", "loss", "eval-loss", "val_loss"),
-        keys.EVAL_ACCURACY: ("eval_acc", "eval_accuracy", "accuracy", "acc", "eval-accuracy", "eval-acc"),
-        keys.NUM_EXAMPLES: ("num_examples", "num-examples"),
+        wire.EVAL_LOSS: ("eval_loss", "loss", "eval-loss", "val_loss"),
+        wire.EVAL_ACCURACY: ("eval_acc", "eval_accuracy", "accuracy", "acc", "eval-accuracy", "eval-acc"),
+        wire.NUM_EXAMPLES: ("num_examples", "num-examples"),
     },
 }
 _warned: set[tuple[str, str]] = set()
@@ -55,7 +55,7 @@ def canonical_metrics(replies: list[Message], kind: str, *, withheld: tuple[str,
                 found = next((a for a in aliases if a in values), None)
                 if found is not None:
                     values[canonical] = values.pop(found)
-                elif canonical not in (keys.NUM_EXAMPLES, *withheld) and (kind, canonical) not in _warned:
+                elif canonical not in (wire.NUM_EXAMPLES, *withheld) and (kind, canonical) not in _warned:
                     _warned.add((kind, canonical))
                     log.warning(
                         "%s replies from node %d have no %r metric (accepted names: %s; got %s): it is not reported",

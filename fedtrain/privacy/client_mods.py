@@ -16,7 +16,7 @@ from fedtrain.privacy.composition import is_declined, zero_update
 
 __all__ = ["user_dp_clipping_mod"]
 
-ADAPTIVE_FLAG = "dp-user-adaptive"
+from fedtrain.wire import ADAPTIVE_FLAG
 
 
 def user_dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

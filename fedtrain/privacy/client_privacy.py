@@ -19,7 +19,7 @@ from fedtrain.config import RunConfig
 from fedtrain.privacy.accountant import ClientAccountant
 from fedtrain.privacy.calibration import calibrate_noise
 from fedtrain.privacy.dp_sgd import DPPlan, plan_steps
-from fedtrain.privacy.wire import RESTORE_HISTORY
+from fedtrain.wire import RESTORE_HISTORY
 
 __all__ = [
     "STATE_KEY",

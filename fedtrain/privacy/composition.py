@@ -3,7 +3,7 @@
 One place decides this, so that sample-level DP (each client's budget guard) and user-level DP
 (noise scaled for the sampled cohort) compose soundly:
 
-- Under sample-level DP, a reply without DP evidence (the fields of ``wire.DP_EVIDENCE`` and the
+- Under sample-level DP, a reply without DP evidence (the fields of ``fedtrain.wire.DP_EVIDENCE`` and the
   ``dp-history`` record) is refused: it is never counted as private, nor aggregated.
 - A client that declined the round (its budget) sent the global model back unchanged. Under
   user-level DP it stays in the aggregate as a zero update with its equal weight, so the average
@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 
 from fedtrain.config import RunConfig
-from fedtrain.privacy.wire import DP_DECLINED, DP_EVIDENCE, DP_HISTORY, USER_DP_WEIGHT
+from fedtrain.wire import DP_DECLINED, DP_EVIDENCE, DP_HISTORY, USER_DP_WEIGHT
 
 __all__ = ["RoundSelection", "is_declined", "select_replies", "zero_update"]
 

@@ -22,7 +22,7 @@ from fedtrain.logging import get_logger
 from fedtrain.privacy.accountant import RDP_ORDERS, ClientAccountant, epsilon_of
 from fedtrain.privacy.unaccounted import unaccounted_statistics
 from fedtrain.privacy.user_level import make_user_accountant, sampled_clients, user_epsilon, user_releases
-from fedtrain.privacy.wire import DP_EPSILON, DP_HISTORY, PARTITION_ID, RESTORE_HISTORY
+from fedtrain.wire import DP_EPSILON, DP_HISTORY, PARTITION_ID, RESTORE_HISTORY
 
 __all__ = ["PRIVACY_FORMAT", "PrivacyLedger"]
 

@@ -1,0 +1,41 @@
+"""Every name exchanged between the ServerApp and the ClientApp: record names and config/metric keys.
+
+One module for all of them, below every layer (``privacy/`` reads replies too, and must not import
+``federation/``). Kebab-case, as Flower's own wire keys (``server-round``, ``num-examples``).
+"""
+
+# Records of a message's RecordDict.
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+# Train/evaluate config sent by the server.
+PHASE = "phase"
+LR = "lr"
+SERVER_ROUND = "server-round"  # set by Flower's strategies
+GLOBAL_ROUND = "global-round"  # round counted over all phases, seeds local shuffling
+PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
+LAYER = "layer"  # pretrain: the hidden layer (0-based) this phase trains
+FREEZE_DEPTH = "freeze-depth"  # finetune: hidden layers kept frozen this round (linear probe)
+ADAPTIVE_FLAG = "dp-user-adaptive"  # user-level DP: the client runs Flower's adaptive clipping mod
+# Train config on resume: one JSON history per partition id ("" = none), for clients that lost Context.state.
+RESTORE_HISTORY = "dp-restore-history"
+
+# Reply metrics.
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+EVAL_LOSS = "eval-loss"
+EVAL_ACCURACY = "eval-accuracy"
+PARTITION_ID = "partition-id"
+DP_DECLINED = "dp-declined"  # 1 when the budget guard refused the round
+DP_EPSILON = "dp-epsilon"  # the client's own figure; the server recomputes it from the history
+DP_SIGMA = "dp-sigma"
+DP_SAMPLE_RATE = "dp-q"
+DP_STEPS = "dp-steps"
+USER_DP_WEIGHT = "dp-weight"  # equal weights, required by Flower's user-level DP accounting
+
+# The evidence a reply must carry to count as private under sample-level DP.
+DP_EVIDENCE = (DP_DECLINED, DP_EPSILON, DP_SIGMA, DP_SAMPLE_RATE, DP_STEPS)
+
+# A ConfigRecord in the train reply: the client's whole accountant history (ClientAccountant.state_dict()).
+DP_HISTORY = "dp-history"
