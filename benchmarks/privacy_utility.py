@@ -26,7 +26,7 @@ TARGETS = {1.0: 0.85, 3.0: 0.93}
 
 def main() -> None:
     from fedtrain.config import load_config
-    from fedtrain.privacy.sweep import run_sweep
+    from fedtrain.runtime.sweep import run_sweep
 
     cfg = load_config(file=RECIPE)
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,7 @@ import pytest
 
 from fedtrain.cli import main
 from fedtrain.errors import ConfigError
-from fedtrain.privacy.sweep import parse_epsilons
+from fedtrain.runtime.sweep import parse_epsilons
 
 
 def test_parse_epsilons():

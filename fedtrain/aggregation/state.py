@@ -21,8 +21,8 @@ STATEFUL_ATTRIBUTES = ("m_t", "v_t", "momentum_vector")
 
 
 def _innermost(strategy: Strategy) -> Strategy:
-    while isinstance(getattr(strategy, "strategy", None), Strategy):
-        strategy = strategy.strategy
+    while isinstance(wrapped := getattr(strategy, "strategy", None), Strategy):
+        strategy = wrapped
     return strategy
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from fedtrain.config import RunConfig
 from fedtrain.errors import CheckpointError
@@ -46,7 +46,8 @@ class PrivacyLedger:
 
     @property
     def clients(self) -> dict[str, dict[str, Any]]:
-        return self.state["clients"]
+        clients: dict[str, dict[str, Any]] = self.state["clients"]
+        return clients
 
     def history(self, pid: str) -> list[Segment]:
         return [(float(s), float(q), int(n)) for s, q, n in self.clients[pid]["segments"]]
@@ -189,7 +190,7 @@ class PrivacyLedger:
                 "mechanism": "Gaussian on the average of clipped client updates, add or remove one client, "
                 "no sampling amplification",
                 "accountant": "rdp",
-                "rdp_orders": [float(a) for a in self.user_accountant.state_dict()["orders"]],
+                "rdp_orders": [float(a) for a in cast(list[float], self.user_accountant.state_dict()["orders"])],
                 "delta": pc.dp_user_delta,
                 "epsilon": user_epsilon(self.user_accountant),
                 "releases": user_releases(self.user_accountant),

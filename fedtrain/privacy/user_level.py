@@ -19,7 +19,8 @@ release per aggregated round with no sampling amplification (Flower's supported 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any, TypedDict, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import (
@@ -38,10 +39,12 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     Strategy,
 )
+from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdaptiveBase
 
 from fedtrain.config import RunConfig
 
 __all__ = [
+    "UserRelease",
     "adaptive_noise_split",
     "adaptive_release_multiplier",
     "make_user_accountant",
@@ -52,13 +55,21 @@ __all__ = [
 ]
 
 
+class UserRelease(TypedDict):
+    """One composition of the user-level accountant: ``count`` rounds of the same Gaussian release."""
+
+    noise_multiplier: float
+    sample_size: int
+    count: int
+
+
 def sampled_clients(cfg: RunConfig) -> int:
     """Clients per round, as Flower's FedAvg samples them."""
     n = cfg.partition.num_clients
     return min(n, max(int(n * cfg.strategy.fraction_train), cfg.strategy.min_clients))
 
 
-def make_user_accountant(cfg: RunConfig, releases: Iterable[dict] = ()) -> RdpAccountant:
+def make_user_accountant(cfg: RunConfig, releases: Iterable[Mapping[str, Any]] = ()) -> RdpAccountant:
     """Flower's RDP accountant for the run, with the ``releases`` of earlier rounds replayed (resume)."""
     pc = cfg.privacy
     acc = RdpAccountant(
@@ -76,12 +87,14 @@ def make_user_accountant(cfg: RunConfig, releases: Iterable[dict] = ()) -> RdpAc
     return acc
 
 
-def user_releases(acc: RdpAccountant) -> list[dict]:
+def user_releases(acc: RdpAccountant) -> list[UserRelease]:
     """The releases composed so far: ``noise_multiplier``, ``sample_size`` and ``count`` of each."""
+    # Flower types its JSON state as dict[str, object]; "compositions" is a list of {"event": {...}, "count": n}.
+    compositions = cast(list[dict[str, Any]], acc.state_dict()["compositions"])
     return [
         {"noise_multiplier": float(c["event"]["noise_multiplier"]), "sample_size": int(c["event"]["sample_size"]),
          "count": int(c["count"])}
-        for c in acc.state_dict()["compositions"]
+        for c in compositions
     ]  # fmt: skip
 
 
@@ -104,7 +117,7 @@ def adaptive_release_multiplier(update_multiplier: float, count_stddev: float, s
     return 0.0 if math.isinf(inverse) else inverse**-0.5
 
 
-class _AccountedAdaptive:
+class _AccountedAdaptive(DifferentialPrivacyAdaptiveBase):
     """Mixin over Flower's adaptive wrappers: a sound, accounted Gaussian release per round.
 
     Three corrections to Flower 1.42's adaptive clipping:
@@ -122,13 +135,8 @@ class _AccountedAdaptive:
 
     accountant: RdpAccountant
     population: int
-    norm_state: dict
-    noise_multiplier: float  # Flower's update share, set by the wrapper
-    clipped_count_stddev: float
-    clipping_norm: float
-    num_sampled_clients: int
-    clip_norm_lr: float
-    target_clipped_quantile: float
+    norm_state: dict[str, Any]
+    _norm_used: float  # the norm this round's updates were clipped to
 
     def _release(self, aggregated: int) -> GaussianPrivacyEvent:
         z = adaptive_release_multiplier(
@@ -136,7 +144,9 @@ class _AccountedAdaptive:
         )
         return GaussianPrivacyEvent(noise_multiplier=z, sample_size=aggregated, population_size=self.population)
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         # One norm for the run: every phase's wrapper is built before any round, so take the latest here.
         self.clipping_norm = float(self.norm_state.get("user_clipping_norm", self.clipping_norm))
         limit = self.accountant.config.max_epsilon
@@ -145,7 +155,9 @@ class _AccountedAdaptive:
                 f"the next round would exceed dp-user-max-epsilon={limit} "
                 f"(current epsilon: {user_epsilon(self.accountant):.3f})"
             )
-        return super().configure_train(server_round, arrays, config, grid)
+        # The MRO of _ServerAdaptive/_ClientAdaptive sends this to Flower's concrete wrapper; mypy sees only
+        # the abstract Strategy method on the shared base.
+        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[safe-super]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -155,7 +167,7 @@ class _AccountedAdaptive:
         if answered != self.num_sampled_clients or answered != len(replies):
             return None, None  # an incomplete cohort: the accounted mechanism was not what would be released
         self._norm_used = self.clipping_norm
-        arrays, metrics = super().aggregate_train(server_round, replies)
+        arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[safe-super]  # as above
         self.norm_state["user_clipping_norm"] = float(self.clipping_norm)
         if arrays is not None:
             self.accountant.compose(self._release(answered))
@@ -181,7 +193,7 @@ class _ClientAdaptive(_AccountedAdaptive, DifferentialPrivacyClientSideAdaptiveC
     pass
 
 
-def wrap_user_dp(strategy: Strategy, cfg: RunConfig, accountant: RdpAccountant, norm_state: dict) -> Strategy:
+def wrap_user_dp(strategy: Strategy, cfg: RunConfig, accountant: RdpAccountant, norm_state: dict[str, Any]) -> Strategy:
     """Wrap ``strategy`` in the Flower DP wrapper named by ``dp-user-clipping``.
 
     ``norm_state`` keeps the adaptive clipping norm across phases and resume (``user_clipping_norm``).
@@ -190,16 +202,16 @@ def wrap_user_dp(strategy: Strategy, cfg: RunConfig, accountant: RdpAccountant, 
     k = sampled_clients(cfg)
     z = pc.dp_user_noise_multiplier
     if pc.dp_user_clipping in ("server", "client"):
-        cls = (
+        fixed = (
             DifferentialPrivacyServerSideFixedClipping
             if pc.dp_user_clipping == "server"
-            else (DifferentialPrivacyClientSideFixedClipping)
+            else DifferentialPrivacyClientSideFixedClipping
         )
-        return cls(strategy, z, pc.dp_user_clipping_norm, k, accountant=accountant)
-    cls = _ServerAdaptive if pc.dp_user_clipping == "adaptive-server" else _ClientAdaptive
+        return fixed(strategy, z, pc.dp_user_clipping_norm, k, accountant=accountant)
+    adaptive = _ServerAdaptive if pc.dp_user_clipping == "adaptive-server" else _ClientAdaptive
     count_stddev, z_flower = adaptive_noise_split(z, k)
     norm = float(norm_state.get("user_clipping_norm", pc.dp_user_clipping_norm))
-    wrapped = cls(strategy, z_flower, k, initial_clipping_norm=norm, clipped_count_stddev=count_stddev)
+    wrapped = adaptive(strategy, z_flower, k, initial_clipping_norm=norm, clipped_count_stddev=count_stddev)
     wrapped.accountant, wrapped.population, wrapped.norm_state = accountant, cfg.partition.num_clients, norm_state
     return wrapped
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 __all__ = ["plot_curves", "plot_filters", "plot_label_distribution", "pyplot"]
 
 
-def pyplot():
+def pyplot() -> ModuleType:
     """Matplotlib's pyplot on the headless Agg backend."""
     import matplotlib
 
@@ -35,8 +36,7 @@ def _save_line_plot(plt, fig, ax, path: Path, ylabel: str, title: str, xlabel: s
 
 def _series(records: list[dict[str, Any]], key: str) -> list[float] | None:
     """``key`` per record, missing, null and non-finite values as NaN (gaps); None when no value is finite."""
-    ys = [r.get(key) for r in records]
-    ys = [float(y) if isinstance(y, int | float) and np.isfinite(y) else np.nan for y in ys]
+    ys = [float(y) if isinstance(y := r.get(key), int | float) and np.isfinite(y) else np.nan for r in records]
     return ys if any(np.isfinite(ys)) else None
 
 

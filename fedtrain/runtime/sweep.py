@@ -3,6 +3,8 @@
 Each (epsilon, seed) is one in-process run in its own process (a pool as wide as the cores);
 ``inf`` runs the plan without sample-level DP. The sweep folder gets ``sweep.json``,
 ``sweep.csv``, ``accuracy_vs_epsilon.png`` and ``sweep.html``, plus every run folder.
+It lives with the runtimes, not in ``fedtrain.privacy``, because it starts runs: privacy
+code never depends on where or how a run executes (an import-linter contract).
 """
 
 from __future__ import annotations
