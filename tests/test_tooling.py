@@ -37,3 +37,17 @@ def test_the_dev_extra_brings_the_static_checkers():
     assert {"ruff", "mypy", "import-linter", "pytest"} <= dev
     assert set(meta["tool"]["mypy"]["packages"]) == {"fedtrain", "server", "clients"}
     assert set(meta["tool"]["importlinter"]["root_packages"]) == {"fedtrain", "server", "clients"}
+
+
+def test_the_layering_rules_of_the_issue_are_contracts():
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    forbidden = {
+        (src, dst)
+        for c in contracts
+        if c["type"] == "forbidden" and not c.get("allow_indirect_imports")
+        for src in c["source_modules"]
+        for dst in c["forbidden_modules"]
+    }
+    assert {("fedtrain", "server"), ("fedtrain", "clients")} <= forbidden
+    assert {("fedtrain.privacy", "fedtrain.federation"), ("fedtrain.privacy", "fedtrain.runtime")} <= forbidden
+    assert not any(c.get("ignore_imports") for c in contracts)  # no exceptions carved out of the rules
