@@ -216,6 +216,18 @@ def _cross_checks(cfg: RunConfig) -> list[str]:
             "(class-weights='balanced' also reads each client's label counts outside the accountant, so under DP "
             "it needs dp-allow-unaccounted-statistics=true and the summary lists it as outside the budget)"
         )
+    if cfg.sample_dp:
+        for key, value in (
+            ("clip-grad-norm", cfg.train.clip_grad_norm),
+            ("clip-grad-value", cfg.train.clip_grad_value),
+        ):
+            if value > 0:
+                problems.append(
+                    f"{key}={value:g} is refused under sample-level DP (dp-level={cfg.privacy.dp_level!r}): DP-SGD "
+                    f"already clips each per-sample gradient to norm dp-max-grad-norm={cfg.privacy.dp_max_grad_norm:g} "
+                    f"before adding noise, and Opacus would overwrite a second clip; set {key}=0 and tune "
+                    "dp-max-grad-norm instead"
+                )
     problems.extend(_unaccounted_checks(cfg))
     if cfg.strategy.early_stopping_patience > 0 and cfg.data.val_fraction == 0:
         problems.append(

@@ -1,8 +1,9 @@
-"""Sample-level DP-SGD on one client with Opacus 1.6.
+"""Sample-level DP-SGD on one client with Opacus 1.6: the privacy engine of the local loop.
 
-A fresh ``PrivacyEngine`` wraps the model for each local training call, with a noise
-multiplier calibrated once for the whole run (never per round); the steps it takes are
-recorded in the client's :class:`ClientAccountant`. Poisson sampling stays on.
+:class:`PrivateTraining` plugs into :func:`fedtrain.train.loop.run_local`: a fresh Opacus
+``PrivacyEngine`` wraps the model, optimizer and loader for each local training call, with a noise
+multiplier calibrated once for the whole run (never per round); the steps it takes are recorded in
+the client's :class:`ClientAccountant`. Poisson sampling stays on.
 """
 
 from __future__ import annotations
@@ -11,32 +12,32 @@ import contextlib
 import math
 import secrets
 import warnings
-from collections.abc import Callable
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
 from opacus import PrivacyEngine
+from opacus.optimizers import DPOptimizer
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.validators import ModuleValidator
 from torch import nn
-from torch.utils.data import DataLoader
 
 from fedtrain.config import RunConfig
 from fedtrain.data import ArrayDataset
 from fedtrain.errors import ModelError
 from fedtrain.logging import get_logger
-from fedtrain.train.loop import TrainResult, make_loader
+from fedtrain.train.loop import Batch, Session, Supervised, TrainResult, run_local
 from fedtrain.train.losses import build_criterion
-from fedtrain.train.optimizers import build_optimizer
 
 __all__ = [
     "DPPlan",
+    "PrivateTraining",
     "check_model",
     "choose_grad_sample_mode",
     "dp_train_local",
     "noise_seed",
     "plan_steps",
-    "run_private",
 ]
 
 log = get_logger()
@@ -84,6 +85,90 @@ def check_model(model: nn.Module, *, fix: bool) -> nn.Module:
     return fixed
 
 
+def noise_seed(cfg: RunConfig, seed: int) -> int:
+    """The seed of DP noise: ``seed`` (reproducible per client and round), or fresh entropy (``dp-noise-seed=os``)."""
+    return secrets.randbits(63) if cfg.privacy.dp_noise_seed == "os" else seed
+
+
+@dataclass(frozen=True)
+class PrivateTraining:
+    """DP-SGD for one local training call: the optional privacy engine of :func:`run_local`.
+
+    Opacus' ``make_private`` with Poisson sampling clips each per-sample gradient at ``max_grad_norm``
+    and adds Gaussian noise of std ``noise_multiplier * max_grad_norm``; sampling and noise draw from
+    torch's generator seeded with ``noise_seed``. ``grad_sample_mode`` is Opacus' (``hooks``, ``ghost``,
+    ``ew``; ``ghost`` needs a :class:`Supervised` objective). ``max_physical_batch_size > 0`` splits
+    logical batches with Opacus' ``BatchMemoryManager``.
+    """
+
+    noise_multiplier: float
+    max_grad_norm: float
+    noise_seed: int
+    grad_sample_mode: str = "hooks"
+    max_physical_batch_size: int = 0
+
+    @classmethod
+    def from_config(
+        cls, cfg: RunConfig, *, noise_multiplier: float, seed: int, grad_sample_mode: str
+    ) -> PrivateTraining:
+        """The engine of ``cfg``'s privacy section for a call seeded with ``seed``."""
+        pc = cfg.privacy
+        return cls(
+            noise_multiplier=noise_multiplier, max_grad_norm=pc.dp_max_grad_norm, noise_seed=noise_seed(cfg, seed),
+            grad_sample_mode=grad_sample_mode, max_physical_batch_size=pc.dp_max_physical_batch_size,
+        )  # fmt: skip
+
+    @contextlib.contextmanager
+    def attach(self, session: Session) -> Iterator[Session]:
+        """Wrap ``session`` with Opacus for the duration of the call."""
+        criterion = session.objective.criterion if isinstance(session.objective, Supervised) else None
+        if self.grad_sample_mode == "ghost" and criterion is None:
+            raise ModelError("dp-grad-sample-mode='ghost' needs a supervised loss; use 'hooks' for per-sample losses")
+        with torch.random.fork_rng(), warnings.catch_warnings():
+            torch.manual_seed(self.noise_seed)  # Poisson sampling, noise and the objective's own draws
+            # Known and documented (docs/privacy.md): noise from torch's PRNG, not a CSPRNG; and the
+            # first layer's inputs need no gradient, which Opacus' backward hooks warn about.
+            warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+            warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
+            engine = PrivacyEngine(accountant="rdp")  # fedtrain's ClientAccountant does the accounting
+            kwargs = {"criterion": criterion} if criterion is not None else {}
+            wrapped = engine.make_private(
+                module=session.module, optimizer=session.optimizer, data_loader=session.loader,
+                noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm, poisson_sampling=True,
+                grad_sample_mode=self.grad_sample_mode, **kwargs,
+            )  # fmt: skip
+            if self.grad_sample_mode == "ghost":  # the criterion comes back wrapped for the two-pass backward
+                gsm, dp_opt, loss_fn, dp_loader = wrapped
+                objective = Supervised(loss_fn)
+            else:
+                gsm, dp_opt, dp_loader = wrapped
+                objective = session.objective
+            yield _PrivateSession(
+                module=gsm, trained=session.trained, optimizer=dp_opt, loader=dp_loader, objective=objective,
+                max_physical_batch_size=self.max_physical_batch_size,
+            )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _PrivateSession(Session):
+    max_physical_batch_size: int = 0
+
+    def epoch(self) -> AbstractContextManager[Iterable[Batch]]:
+        if self.max_physical_batch_size > 0:
+            return BatchMemoryManager(
+                data_loader=self.loader, max_physical_batch_size=self.max_physical_batch_size, optimizer=self._dp
+            )
+        return contextlib.nullcontext(self.loader)
+
+    def stepped(self) -> bool:
+        return not self._dp._is_last_step_skipped  # False after a physical sub-batch of BatchMemoryManager
+
+    @property
+    def _dp(self) -> DPOptimizer:
+        assert isinstance(self.optimizer, DPOptimizer)
+        return self.optimizer
+
+
 def dp_train_local(
     model: nn.Module,
     data: ArrayDataset,
@@ -94,99 +179,17 @@ def dp_train_local(
     noise_multiplier: float,
     proximal_mu: float = 0.0,
 ) -> tuple[nn.Module, TrainResult, DPPlan]:
-    """Train ``model`` with DP-SGD; return the plain trained module, the result and the plan.
+    """Fine-tune ``model`` with DP-SGD; return the plain trained module, the result and the plan.
 
-    Penalties that do not depend on data (FedProx's proximal term, L1) are applied as decoupled steps
-    after each private step: Opacus only privatises per-sample gradients, and these terms would
-    otherwise be dropped silently. Weight decay stays inside the optimizer.
+    The module returned is ``model``, or Opacus' fixed copy of it with ``dp-fix-model``. Penalties
+    (L1, FedProx's proximal term) are decoupled steps after each private step; weight decay stays
+    inside the optimizer (:func:`run_local`).
     """
     tc, pc = cfg.train, cfg.privacy
     plan = plan_steps(len(data.y), tc.batch_size, tc.local_epochs)
     mode = choose_grad_sample_mode(pc.dp_grad_sample_mode, cfg.model.model, tc.batch_size)
     model = check_model(model.train(), fix=pc.dp_fix_model)  # Opacus validates a module in training mode
-    global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    criterion = build_criterion(tc, data.y, data.num_classes)
-    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], tc, lr)
-    plain, loss = run_private(
-        model, optimizer, make_loader(data, tc.batch_size, shuffle=True, seed=seed), cfg,
-        epochs=tc.local_epochs, noise_multiplier=noise_multiplier, seed=seed, mode=mode, criterion=criterion,
-        after_step=lambda m: _decoupled_penalties(m, lr, tc.l1, proximal_mu, global_params),
-    )  # fmt: skip
-    return plain, TrainResult(loss=loss, num_examples=len(data.y), steps=plan.steps_per_call), plan
-
-
-def noise_seed(cfg: RunConfig, seed: int) -> int:
-    """The seed of DP noise: ``seed`` (reproducible per client and round), or fresh entropy (``dp-noise-seed=os``)."""
-    return secrets.randbits(63) if cfg.privacy.dp_noise_seed == "os" else seed
-
-
-def run_private(
-    module: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loader: DataLoader,
-    cfg: RunConfig,
-    *,
-    epochs: int,
-    noise_multiplier: float,
-    seed: int,
-    mode: str = "hooks",
-    criterion: nn.Module | None = None,
-    after_step: Callable[[nn.Module], None] | None = None,
-) -> tuple[nn.Module, float]:
-    """The DP-SGD loop shared by fine-tuning and pretraining; returns the plain module and mean loss.
-
-    With a ``criterion`` the loss is ``criterion(module(x), y)``; without one, ``module(x)`` must
-    return per-sample losses of shape ``(B,)`` (pretraining objectives), averaged here.
-    """
-    pc = cfg.privacy
-    module.train()
-    with torch.random.fork_rng(), warnings.catch_warnings():
-        torch.manual_seed(noise_seed(cfg, seed))  # Poisson sampling and noise
-        # Known and documented (docs/privacy.md): noise from torch's PRNG, not a CSPRNG; and the
-        # first layer's inputs need no gradient, which Opacus' backward hooks warn about.
-        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
-        warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
-        engine = PrivacyEngine(accountant="rdp")  # fedtrain's ClientAccountant does the accounting
-        kwargs = {"criterion": criterion} if criterion is not None else {}
-        wrapped = engine.make_private(
-            module=module, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
-            max_grad_norm=pc.dp_max_grad_norm, poisson_sampling=True, grad_sample_mode=mode, **kwargs,
-        )  # fmt: skip
-        if mode == "ghost":
-            gsm, dp_opt, loss_fn, dp_loader = wrapped
-        else:
-            (gsm, dp_opt, dp_loader), loss_fn = wrapped, criterion
-        total, count = 0.0, 0
-        for _epoch in range(epochs):
-            if pc.dp_max_physical_batch_size > 0:
-                ctx = BatchMemoryManager(
-                    data_loader=dp_loader, max_physical_batch_size=pc.dp_max_physical_batch_size, optimizer=dp_opt
-                )
-            else:
-                ctx = contextlib.nullcontext(dp_loader)
-            with ctx as batches:
-                for x, y in batches:
-                    if len(y) == 0:  # an empty Poisson batch; still counted as a step (conservative)
-                        continue
-                    dp_opt.zero_grad(set_to_none=True)
-                    loss = loss_fn(gsm(x), y) if loss_fn is not None else gsm(x).mean()
-                    loss.backward()
-                    dp_opt.step()
-                    if after_step and not dp_opt._is_last_step_skipped:  # a logical step (BatchMemoryManager)
-                        after_step(gsm._module)
-                    total += float(loss.detach()) * len(y)
-                    count += len(y)
-    return gsm._module, total / max(count, 1)  # weights leave without the `_module.` prefix
-
-
-@torch.no_grad()
-def _decoupled_penalties(
-    model: nn.Module, lr: float, l1: float, mu: float, global_params: list[torch.Tensor] | None
-) -> None:
-    for i, (name, p) in enumerate(model.named_parameters()):
-        if not p.requires_grad:
-            continue
-        if global_params is not None:
-            p.sub_(lr * mu * (p - global_params[i]))
-        if l1 > 0 and name.endswith("weight") and p.dim() > 1:
-            p.sub_(lr * l1 * torch.sign(p))
+    objective = Supervised(build_criterion(tc, data.y, data.num_classes))
+    privacy = PrivateTraining.from_config(cfg, noise_multiplier=noise_multiplier, seed=seed, grad_sample_mode=mode)
+    result = run_local(model, objective, data, tc, lr=lr, seed=seed, proximal_mu=proximal_mu, privacy=privacy)
+    return model, result, plan
