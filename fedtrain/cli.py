@@ -1,7 +1,8 @@
 """The ``fedtrain`` command.
 
 ``fedtrain run`` runs a whole federation in-process and prints the run folder as its last
-line; ``fedtrain config`` shows the resolved configuration or renders the reference docs.
+line; ``fedtrain split`` writes one data file per device for a deployment; ``fedtrain config``
+shows the resolved configuration or renders the reference docs.
 Errors caused by input end in one line, ``error: ...``, and a non-zero exit code.
 """
 
@@ -123,6 +124,34 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_split(args: argparse.Namespace) -> int:
+    from fedtrain.data.federated import raw_splits, write_node_files
+
+    extra: dict[str, object] = {}
+    if args.data_path:
+        extra.update({"dataset": "file", "data-path": args.data_path})
+    if args.data_format:
+        extra["data-format"] = args.data_format
+    cfg = _resolve(args, extra)
+    files = write_node_files(cfg, args.out_dir, server_test=args.server_test, overwrite=args.force)
+    raw = raw_splits(cfg.data, cfg.partition, cfg.runtime.seed)
+    n = cfg.partition.num_clients
+    for pid, (path, idx) in enumerate(zip(files, raw.parts, strict=False)):
+        node = f"data-path='{path.resolve()}' partition-id={pid} num-partitions={n}"
+        print(f'client {pid}: {len(idx)} records  flower-supernode ... --node-config "{node}"')
+    server = [f"data-source=node num-clients={n}"]
+    if args.server_test:
+        print(f"server: {len(raw.test.y)} test records in {files[-1]}")
+        server.append(f"server-data-path='{files[-1].resolve()}'")
+    else:  # the server then reads no data: it needs the federation's classes and input shape as keys
+        shape = ",".join(str(d) for d in raw.train.input_shape)
+        server.append(f"classes='{','.join(raw.train.classes)}' input-shape='{shape}'")
+        if cfg.data.normalize in ("standard", "minmax") and raw.full.max_value is not None:
+            server.append(f"normalize=range input-max={raw.full.max_value:g}")
+    print(f'run config: --run-config "{" ".join(server)}"')
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from fedtrain.config import dump_toml
     from fedtrain.config.reference import render_app_table, render_markdown
@@ -154,6 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--jobs", type=int, default=None, help="parallel processes (default: all cores)")
     sweep.add_argument("--out", metavar="DIR", help="folder for the sweep folder (default: out-dir)")
     sweep.set_defaults(func=cmd_sweep)
+
+    split = sub.add_parser(
+        "split", help="write one data file per device (the configured partitioner's partitions), for deployment"
+    )
+    _add_config_args(split)
+    split.add_argument("out_dir", metavar="OUT_DIR", help="folder for client-<i>.npz (and server-test.npz)")
+    split.add_argument("--data-path", help="data set to split (default: the embedded digits; config key data-path)")
+    split.add_argument("--data-format", help="its format (config key data-format; default: from the suffix)")
+    split.add_argument("--server-test", action="store_true", help="also write the test split as server-test.npz")
+    split.add_argument("--force", action="store_true", help="replace files already in OUT_DIR")
+    split.set_defaults(func=cmd_split)
 
     config = sub.add_parser("config", help="print the resolved config, or render its reference")
     _add_config_args(config)

@@ -39,3 +39,13 @@ DP_EVIDENCE = (DP_DECLINED, DP_EPSILON, DP_SIGMA, DP_SAMPLE_RATE, DP_STEPS)
 
 # A ConfigRecord in the train reply: the client's whole accountant history (ClientAccountant.state_dict()).
 DP_HISTORY = "dp-history"
+
+# The federation's data agreement, sent with every train and evaluate config (fedtrain.data.source.spec_to_config):
+# a node reading its own file maps its labels onto these classes and scales with this normaliser.
+DATA_CLASSES = "data-classes"  # list of class names, in label order
+DATA_INPUT_SHAPE = "data-input-shape"  # list of ints, the model's input shape
+NORM_METHOD = "norm-method"
+NORM_SHAPE = "norm-shape"  # shape of shift and scale (sent flattened)
+NORM_SHIFT = "norm-shift"
+NORM_SCALE = "norm-scale"
+NORM_CLIP = "norm-clip"  # absent: no clipping

@@ -104,6 +104,40 @@ class DataConfig:
         "Class imbalance for experiments: `class:ratio` pairs, e.g. `0:0.1,3:0.5` keeps 10% "
         "of class 0 and 50% of class 3 in the training split. Empty keeps everything.",
     )
+    data_source: str = setting(
+        "partition",
+        "Where data lives. `partition`: every process derives the whole federation's data from the seed "
+        "(simulation; a node with `data-path` in its node config still reads only that file). `node`: each node "
+        "reads the file at its node config's `data-path` and the server reads no client data (deployment).",
+        choices=("partition", "node"),
+    )
+    server_data_path: str = setting(
+        "",
+        "With `data-source=node`: the server's own labelled file (npz, CSV, IDX or image folder, told apart by "
+        "suffix or contents; e.g. `fedtrain split`'s "
+        "`server-test.npz`). Central evaluation uses it (`val-fraction` of it for validation); without one "
+        "central evaluation is skipped. Classes, input shape and normalisation come from it.",
+    )
+    input_shape: str = setting(
+        "",
+        "With `data-source=node` and no `server-data-path`: the model's input shape, e.g. `1,8,8` or `64`.",
+    )
+    classes: str = setting(
+        "",
+        "With `data-source=node`: the federation's class names in label order, comma-separated, e.g. "
+        "`0,1,2,3,4,5,6,7,8,9`; required without `server-data-path`. Node files are mapped onto them by name.",
+    )
+    input_max: float = setting(
+        0.0,
+        "With `data-source=node` and no `server-data-path`: the inputs' nominal maximum for `normalize=range` "
+        "(16 for digits, 255 for 8-bit images); 0: unknown.",
+        low=0.0,
+    )
+    normalize_local: bool = setting(
+        False,
+        "With `data-source=node`: each node fits `normalize` on its own training records instead of applying the "
+        "normaliser the server sends. Refused under DP (the statistics are outside the budget).",
+    )
 
 
 @dataclass(frozen=True)

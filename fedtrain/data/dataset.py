@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from fedtrain import wire
 from fedtrain.errors import DataError
 
-__all__ = ["ArrayDataset", "Normalizer"]
+__all__ = ["ArrayDataset", "Normalizer", "normalizer_from_config", "normalizer_to_config"]
 
 
 @dataclass(frozen=True)
@@ -87,3 +90,31 @@ class Normalizer:
             "scale": self.scale.astype(np.float32).tolist(),
             "clip": self.clip,
         }
+
+
+def normalizer_to_config(norm: Normalizer) -> dict[str, Any]:
+    """``norm`` as ConfigRecord entries (scalars and flat lists), to travel with the model."""
+    out: dict[str, Any] = {
+        wire.NORM_METHOD: norm.method,
+        wire.NORM_SHAPE: [int(d) for d in np.shape(norm.shift)],
+        wire.NORM_SHIFT: np.asarray(norm.shift, dtype=np.float32).ravel().tolist(),
+        wire.NORM_SCALE: np.asarray(norm.scale, dtype=np.float32).ravel().tolist(),
+    }
+    if norm.clip is not None:
+        out[wire.NORM_CLIP] = float(norm.clip)
+    return out
+
+
+def normalizer_from_config(config: Mapping[str, Any]) -> Normalizer | None:
+    """The normaliser a config carries (see :func:`normalizer_to_config`), or None when it carries none."""
+    if wire.NORM_METHOD not in config:
+        return None
+    try:
+        shape = tuple(int(d) for d in config[wire.NORM_SHAPE])
+        shift = np.asarray(config[wire.NORM_SHIFT], dtype=np.float32).reshape(shape)
+        scale = np.asarray(config[wire.NORM_SCALE], dtype=np.float32).reshape(shape)
+    except (KeyError, TypeError, ValueError) as err:
+        msg = f"the normaliser in the server's config is malformed ({err}); are server and client the same version?"
+        raise DataError(msg) from None
+    clip = config.get(wire.NORM_CLIP)
+    return Normalizer(str(config[wire.NORM_METHOD]), shift, scale, None if clip is None else float(clip))

@@ -10,17 +10,30 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from fedtrain.config import DataConfig, PartitionConfig, parse_class_keep
+from fedtrain.config import DataConfig, PartitionConfig, RunConfig, parse_class_keep
 from fedtrain.data.dataset import ArrayDataset, Normalizer
 from fedtrain.data.loaders import load_dataset, load_digits
 from fedtrain.data.partition import partition
 from fedtrain.errors import DataError
 
-__all__ = ["ClientData", "FederatedData", "apply_class_keep", "apply_label_noise", "build_federated_data"]
+__all__ = [
+    "ClientData",
+    "FederatedData",
+    "RawSplits",
+    "apply_class_keep",
+    "apply_label_noise",
+    "build_federated_data",
+    "client_split",
+    "raw_splits",
+    "save_npz",
+    "scale_client",
+    "write_node_files",
+]
 
 
 @dataclass(frozen=True)
@@ -89,9 +102,25 @@ def _split(ds: ArrayDataset, fraction: float, seed: int) -> tuple[np.ndarray, np
         raise DataError(f"cannot split {len(idx)} samples with fraction {fraction}: {err}") from None
 
 
-@functools.lru_cache(maxsize=4)
-def build_federated_data(data: DataConfig, part: PartitionConfig, seed: int) -> FederatedData:
-    """Load, split, perturb, normalise and partition the data (cached per process)."""
+@dataclass(frozen=True)
+class RawSplits:
+    """The run's splits before normalisation: what the server keeps and what each client gets.
+
+    ``train`` is the perturbed training split (label noise, class imbalance) and ``parts`` the
+    partitioner's indices into it, one array per client. ``fedtrain split`` writes these raw
+    values, so scaling stays the federation's job.
+    """
+
+    full: ArrayDataset
+    test: ArrayDataset
+    val: ArrayDataset | None
+    train: ArrayDataset
+    parts: tuple[np.ndarray, ...]
+
+
+@functools.lru_cache(maxsize=2)
+def raw_splits(data: DataConfig, part: PartitionConfig, seed: int) -> RawSplits:
+    """Load, split, perturb and partition the data, without scaling (cached per process)."""
     full = (
         load_digits() if data.dataset == "digits" else load_dataset(data.data_path, data.data_format, data.label_column)
     )
@@ -106,15 +135,8 @@ def build_federated_data(data: DataConfig, part: PartitionConfig, seed: int) -> 
     keep = parse_class_keep(data.class_keep)
     if keep:
         train = train.subset(apply_class_keep(train.y, keep, rng))
-    train = ArrayDataset(train.x, apply_label_noise(train.y, data.label_noise, full.num_classes, rng), full.classes)
-
-    norm = Normalizer.fit(train.x, data.normalize, full.max_value)
-
-    def scaled(ds: ArrayDataset) -> ArrayDataset:
-        return ArrayDataset(norm(ds.x), ds.y, full.classes)
-
-    test = scaled(full.subset(test_idx))
-    val = scaled(rest.subset(val_idx)) if val_idx is not None else test
+    noisy = apply_label_noise(train.y, data.label_noise, full.num_classes, rng)
+    train = ArrayDataset(train.x, noisy, full.classes, full.max_value)
     parts = partition(
         part.partitioner,
         train.y,
@@ -125,15 +147,84 @@ def build_federated_data(data: DataConfig, part: PartitionConfig, seed: int) -> 
         quantity_alpha=part.quantity_alpha,
         min_size=part.min_partition_size,
     )
-    clients = []
-    for cid, idx in enumerate(parts):
-        local = scaled(train.subset(idx))
-        n_eval = max(1, round(part.client_eval_fraction * len(idx))) if part.client_eval_fraction > 0 else 0
-        local_eval = None
-        if n_eval and len(idx) - n_eval >= 1:
-            order = np.random.default_rng(seed + 1000 + cid).permutation(len(idx))
-            local, local_eval = local.subset(np.sort(order[n_eval:])), local.subset(np.sort(order[:n_eval]))
-        n_lab = max(1, round(part.labeled_fraction * len(local.y)))
-        keep = np.sort(np.random.default_rng(seed + 2000 + cid).permutation(len(local.y))[:n_lab])
-        clients.append(ClientData(local, local_eval, local.subset(keep)))
-    return FederatedData(test, val, tuple(clients), norm, full.classes)
+    val = rest.subset(val_idx) if val_idx is not None else None
+    return RawSplits(full, full.subset(test_idx), val, train, tuple(parts))
+
+
+def client_split(local: ArrayDataset, part: PartitionConfig, seed: int, cid: int) -> ClientData:
+    """Carve one client's evaluation share and labelled part out of its records (seeded by ``cid``).
+
+    Used for a simulated partition and for a node's own file alike, so both split the same way.
+    """
+    n = len(local.y)
+    n_eval = max(1, round(part.client_eval_fraction * n)) if part.client_eval_fraction > 0 else 0
+    local_eval = None
+    if n_eval and n - n_eval >= 1:
+        order = np.random.default_rng(seed + 1000 + cid).permutation(n)
+        local, local_eval = local.subset(np.sort(order[n_eval:])), local.subset(np.sort(order[:n_eval]))
+    n_lab = max(1, round(part.labeled_fraction * len(local.y)))
+    keep = np.sort(np.random.default_rng(seed + 2000 + cid).permutation(len(local.y))[:n_lab])
+    return ClientData(local, local_eval, local.subset(keep))
+
+
+def scale_client(client: ClientData, norm: Normalizer) -> ClientData:
+    """``client`` with every part scaled by ``norm``."""
+
+    def scaled(ds: ArrayDataset) -> ArrayDataset:
+        return ArrayDataset(norm(ds.x), ds.y, ds.classes)
+
+    return ClientData(scaled(client.train), scaled(client.eval) if client.eval else None, scaled(client.labeled))
+
+
+@functools.lru_cache(maxsize=4)
+def build_federated_data(data: DataConfig, part: PartitionConfig, seed: int) -> FederatedData:
+    """Load, split, perturb, normalise and partition the data (cached per process)."""
+    raw = raw_splits(data, part, seed)
+    classes = raw.full.classes
+    norm = Normalizer.fit(raw.train.x, data.normalize, raw.full.max_value)
+
+    def scaled(ds: ArrayDataset) -> ArrayDataset:
+        return ArrayDataset(norm(ds.x), ds.y, classes)
+
+    test = scaled(raw.test)
+    val = scaled(raw.val) if raw.val is not None else test
+    clients = [client_split(scaled(raw.train.subset(idx)), part, seed, cid) for cid, idx in enumerate(raw.parts)]
+    return FederatedData(test, val, tuple(clients), norm, classes)
+
+
+def save_npz(path: Path, ds: ArrayDataset) -> None:
+    """Write ``ds`` raw (x, y as indices into classes, classes, and max_value when the format has one)."""
+    arrays: dict[str, np.ndarray] = {
+        "x": ds.x.astype(np.float32),
+        "y": ds.y.astype(np.int64),
+        "classes": np.array(ds.classes, dtype=str),
+    }
+    if ds.max_value is not None:
+        arrays["max_value"] = np.array(ds.max_value, dtype=np.float64)
+    with path.open("wb") as fh:  # a file handle: np.savez would append .npz to a name without it
+        np.savez(fh, **arrays)
+
+
+def write_node_files(cfg: RunConfig, out_dir: str | Path, *, server_test: bool, overwrite: bool) -> list[Path]:
+    """Write each client's partition to ``out_dir/client-<i>.npz`` (and the test split to ``server-test.npz``).
+
+    Values are raw (unscaled): the federation decides the normaliser and sends it with the model.
+    Returns the files written, clients first.
+    """
+    out = Path(out_dir).expanduser()
+    raw = raw_splits(cfg.data, cfg.partition, cfg.runtime.seed)
+    targets = [out / f"client-{i}.npz" for i in range(len(raw.parts))]
+    if server_test:
+        targets.append(out / "server-test.npz")
+    existing = [p.name for p in targets if p.exists()]
+    if existing and not overwrite:
+        raise DataError(f"{out}: {existing[0]} (and {len(existing) - 1} more) already exist; pass --force to replace")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file; give a folder for the node files")
+    out.mkdir(parents=True, exist_ok=True)
+    train = raw.train
+    for path, idx in zip(targets, raw.parts, strict=False):
+        save_npz(path, train.subset(idx))  # the partition's order, so a node's split equals the simulated one
+    if server_test:
+        save_npz(targets[-1], raw.test)
+    return targets

@@ -40,10 +40,14 @@ def load_digits() -> ArrayDataset:
 def load_npz(path: Path) -> ArrayDataset:
     try:
         with np.load(path, allow_pickle=False) as archive:
-            names = set(archive.files)
-            if not {"x", "y"} <= names:
-                raise DataError(f"{path}: a .npz needs arrays named 'x' and 'y'; it has {sorted(names)}")
+            files = set(archive.files)
+            if not {"x", "y"} <= files:
+                raise DataError(f"{path}: a .npz needs arrays named 'x' and 'y'; it has {sorted(files)}")
             x, y = archive["x"], archive["y"]
+            # Written by `fedtrain split`: labels index `classes` (a node may hold only some of them),
+            # and `max_value` keeps the format's nominal range for normalize=range.
+            names = tuple(str(c) for c in archive["classes"]) if "classes" in files else None
+            max_value = float(archive["max_value"]) if "max_value" in files else None
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
@@ -54,8 +58,13 @@ def load_npz(path: Path) -> ArrayDataset:
         x = x[:, None]
     if len(x) != len(y):
         raise DataError(f"{path}: 'x' has {len(x)} samples but 'y' has {len(y)}")
-    labels, classes = _labels_to_ints(np.asarray(y).reshape(len(y)))
-    return ArrayDataset(x.astype(np.float32), labels, classes)
+    if names is None:
+        labels, classes = _labels_to_ints(np.asarray(y).reshape(len(y)))
+        return ArrayDataset(x.astype(np.float32), labels, classes)
+    y = np.asarray(y).reshape(len(y))
+    if not np.issubdtype(y.dtype, np.integer) or (len(y) and (y.min() < 0 or y.max() >= len(names))):
+        raise DataError(f"{path}: with a 'classes' array, 'y' must hold integers in 0..{len(names) - 1}")
+    return ArrayDataset(x.astype(np.float32), y.astype(np.int64), names, max_value=max_value)
 
 
 def load_csv(path: Path, label_column: str) -> ArrayDataset:
@@ -180,8 +189,10 @@ def detect_format(path: Path) -> str:
 LOADERS = ("npz", "csv", "idx", "image-folder")
 
 
-def load_dataset(path: str | Path, data_format: str = "auto", label_column: str = "label") -> ArrayDataset:
-    """Load a user data set from ``path``."""
+def load_dataset(
+    path: str | Path, data_format: str = "auto", label_column: str = "label", *, min_classes: int = 2
+) -> ArrayDataset:
+    """Load a user data set from ``path``; one node's file may hold a single class (``min_classes=1``)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(
@@ -200,6 +211,6 @@ def load_dataset(path: str | Path, data_format: str = "auto", label_column: str 
         ds = load_idx(path)
     else:
         ds = load_image_folder(path)
-    if ds.num_classes < 2:
-        raise DataError(f"{path}: found {ds.num_classes} class; classification needs at least 2")
+    if ds.num_classes < min_classes:
+        raise DataError(f"{path}: found {ds.num_classes} class; classification needs at least {min_classes}")
     return ds

@@ -15,8 +15,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from fedtrain import wire
 from fedtrain.config import RunConfig
-from fedtrain.data import ClientData
-from fedtrain.federation.context import config_from_run_config, federated_data, partition_id
+from fedtrain.data import ClientData, data_source, received_spec
+from fedtrain.federation.context import config_from_run_config
 from fedtrain.logging import get_logger
 from fedtrain.models import build_model
 from fedtrain.pretrain import AUX_PREFIX, pretrain_local
@@ -34,13 +34,15 @@ log = get_logger()
 def _local_model(msg: Message, context: Context):
     cfg = config_from_run_config(context.run_config)
     torch.set_num_threads(cfg.runtime.torch_threads)
-    data = federated_data(cfg)
-    pid = partition_id(context.node_config, cfg)
-    model = build_model(cfg.model, data.input_shape, len(data.classes))
+    source = data_source(cfg, context.node_config)  # a data-path file, or the simulated partition
+    # Classes, input shape and normaliser are the federation's, sent by the server with every message.
+    spec = received_spec(cfg, msg.content.config_records.get(wire.CONFIG))
+    client = source.client_data(spec)
+    model = build_model(cfg.model, spec.input_shape, len(spec.classes))
     arrays = msg.content[wire.ARRAYS].to_torch_state_dict()
     model.load_state_dict({k: v for k, v in arrays.items() if not k.startswith(AUX_PREFIX)})
     aux = {k: v for k, v in arrays.items() if k.startswith(AUX_PREFIX)}
-    return cfg, data.clients[pid], pid, model, aux
+    return cfg, client, source.partition_id, model, aux
 
 
 def handle_train(msg: Message, context: Context) -> Message:
