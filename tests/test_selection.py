@@ -7,8 +7,11 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedtrain.federation.context import federated_data
-from fedtrain.federation.phases import RoundOutcome
-from fedtrain.federation.server import _initial_state, _summary, _Tracker
+from fedtrain.federation.outputs import summary as run_summary
+from fedtrain.federation.rounds import RoundOutcome
+from fedtrain.federation.run_state import RunState
+from fedtrain.federation.tracking import CentralEvaluator, Checkpointer, RoundBookkeeper, RunWarnings
+from fedtrain.privacy.ledger import PrivacyLedger
 from fedtrain.models import build_model
 from fedtrain.results import RunFolder
 from fedtrain.runtime import run_inprocess
@@ -50,7 +53,15 @@ def _outcome(arrays: ArrayRecord, round_: int, loss: float) -> RoundOutcome:
 def _tracker(cfg, tmp_path):
     data = federated_data(cfg)
     folder = RunFolder.create(tmp_path / "runs")
-    tracker = _Tracker(cfg, folder, data, _initial_state())
+    state = RunState()
+    evaluator = CentralEvaluator(
+        lambda: build_model(cfg.model, data.input_shape, len(data.classes)),
+        data.test,
+        data.val if cfg.data.val_fraction > 0 else None,
+    )
+    checkpointer = Checkpointer(cfg, folder, state, data.normalizer, data.classes, data.input_shape)
+    privacy = PrivacyLedger(cfg, state.privacy)
+    tracker = RoundBookkeeper(cfg, folder, state, evaluator, checkpointer, privacy, RunWarnings(state))
     arrays = ArrayRecord(build_model(cfg.model, data.input_shape, len(data.classes), seed=0).state_dict())
     return tracker, arrays
 
@@ -60,7 +71,7 @@ def test_rising_training_loss_lands_in_summary_warnings(small_config, tmp_path):
     tracker, arrays = _tracker(cfg, tmp_path)
     for r, loss in enumerate([2.2, 2.5, 3.1, 4.0, 6.0, 9.1], 1):
         tracker.on_round(_outcome(arrays, r, loss), 0)
-    summary = _summary(cfg, tracker.state, tracker.last, "completed", "", tracker.privacy)
+    summary = run_summary(cfg, tracker.state, tracker.last, "completed", "", tracker.privacy, has_val=True)
     (warning,) = summary["warnings"]
     assert "finetune" in warning and "rounds 1-4" in warning and "diverging" in warning
     saved = RunFolder(tracker.folder.path).load_checkpoint("latest")["state"]
@@ -74,5 +85,5 @@ def test_no_early_stopping_without_validation(small_config, tmp_path):
     cfg = dataclasses.replace(base, strategy=strategy)
     tracker, arrays = _tracker(cfg, tmp_path)
     assert [tracker.on_round(_outcome(arrays, r, 1.0), 0) for r in (1, 2, 3)] == [None, None, None]
-    assert tracker.state["best"]["round"] == 3
-    assert any("early stopping is off" in w for w in tracker.state["warnings"])
+    assert tracker.state.best.round == 3
+    assert any("early stopping is off" in w for w in tracker.state.warnings)

@@ -1,25 +1,32 @@
-"""The federation: ClientApp handlers, phases and the ServerApp's plan runner."""
+"""The federation: ClientApp handlers, the plan of stages and the ServerApp's plan runner."""
 
+from fedtrain.federation.apps import build_client_app, build_server_app
 from fedtrain.federation.client import handle_evaluate, handle_train
-from fedtrain.federation.phases import (
-    PHASES,
-    FinetunePhase,
-    Phase,
-    PhaseResult,
-    PretrainLayerPhase,
-    RoundOutcome,
+from fedtrain.federation.run_context import RunContext
+from fedtrain.federation.server import run_server
+from fedtrain.federation.stages import (
+    STAGES,
+    FederatedStage,
+    FinetuneStage,
+    OneShotStage,
+    PretrainLayerStage,
+    Stage,
+    StageResult,
     build_plan,
 )
-from fedtrain.federation.server import run_server
 
 __all__ = [
-    "PHASES",
-    "FinetunePhase",
-    "Phase",
-    "PhaseResult",
-    "PretrainLayerPhase",
-    "RoundOutcome",
+    "STAGES",
+    "FederatedStage",
+    "FinetuneStage",
+    "OneShotStage",
+    "PretrainLayerStage",
+    "RunContext",
+    "Stage",
+    "StageResult",
+    "build_client_app",
     "build_plan",
+    "build_server_app",
     "handle_evaluate",
     "handle_train",
     "run_server",

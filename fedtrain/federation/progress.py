@@ -32,11 +32,12 @@ class RoundProgress:
             self._progress.start()
         return self
 
-    def advance(self, accuracy: float, val_accuracy: float | None, epsilon: float | None = None) -> None:
-        """One round done; ``val_accuracy`` is None without a validation split."""
+    def advance(self, accuracy: float | None, val_accuracy: float | None, epsilon: float | None = None) -> None:
+        """One round done; an accuracy is None where the server holds no such split."""
         eps = "" if epsilon is None else f"  ε max {epsilon:.2f}"
         val = "-" if val_accuracy is None else f"{val_accuracy:.4f}"
-        self._progress.update(self._task, advance=1, acc=f"{accuracy:.4f}", val=val, eps=eps)
+        acc = "-" if accuracy is None else f"{accuracy:.4f}"
+        self._progress.update(self._task, advance=1, acc=acc, val=val, eps=eps)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -3,7 +3,8 @@
 Messages are delivered in order: ``push_messages`` runs the ClientApp on a deep copy of each
 message (real runtimes serialise messages; SecAgg+ relies on that isolation) with the
 destination node's own ``Context``, whose ``state`` persists across rounds as on a SuperNode.
-Runs are deterministic for a given seed.
+A ClientApp that raises gets an error reply, as on Flower's runtimes, so failure paths are the
+same in-process and under ``flwr run``. Runs are deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -11,24 +12,42 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterable
+from typing import Any
 from uuid import uuid4
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedtrain.logging import get_logger
+
 __all__ = ["InProcessGrid"]
+
+log = get_logger()
 
 _FIRST_NODE_ID = 1001
 
 
 class InProcessGrid(Grid):
-    """``num_nodes`` simulated SuperNodes with partition ids ``0..num_nodes-1``."""
+    """``num_nodes`` simulated SuperNodes with partition ids ``0..num_nodes-1``.
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, run_config: dict, run_id: int = 1) -> None:
+    ``node_configs`` adds entries to each node's config (``--node-config`` of a SuperNode), e.g. a
+    ``data-path`` per node.
+    """
+
+    def __init__(
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        run_config: dict[str, Any],
+        run_id: int = 1,
+        node_configs: list[dict[str, Any]] | None = None,
+    ) -> None:
+        if node_configs is not None and len(node_configs) != num_nodes:
+            raise ValueError(f"{len(node_configs)} node configs for {num_nodes} nodes")
         self._app = client_app
         self._run = Run.create_empty(run_id)
         self._run.override_config = dict(run_config)
@@ -36,7 +55,7 @@ class InProcessGrid(Grid):
             _FIRST_NODE_ID + i: Context(
                 run_id=run_id,
                 node_id=_FIRST_NODE_ID + i,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
+                node_config={"partition-id": i, "num-partitions": num_nodes, **(node_configs or [{}] * num_nodes)[i]},
                 state=RecordDict(),
                 run_config=dict(run_config),
             )
@@ -44,7 +63,8 @@ class InProcessGrid(Grid):
         }
         self._replies: dict[str, Message] = {}
         self.client_seconds = 0.0  # time spent inside ClientApp calls (benchmarks compare against it)
-        # Messages built by strategies read the sender's identity from TaskIdentity.
+        # A Message built outside a Flower runtime reads its sender from TaskIdentity, which Flower's own
+        # runtimes set through these (public) class-level setters when a task starts.
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
 
     def set_run(self, run: Run) -> None:
@@ -66,13 +86,19 @@ class InProcessGrid(Grid):
         ids = []
         for msg in messages:
             msg_id = uuid4().hex
+            # Metadata has no setter for the id: Flower's LinkState assigns it the same way (linkstate/utils.py).
             msg.metadata.__dict__["_message_id"] = msg_id
             dst = msg.metadata.dst_node_id
             if dst not in self.contexts:
                 raise ValueError(f"message for unknown node {dst}")
             content = copy.deepcopy(msg)
             t0 = time.perf_counter()
-            reply = self._app(content, self.contexts[dst])
+            try:
+                reply = self._app(content, self.contexts[dst])
+            except Exception as err:  # as Flower's runtimes do: the server sees an error reply, not a crash
+                log.error("ClientApp on node %d raised %s: %s", dst, type(err).__name__, err)
+                reason = f"{type(err)}:<'{err}'>"
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=content)
             self.client_seconds += time.perf_counter() - t0
             reply.metadata.__dict__["_message_id"] = uuid4().hex
             self._replies[msg_id] = reply

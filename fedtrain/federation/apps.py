@@ -1,0 +1,47 @@
+"""fedtrain's Flower apps, built here so that every grid runs the very same ServerApp and ClientApp.
+
+``server/server_app.py`` and ``clients/client_app.py`` (what ``flwr run`` loads) are one line each
+over these builders; the in-process runtime uses the builders directly, so the library never
+imports the app folders.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from fedtrain.federation.client import handle_evaluate, handle_train
+from fedtrain.federation.server import run_server
+from fedtrain.privacy.client_mods import user_dp_clipping_mod
+
+__all__ = ["build_client_app", "build_server_app"]
+
+
+def build_client_app() -> ClientApp:
+    """The ClientApp: local pretraining and fine-tuning (with DP when asked), and local evaluation."""
+    app = ClientApp()
+
+    @app.train(mods=[user_dp_clipping_mod])  # client-side clipping for user-level DP, when asked
+    def train(msg: Message, context: Context) -> Message:
+        """Train the global model on this node's local data."""
+        return handle_train(msg, context)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        """Evaluate the global model on this node's local evaluation share."""
+        return handle_evaluate(msg, context)
+
+    return app
+
+
+def build_server_app() -> ServerApp:
+    """The ServerApp: runs every stage of the configured plan and writes the run folder."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        """Run the plan on ``grid``."""
+        run_server(grid, context)
+
+    return app

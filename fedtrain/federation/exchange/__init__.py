@@ -1,0 +1,11 @@
+"""Round exchanges: how one round's train (and evaluate) messages travel, and how replies become an aggregate.
+
+The strategy samples and aggregates; the stage says what a round asks for; the exchange carries it.
+:class:`MessageExchange` is the plain Message-API exchange. A new way to carry a round (SecAgg+, a
+vectorised simulator) is a new :class:`RoundExchange` registered in :data:`EXCHANGES`.
+"""
+
+from fedtrain.federation.exchange.base import EXCHANGES, RoundExchange, TrainReplies, TrainRequest, build_exchange
+from fedtrain.federation.exchange.message import MessageExchange
+
+__all__ = ["EXCHANGES", "MessageExchange", "RoundExchange", "TrainReplies", "TrainRequest", "build_exchange"]

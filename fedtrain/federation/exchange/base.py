@@ -1,0 +1,69 @@
+"""The round-exchange seam: what a stage hands over for one round, and what comes back."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedtrain.config import RunConfig
+from fedtrain.registry import Registry
+
+__all__ = ["EXCHANGES", "RoundExchange", "TrainReplies", "TrainRequest", "build_exchange"]
+
+
+@dataclass
+class TrainRequest:
+    """One round's train step as the stage asks for it."""
+
+    strategy: Strategy
+    grid: Grid
+    server_round: int  # the global round: strategies and DP wrappers count it
+    arrays: ArrayRecord  # the global arrays clients start from
+    config: ConfigRecord
+    timeout: float | None
+
+
+@dataclass
+class TrainReplies:
+    """What came back from one round's train step, before aggregation.
+
+    ``trained`` and ``declined`` are per-client reports (reply metrics, plus the DP history under
+    sample-level DP). ``aggregate`` runs the strategy's aggregation (or returns what a protocol
+    already aggregated); the stage calls it only when the round may go on.
+    """
+
+    sent: int
+    trained: list[dict[str, Any]]
+    declined: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # replies not counted (no DP evidence), one reason each
+    failures: list[str] = field(default_factory=list)  # error replies and refusals, one line each
+    aggregate: Callable[[], ArrayRecord | None] = lambda: None
+
+
+class RoundExchange(ABC):
+    """Carries a round's messages between the strategy and the clients over a grid."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+
+    @abstractmethod
+    def train(self, request: TrainRequest) -> TrainReplies:
+        """Send the round's train messages, collect the replies, prepare their aggregate."""
+
+    @abstractmethod
+    def evaluate(self, request: TrainRequest) -> tuple[MetricRecord | None, int, list[str]]:
+        """Federated evaluation of ``request.arrays``: (aggregated metrics, clients evaluated, failures)."""
+
+
+EXCHANGES: Registry[Callable[[RunConfig], RoundExchange]] = Registry("round-exchange")
+
+
+def build_exchange(cfg: RunConfig, name: str = "message") -> RoundExchange:
+    """The exchange for this run (``message`` today; SecAgg+ and a vectorised simulator plug in here)."""
+    return EXCHANGES.get(name)(cfg)

@@ -1,0 +1,81 @@
+"""What a run leaves in its folder however it ends: summary.json, privacy.json, plots and report.html."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedtrain.config import RunConfig
+from fedtrain.federation.run_state import RunState
+from fedtrain.privacy.ledger import PrivacyLedger
+from fedtrain.privacy.unaccounted import label_counts_allowed
+from fedtrain.results import RunFolder, plot_curves, plot_label_distribution, write_report
+from fedtrain.results.report import SELECTED_BY_LAST_ROUND, SELECTED_BY_VALIDATION
+
+__all__ = ["summary", "write_outputs", "write_privacy"]
+
+
+def _nan_if_none(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def summary(
+    cfg: RunConfig,
+    state: RunState,
+    last: dict[str, Any],
+    status: str,
+    reason: str,
+    privacy: PrivacyLedger,
+    *,
+    has_val: bool,
+) -> dict[str, Any]:
+    """summary.json: how the run ended, its final and selected rounds, warnings, config and privacy spent."""
+    best_val = state.best.val_accuracy if has_val else None
+    payload: dict[str, Any] = {
+        "status": status,
+        "rounds": int(state.global_round),
+        "num_clients": cfg.partition.num_clients,
+        "final": {"accuracy": _nan_if_none(last.get("test_accuracy")), "loss": _nan_if_none(last.get("test_loss"))},
+        "best": {
+            "round": int(state.best.round),
+            "accuracy": _nan_if_none(state.best.accuracy),
+            "val_accuracy": None if best_val is None else float(best_val),
+            # "last round": the test split is the only held-out data, and it must not choose the model
+            "selected_by": SELECTED_BY_VALIDATION if has_val else SELECTED_BY_LAST_ROUND,
+        },
+        "warnings": list(state.warnings),
+        "wall_seconds": round(state.wall_seconds, 3),
+        "phases": [vars(s) for s in state.stages],
+        "config": cfg.to_flat(),
+        "privacy": privacy.summary(),
+    }
+    if reason:
+        payload["reason"] = reason
+    return payload
+
+
+def write_outputs(
+    folder: RunFolder,
+    cfg: RunConfig,
+    payload: dict[str, Any],
+    label_counts: np.ndarray | None,
+    classes: tuple[str, ...],
+) -> None:
+    """summary.json, then (unless ``report=false``) the plots and report.html."""
+    folder.write_json("summary.json", payload)
+    if not cfg.output.report:
+        return
+    images = plot_curves(folder.read_metrics(), folder.path)
+    # Each client's label counts are private: under DP only when opted in; unknown without the clients' data.
+    if label_counts is not None and label_counts_allowed(cfg):
+        images.append(plot_label_distribution(label_counts, classes, folder.path))
+    if (folder.path / "filters.png").is_file():
+        images.append(folder.path / "filters.png")
+    write_report(folder.path / "report.html", payload, images)
+
+
+def write_privacy(folder: RunFolder, cfg: RunConfig, ledger: PrivacyLedger) -> None:
+    """``privacy.json``: every client's DP history, so anyone can recompute each epsilon."""
+    if cfg.privacy.dp_level != "none":
+        folder.write_json("privacy.json", ledger.document())

@@ -1,0 +1,163 @@
+"""Federated stages: a loop of rounds with a Flower strategy, carried by the run's round exchange."""
+
+from __future__ import annotations
+
+import time
+from abc import abstractmethod
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp.exception import PrivacyBudgetExhausted
+from flwr.serverapp.strategy import Strategy
+
+from fedtrain import wire
+from fedtrain.aggregation.state import load_strategy_state, strategy_state
+from fedtrain.federation.exchange import TrainReplies, TrainRequest
+from fedtrain.federation.rounds import RoundOutcome
+from fedtrain.federation.run_context import RunContext
+from fedtrain.federation.stages.base import Stage, StageResult
+from fedtrain.privacy.unaccounted import train_loss_shared
+
+__all__ = ["FederatedStage"]
+
+
+def _train_loss(reports: list[dict[str, Any]]) -> float | None:
+    """Mean training loss of the clients that trained, weighted by their examples."""
+    pairs = [(float(met[wire.TRAIN_LOSS]), float(met.get(wire.NUM_EXAMPLES, 1)))
+             for met in reports if wire.TRAIN_LOSS in met]  # fmt: skip
+    total = sum(w for _, w in pairs)
+    return sum(loss * w for loss, w in pairs) / total if total > 0 else None
+
+
+def _get(record: Any, key: str) -> float | None:
+    return float(record[key]) if record is not None and key in record else None
+
+
+class FederatedStage(Stage):
+    """A federated loop of rounds; subclasses say how rounds are configured.
+
+    Hooks let a stage add arrays it needs for its own rounds (``prepare``/``finish``) and keep arrays
+    frozen bit for bit (``frozen_keys``). The round exchange (``ctx.exchange``) carries each round.
+    """
+
+    supervised: bool = True  # central accuracy, best checkpoint, early stopping and client evaluation
+
+    @property
+    @abstractmethod
+    def num_rounds(self) -> int:
+        """Rounds this stage runs at most."""
+
+    @abstractmethod
+    def train_config(self, phase_round: int, global_round: int) -> ConfigRecord:
+        """The ConfigRecord sent with every train message of a round."""
+
+    def evaluate_config(self, phase_round: int, global_round: int) -> ConfigRecord:
+        return ConfigRecord({wire.PHASE: self.name, wire.GLOBAL_ROUND: global_round})
+
+    def prepare(self, ctx: RunContext, arrays: ArrayRecord) -> ArrayRecord:
+        """Arrays at the start of the stage (e.g. add a decoder); must keep arrays it already has."""
+        return arrays
+
+    def finish(self, arrays: ArrayRecord) -> ArrayRecord:
+        """Arrays handed to the next stage (e.g. drop the decoder)."""
+        return arrays
+
+    def frozen_keys(self, phase_round: int, arrays: ArrayRecord) -> set[str]:
+        """Array names that must not change this round; restored exactly after aggregation."""
+        return set()
+
+    def central_metrics(self, ctx: RunContext, arrays: ArrayRecord) -> dict[str, Any]:
+        """Stage-specific metrics of the new global arrays, computed at the server."""
+        return {}
+
+    def summary(self) -> str:
+        return f"{self.label}: {self.num_rounds} rounds with {self.cfg.strategy.strategy}"
+
+    def execute(self, ctx: RunContext, done_rounds: int) -> StageResult:
+        """Run rounds ``done_rounds + 1 .. num_rounds``; the bookkeeper may stop the stage early."""
+        strategy = ctx.make_strategy()
+        if done_rounds and ctx.state.strategy:
+            load_strategy_state(strategy, ctx.state.strategy)  # FedAdam's moments, FedAvgM's momentum
+        if done_rounds >= self.num_rounds:  # finished just before the run was cut
+            return StageResult(self.label, self.finish(ctx.arrays), self.num_rounds, "completed")
+        arrays = self.prepare(ctx, ctx.arrays)
+        done = done_rounds
+        for phase_round in range(done_rounds + 1, self.num_rounds + 1):
+            global_round = ctx.round_offset + phase_round
+            step = self._round(ctx, strategy, arrays, phase_round, global_round)
+            if isinstance(step, StageResult):
+                step.rounds, step.arrays = done, self.finish(arrays)
+                return step
+            arrays, done = step.arrays, phase_round
+            stop = ctx.bookkeeper.on_round(step, ctx.stage_index)
+            if stop:
+                return StageResult(self.label, self.finish(arrays), done, "stopped", stop)
+        return StageResult(self.label, self.finish(arrays), done, "completed")
+
+    def _too_few(self, replies: TrainReplies) -> StageResult | None:
+        """End the stage when too few clients trained: their budget is spent, or none did DP."""
+        usable, min_clients = len(replies.trained), self.cfg.strategy.min_clients
+        if replies.refused and not usable and not replies.declined:
+            reason = (f"no client ran DP: all {len(replies.refused)} replies lacked DP evidence under "
+                      f"dp-level={self.cfg.privacy.dp_level!r} ({replies.refused[0]})")  # fmt: skip
+            return StageResult(self.label, ArrayRecord(), 0, "failed", reason)
+        if replies.declined and usable < min_clients:
+            reason = (
+                f"privacy budget: {len(replies.declined)} of {replies.sent} clients would pass "
+                f"dp-target-epsilon={self.cfg.privacy.dp_target_epsilon}, leaving {usable} "
+                f"(< min-clients={min_clients})"
+            )
+            return StageResult(self.label, ArrayRecord(), 0, "stopped", reason)
+        return None
+
+    def _round(
+        self, ctx: RunContext, strategy: Strategy, arrays: ArrayRecord, phase_round: int, global_round: int
+    ) -> RoundOutcome | StageResult:
+        """One round: train, aggregate, evaluate on clients. A StageResult means the stage ends here."""
+        t0 = time.perf_counter()
+        train_cfg = self.train_config(phase_round, global_round)
+        if self.cfg.user_dp and self.cfg.privacy.dp_user_clipping == "adaptive-client":
+            train_cfg[wire.ADAPTIVE_FLAG] = 1  # every stage: Flower's adaptive wrapper needs each reply's norm bit
+        train_cfg.update(ctx.extra_train_config())
+        request = TrainRequest(strategy, ctx.grid, global_round, arrays, train_cfg, self.cfg.runtime.round_timeout)
+        try:
+            replies = ctx.exchange.train(request)
+        except PrivacyBudgetExhausted as err:
+            return StageResult(self.label, arrays, 0, "stopped", f"user-level privacy budget: {err}")
+        ctx.privacy.update(replies.trained + replies.declined)  # before aggregation: no ending loses the spend
+        stop = self._too_few(replies)
+        if stop is not None:
+            return stop
+        new_arrays = replies.aggregate()
+        failures = list(replies.failures)
+        if new_arrays is None:
+            reason = f"round {phase_round}: no usable client update" + (f" ({failures[0]})" if failures else "")
+            return StageResult(self.label, arrays, 0, "failed", reason)
+        for key in self.frozen_keys(phase_round, arrays):
+            new_arrays[key] = arrays[key]  # exact: averaging equal floats may round, DP noise would move them
+        eval_metrics, evaluated = None, 0
+        if self.supervised:
+            eval_cfg = self.evaluate_config(phase_round, global_round)
+            eval_request = TrainRequest(strategy, ctx.grid, global_round, new_arrays, eval_cfg, request.timeout)
+            eval_metrics, evaluated, eval_failures = ctx.exchange.evaluate(eval_request)
+            failures += eval_failures
+        shared = train_loss_shared(self.cfg)
+        return RoundOutcome(
+            phase=self.label,
+            phase_round=phase_round,
+            phase_rounds=self.num_rounds,
+            global_round=global_round,
+            arrays=new_arrays,
+            lr=float(train_cfg.get(wire.LR, 0.0)),
+            train_loss=_train_loss(replies.trained) if shared else None,
+            client_eval_loss=_get(eval_metrics, wire.EVAL_LOSS),
+            client_eval_accuracy=_get(eval_metrics, wire.EVAL_ACCURACY),
+            clients_trained=len(replies.trained),
+            clients_evaluated=evaluated,
+            failures=failures,
+            seconds=time.perf_counter() - t0,
+            declined=len(replies.declined),
+            supervised=self.supervised,
+            extra=self.central_metrics(ctx, new_arrays),
+            strategy_state=strategy_state(strategy),
+        )
