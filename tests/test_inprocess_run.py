@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedtrain.aggregation import STRATEGIES, build_strategy
-from fedtrain.config import KNOWN_PHASES, load_config
+from fedtrain.config import KNOWN_STAGES, load_config
 from fedtrain.data import build_federated_data
 from fedtrain.errors import CheckpointError
 from fedtrain.federation import STAGES
@@ -146,4 +146,4 @@ def test_every_strategy_by_name_runs(small_config, name):
 
 
 def test_stage_registry_matches_config():
-    assert STAGES.names() == KNOWN_PHASES
+    assert tuple(KNOWN_STAGES) == STAGES.names() == ("pretrain", "finetune")

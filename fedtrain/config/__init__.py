@@ -2,7 +2,7 @@
 
 from fedtrain.config.dp_defaults import dp_default_changes, format_dp_default_changes
 from fedtrain.config.loader import (
-    KNOWN_PHASES,
+    KNOWN_STAGES,
     dump_toml,
     flat_keys,
     load_config,
@@ -25,7 +25,7 @@ from fedtrain.config.schema import (
 )
 
 __all__ = [
-    "KNOWN_PHASES",
+    "KNOWN_STAGES",
     "DataConfig",
     "ModelConfig",
     "OutputConfig",

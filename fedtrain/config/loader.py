@@ -18,9 +18,10 @@ from typing import Any
 from fedtrain.config.dp_defaults import NONE_APPLIED, apply_dp_defaults, table_keys
 from fedtrain.config.schema import SECTIONS, RunConfig
 from fedtrain.errors import ConfigError
+from fedtrain.registry import names_of
 
 __all__ = [
-    "KNOWN_PHASES",
+    "KNOWN_STAGES",
     "dump_toml",
     "flat_keys",
     "load_config",
@@ -30,8 +31,8 @@ __all__ = [
     "toml_value",
 ]
 
-# Phases the server knows how to run; `fedtrain.plan.PHASES` must match (a test checks).
-KNOWN_PHASES = ("pretrain", "finetune")
+# Stages a plan may name: the stage registry's entries (read when a config is validated).
+KNOWN_STAGES = names_of("fedtrain.federation.stages:STAGES")
 
 _PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
 
@@ -184,10 +185,10 @@ def _cross_checks(cfg: RunConfig) -> list[str]:
     if cfg.data.dataset == "digits" and cfg.data.data_path:
         problems.append(f"data-path={cfg.data.data_path!r} is ignored with dataset='digits': also set dataset='file'")
     phases = [p.strip() for p in cfg.strategy.plan.split(",") if p.strip()]
-    unknown = [p for p in phases if p not in KNOWN_PHASES]
+    unknown = [p for p in phases if p not in KNOWN_STAGES]
     if not phases or unknown:
         problems.append(
-            f"plan={cfg.strategy.plan!r} has unknown phases {unknown}; known phases: {', '.join(KNOWN_PHASES)}"
+            f"plan={cfg.strategy.plan!r} has unknown stages {unknown}; known stages: {', '.join(KNOWN_STAGES)}"
         )
     if "pretrain" in phases and cfg.model.model != "mlp":
         problems.append(
