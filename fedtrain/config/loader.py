@@ -37,9 +37,9 @@ KNOWN_STAGES = names_of("fedtrain.federation.stages:STAGES")
 _PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
 
 
-def flat_keys() -> dict[str, tuple[str, dataclasses.Field]]:
+def flat_keys() -> dict[str, tuple[str, dataclasses.Field[Any]]]:
     """Map every kebab-case key to its section name and dataclass field."""
-    keys: dict[str, tuple[str, dataclasses.Field]] = {}
+    keys: dict[str, tuple[str, dataclasses.Field[Any]]] = {}
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             key = f.name.replace("_", "-")
@@ -96,7 +96,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return flat
 
 
-def _check_value(key: str, f: dataclasses.Field, value: Any) -> tuple[Any, str | None]:
+def _check_value(key: str, f: dataclasses.Field[Any], value: Any) -> tuple[Any, str | None]:
     """Coerce ``value`` to the field's type and check its range; return (value, problem)."""
     kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
     meta = f.metadata

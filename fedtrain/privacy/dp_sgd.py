@@ -27,7 +27,7 @@ from fedtrain.config import RunConfig
 from fedtrain.data import ArrayDataset
 from fedtrain.errors import ModelError
 from fedtrain.logging import get_logger
-from fedtrain.train.loop import Batch, Session, Supervised, TrainResult, run_local
+from fedtrain.train.loop import Batch, Objective, Session, Supervised, TrainResult, run_local
 from fedtrain.train.losses import build_criterion
 
 __all__ = [
@@ -76,7 +76,7 @@ def check_model(model: nn.Module, *, fix: bool) -> nn.Module:
             f"Opacus cannot train this model with DP-SGD: {detail}. Set dp-fix-model=true to let Opacus replace the "
             "layers (BatchNorm -> GroupNorm, LSTM -> DPLSTM), or change the model"
         )
-    fixed = ModuleValidator.fix(model)
+    fixed: nn.Module = ModuleValidator.fix(model)
     replaced = sorted({type(m).__name__ for m in model.modules()} - {type(m).__name__ for m in fixed.modules()})
     log.warning("dp-fix-model: Opacus replaced %s to make the model DP-compatible", ", ".join(replaced) or "layers")
     remaining = ModuleValidator.validate(fixed, strict=False)
@@ -137,12 +137,12 @@ class PrivateTraining:
                 noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm, poisson_sampling=True,
                 grad_sample_mode=self.grad_sample_mode, **kwargs,
             )  # fmt: skip
+            objective: Objective = session.objective
             if self.grad_sample_mode == "ghost":  # the criterion comes back wrapped for the two-pass backward
                 gsm, dp_opt, loss_fn, dp_loader = wrapped
                 objective = Supervised(loss_fn)
             else:
                 gsm, dp_opt, dp_loader = wrapped
-                objective = session.objective
             yield _PrivateSession(
                 module=gsm, trained=session.trained, optimizer=dp_opt, loader=dp_loader, objective=objective,
                 max_physical_batch_size=self.max_physical_batch_size,
@@ -155,9 +155,10 @@ class _PrivateSession(Session):
 
     def epoch(self) -> AbstractContextManager[Iterable[Batch]]:
         if self.max_physical_batch_size > 0:
-            return BatchMemoryManager(
+            manager: AbstractContextManager[Iterable[Batch]] = BatchMemoryManager(
                 data_loader=self.loader, max_physical_batch_size=self.max_physical_batch_size, optimizer=self._dp
             )
+            return manager
         return contextlib.nullcontext(self.loader)
 
     def stepped(self) -> bool:

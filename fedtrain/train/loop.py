@@ -168,7 +168,7 @@ def make_loader(
     gen = torch.Generator().manual_seed(seed)
     if class_balanced:
         counts = np.bincount(ds.y)
-        weights = torch.from_numpy(1.0 / counts[ds.y])
+        weights = (1.0 / counts[ds.y]).tolist()
         sampler = WeightedRandomSampler(weights, num_samples=len(ds.y), replacement=True, generator=gen)
         return DataLoader(tensors, batch_size=size, sampler=sampler)
     return DataLoader(tensors, batch_size=size, shuffle=shuffle, generator=gen)
