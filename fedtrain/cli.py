@@ -103,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from fedtrain.privacy.sweep import parse_epsilons, run_sweep
+    from fedtrain.runtime.sweep import parse_epsilons, run_sweep
 
     epsilons = parse_epsilons(args.epsilons)
     if args.seeds < 1:

@@ -202,7 +202,7 @@ def save_npz(path: Path, ds: ArrayDataset) -> None:
     if ds.max_value is not None:
         arrays["max_value"] = np.array(ds.max_value, dtype=np.float64)
     with path.open("wb") as fh:  # a file handle: np.savez would append .npz to a name without it
-        np.savez(fh, **arrays)
+        np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub types ** as its allow_pickle flag
 
 
 def write_node_files(cfg: RunConfig, out_dir: str | Path, *, server_test: bool, overwrite: bool) -> list[Path]:

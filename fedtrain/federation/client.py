@@ -8,30 +8,53 @@ trains the whole network (the first ``freeze-depth`` hidden layers frozen) on th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from torch import nn
 
 from fedtrain import wire
 from fedtrain.config import RunConfig
-from fedtrain.data import ClientData, data_source, received_spec
+from fedtrain.data import ArrayDataset, ClientData, data_source, received_spec
+from fedtrain.errors import ModelError
 from fedtrain.federation.context import config_from_run_config
 from fedtrain.logging import get_logger
-from fedtrain.models import build_model
+from fedtrain.models import MLP, build_model
 from fedtrain.pretrain import AUX_PREFIX, pretrain_local
 from fedtrain.privacy.accountant import ClientAccountant
 from fedtrain.privacy.client_privacy import load_accountant, phase_plan, round_budget, save_accountant
 from fedtrain.privacy.dp_sgd import dp_train_local
 from fedtrain.privacy.unaccounted import train_loss_shared
 from fedtrain.train import evaluate, train_local
+from fedtrain.train.loop import TrainResult
 
 __all__ = ["handle_evaluate", "handle_train"]
 
 log = get_logger()
 
 
-def _local_model(msg: Message, context: Context):
+def _number(config: ConfigRecord, key: str, default: float | None = None) -> float:
+    """A numeric entry of the server's config (the server always sends it; ``default`` for older servers)."""
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"the server's config has {key}={value!r}, expected a number")
+    return float(value)
+
+
+@dataclass
+class _Local:
+    """One message's local state: config, this node's records and the received model."""
+
+    cfg: RunConfig
+    client: ClientData
+    pid: int
+    model: nn.Module
+    aux: dict[str, torch.Tensor]
+
+
+def _local_model(msg: Message, context: Context) -> _Local:
     cfg = config_from_run_config(context.run_config)
     torch.set_num_threads(cfg.runtime.torch_threads)
     source = data_source(cfg, context.node_config)  # a data-path file, or the simulated partition
@@ -39,39 +62,46 @@ def _local_model(msg: Message, context: Context):
     spec = received_spec(cfg, msg.content.config_records.get(wire.CONFIG))
     client = source.client_data(spec)
     model = build_model(cfg.model, spec.input_shape, len(spec.classes))
-    arrays = msg.content[wire.ARRAYS].to_torch_state_dict()
+    arrays = msg.content.array_records[wire.ARRAYS].to_torch_state_dict()
     model.load_state_dict({k: v for k, v in arrays.items() if not k.startswith(AUX_PREFIX)})
     aux = {k: v for k, v in arrays.items() if k.startswith(AUX_PREFIX)}
-    return cfg, client, source.partition_id, model, aux
+    return _Local(cfg, client, source.partition_id, model, aux)
 
 
 def handle_train(msg: Message, context: Context) -> Message:
     """Run this round's local work for the message's phase and reply with the new weights."""
-    cfg, client, pid, model, aux = _local_model(msg, context)
-    config = msg.content[wire.CONFIG]
+    local = _local_model(msg, context)
+    cfg, client, pid, model, aux = local.cfg, local.client, local.pid, local.model, local.aux
+    config = msg.content.config_records[wire.CONFIG]
     phase = str(config.get(wire.PHASE, "finetune"))
-    global_round = int(config.get(wire.GLOBAL_ROUND, config.get(wire.SERVER_ROUND, 1)))
+    global_round = int(_number(config, wire.GLOBAL_ROUND, _number(config, wire.SERVER_ROUND, 1)))
     seed = cfg.runtime.seed * 1_000_003 + global_round * 1_009 + pid
     data = _phase_data(client, phase)
     metrics: dict[str, Any] = {wire.PARTITION_ID: pid}
     if cfg.user_dp:
         metrics[wire.USER_DP_WEIGHT] = 1.0
-    sigma = acc = None
+    sigma: float | None = None
+    acc: ClientAccountant | None = None
     if cfg.sample_dp:
-        sigma, report, acc = _budget(msg, context, cfg, client, pid, phase)
+        sigma, report, acc = _budget(context, config, cfg, client, pid, phase)
         metrics.update(report)
         if report[wire.DP_DECLINED]:
             metrics[wire.NUM_EXAMPLES] = 0
             if train_loss_shared(cfg):
                 metrics[wire.TRAIN_LOSS] = 0.0
             return _reply(msg, {**model.state_dict(), **aux}, metrics, acc)
+    lr, mu = _number(config, wire.LR), _number(config, wire.PROXIMAL_MU, 0.0)
     if phase == "pretrain":
+        if not isinstance(model, MLP):  # the loader refuses such a plan; a server of another version may not
+            raise ModelError(f"layer-wise pretraining needs model='mlp', got {type(model).__name__}")
+        layer = int(_number(config, wire.LAYER))
         arrays, result = pretrain_local(
-            model, int(config[wire.LAYER]), aux, data, cfg, seed=seed, noise_multiplier=sigma
+            model, layer, aux, data, cfg, seed=seed, lr=lr, noise_multiplier=sigma, proximal_mu=mu
         )
     else:
-        arrays, result = _finetune(model, data, cfg, config, seed=seed, sigma=sigma)
-    if acc is not None:
+        depth = int(_number(config, wire.FREEZE_DEPTH, 0))
+        arrays, result = _finetune(model, data, cfg, lr=lr, mu=mu, depth=depth, seed=seed, sigma=sigma)
+    if acc is not None and sigma is not None:
         acc.record(sigma, metrics[wire.DP_SAMPLE_RATE], phase_plan(cfg, phase, len(data.y)).steps_per_call)
         save_accountant(context, acc)
         metrics[wire.DP_STEPS] = acc.steps
@@ -81,15 +111,24 @@ def handle_train(msg: Message, context: Context) -> Message:
     return _reply(msg, arrays, metrics, acc)
 
 
-def _phase_data(client: ClientData, phase: str):
+def _phase_data(client: ClientData, phase: str) -> ArrayDataset:
     """Pretraining learns from every local record; fine-tuning only from the labelled ones."""
     return client.train if phase == "pretrain" else client.labeled
 
 
-def _finetune(model, data, cfg: RunConfig, config, *, seed: int, sigma: float | None):
-    lr, mu = float(config[wire.LR]), float(config.get(wire.PROXIMAL_MU, 0.0))
-    depth = int(config.get(wire.FREEZE_DEPTH, 0))
-    for block in model.hidden[:depth]:  # linear probe: pretrained layers stay as they are
+def _finetune(
+    model: nn.Module,
+    data: ArrayDataset,
+    cfg: RunConfig,
+    *,
+    lr: float,
+    mu: float,
+    depth: int,
+    seed: int,
+    sigma: float | None,
+) -> tuple[dict[str, torch.Tensor], TrainResult]:
+    hidden: list[nn.Module] = list(model.hidden) if isinstance(model, MLP) else []
+    for block in hidden[:depth]:  # linear probe: pretrained layers stay as they are
         for p in block.parameters():
             p.requires_grad_(False)
     if sigma is not None:
@@ -99,13 +138,15 @@ def _finetune(model, data, cfg: RunConfig, config, *, seed: int, sigma: float | 
     return model.state_dict(), result
 
 
-def _budget(msg, context, cfg: RunConfig, client: ClientData, pid: int, phase: str):
+def _budget(
+    context: Context, config: ConfigRecord, cfg: RunConfig, client: ClientData, pid: int, phase: str
+) -> tuple[float | None, dict[str, Any], ClientAccountant]:
     """Sigma for this call and the privacy metrics; declines when the call would pass the budget."""
     pc = cfg.privacy
-    acc = load_accountant(context, msg.content[wire.CONFIG], pid, pc.dp_accountant)
+    acc = load_accountant(context, config, pid, pc.dp_accountant)
     plan = phase_plan(cfg, phase, len(_phase_data(client, phase).y))
     sigma, projected, allowed = round_budget(cfg, acc, plan, len(client.train.y), len(client.labeled.y))
-    report = {wire.DP_SIGMA: sigma, wire.DP_SAMPLE_RATE: plan.sample_rate, wire.DP_STEPS: acc.steps}
+    report: dict[str, Any] = {wire.DP_SIGMA: sigma, wire.DP_SAMPLE_RATE: plan.sample_rate, wire.DP_STEPS: acc.steps}
     if not allowed:
         log.warning("client %d declines: the round would spend (ε = %.3f, δ = %g)", pid, projected, pc.dp_delta)
         report.update({wire.DP_DECLINED: 1, wire.DP_EPSILON: acc.epsilon(pc.dp_delta)})
@@ -125,12 +166,13 @@ def _reply(
 
 def handle_evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this client's local evaluation share."""
-    cfg, client, _pid, model, _aux = _local_model(msg, context)
+    local = _local_model(msg, context)
+    client = local.client
     # A client without an evaluation share reports on its training data with weight 0.
     data = client.eval if client.eval is not None else client.train
-    result = evaluate(model, data)
+    result = evaluate(local.model, data)
     n = result.num_examples if client.eval is not None else 0
     metrics = MetricRecord({wire.EVAL_LOSS: result.loss, wire.EVAL_ACCURACY: result.accuracy, wire.NUM_EXAMPLES: n})
-    if cfg.user_dp:
+    if local.cfg.user_dp:
         metrics[wire.USER_DP_WEIGHT] = 1.0
     return Message(RecordDict({wire.METRICS: metrics}), reply_to=msg)
