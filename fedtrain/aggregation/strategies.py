@@ -13,8 +13,13 @@ from typing import Any
 from flwr.serverapp import strategy as fl
 
 from fedtrain.config import RunConfig
+from fedtrain.registry import Registry
 
-__all__ = ["STRATEGIES", "build_strategy"]
+__all__ = ["STRATEGIES", "StrategyFactory", "build_strategy"]
+
+StrategyFactory = Callable[[RunConfig], fl.Strategy]
+
+STRATEGIES = Registry[StrategyFactory]("strategy")
 
 
 def _common(cfg: RunConfig) -> dict[str, Any]:
@@ -31,27 +36,54 @@ def _common(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-STRATEGIES: dict[str, Callable[[RunConfig], fl.Strategy]] = {
-    "fedavg": lambda c: fl.FedAvg(**_common(c)),
-    "fedprox": lambda c: fl.FedProx(**_common(c), proximal_mu=c.strategy.proximal_mu),
-    "fedadam": lambda c: fl.FedAdam(
-        **_common(c), eta=c.strategy.server_eta, eta_l=c.train.learning_rate, tau=c.strategy.server_tau
-    ),
-    "fedyogi": lambda c: fl.FedYogi(
-        **_common(c), eta=c.strategy.server_eta, eta_l=c.train.learning_rate, tau=c.strategy.server_tau
-    ),
-    "fedavgm": lambda c: fl.FedAvgM(
+@STRATEGIES.register("fedavg")
+def _fedavg(c: RunConfig) -> fl.Strategy:
+    return fl.FedAvg(**_common(c))
+
+
+@STRATEGIES.register("fedprox")
+def _fedprox(c: RunConfig) -> fl.Strategy:
+    return fl.FedProx(**_common(c), proximal_mu=c.strategy.proximal_mu)
+
+
+@STRATEGIES.register("fedadam")
+def _fedadam(c: RunConfig) -> fl.Strategy:
+    return fl.FedAdam(**_common(c), eta=c.strategy.server_eta, eta_l=c.train.learning_rate, tau=c.strategy.server_tau)
+
+
+@STRATEGIES.register("fedyogi")
+def _fedyogi(c: RunConfig) -> fl.Strategy:
+    return fl.FedYogi(**_common(c), eta=c.strategy.server_eta, eta_l=c.train.learning_rate, tau=c.strategy.server_tau)
+
+
+@STRATEGIES.register("fedavgm")
+def _fedavgm(c: RunConfig) -> fl.Strategy:
+    return fl.FedAvgM(
         **_common(c), server_learning_rate=c.strategy.server_learning_rate, server_momentum=c.strategy.server_momentum
-    ),
-    "fedmedian": lambda c: fl.FedMedian(**_common(c)),
-    "fedtrimmedavg": lambda c: fl.FedTrimmedAvg(**_common(c), beta=c.strategy.trimmed_beta),
-    "krum": lambda c: fl.Krum(**_common(c), num_malicious_nodes=c.strategy.krum_malicious),
-}
+    )
+
+
+@STRATEGIES.register("fedmedian")
+def _fedmedian(c: RunConfig) -> fl.Strategy:
+    return fl.FedMedian(**_common(c))
+
+
+@STRATEGIES.register("fedtrimmedavg")
+def _fedtrimmedavg(c: RunConfig) -> fl.Strategy:
+    return fl.FedTrimmedAvg(**_common(c), beta=c.strategy.trimmed_beta)
+
+
+@STRATEGIES.register("krum")
+def _krum(c: RunConfig) -> fl.Strategy:
+    return fl.Krum(**_common(c), num_malicious_nodes=c.strategy.krum_malicious)
 
 
 def build_strategy(cfg: RunConfig) -> fl.Strategy:
-    """Return the Flower strategy named by ``cfg.strategy.strategy``."""
-    name = cfg.strategy.strategy
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[name](cfg)
+    """Return the Flower strategy named by ``cfg.strategy.strategy``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name (naming the choices).
+    """
+    return STRATEGIES.get(cfg.strategy.strategy)(cfg)

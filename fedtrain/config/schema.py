@@ -9,8 +9,11 @@ A field ``learning_rate`` is the key ``learning-rate``; keys are unique across s
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from fedtrain.registry import names_of
 
 __all__ = [
     "DataConfig",
@@ -31,13 +34,17 @@ def setting(
     default: Any,
     help: str,
     *,
-    choices: tuple[str, ...] | None = None,
+    choices: Sequence[str] | None = None,
     low: float | None = None,
     high: float | None = None,
     low_open: bool = False,
     high_open: bool = False,
 ) -> Any:
-    """Declare one configuration field with its meaning and allowed range."""
+    """Declare one configuration field with its meaning and allowed range.
+
+    ``choices`` that name algorithms come from their registry (:func:`fedtrain.registry.names_of`),
+    resolved when first read, so a new registry entry is a valid value without an edit here.
+    """
     meta = {
         "help": help,
         "choices": choices,
@@ -149,7 +156,7 @@ class PartitionConfig:
         "dirichlet",
         "`iid`, `dirichlet` (label skew, see `dirichlet-alpha`), `pathological` "
         "(`classes-per-client` classes each) or `quantity-skew` (sizes ~ Dirichlet).",
-        choices=("iid", "dirichlet", "pathological", "quantity-skew"),
+        choices=names_of("fedtrain.data.partition:PARTITIONERS"),
     )
     dirichlet_alpha: float = setting(
         0.5,
@@ -189,7 +196,9 @@ class PartitionConfig:
 class ModelConfig:
     """The network the federation trains."""
 
-    model: str = setting("mlp", "`mlp` or `cnn` (small CNN with GroupNorm).", choices=("mlp", "cnn"))
+    model: str = setting(
+        "mlp", "`mlp` or `cnn` (small CNN with GroupNorm).", choices=names_of("fedtrain.models.zoo:MODELS")
+    )
     hidden_sizes: str = setting(
         "128,64",
         "MLP hidden layer widths, comma-separated; each is one addressable layer.",
@@ -223,7 +232,7 @@ class TrainConfig:
     optimizer: str = setting(
         "momentum",
         "Local optimizer.",
-        choices=("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"),
+        choices=names_of("fedtrain.train.optimizers:OPTIMIZERS"),
     )
     learning_rate: float = setting(0.05, "Local learning rate (before the schedule).", low=0.0, low_open=True)
     momentum: float = setting(
@@ -234,7 +243,7 @@ class TrainConfig:
     lr_schedule: str = setting(
         "constant",
         "Learning rate against server round.",
-        choices=("constant", "step", "exponential", "cosine", "warmup"),
+        choices=names_of("fedtrain.train.schedules:SCHEDULES"),
     )
     lr_step_rounds: int = setting(10, "`step`: rounds between decays.", low=1)
     lr_gamma: float = setting(0.5, "`step`/`exponential`: decay factor.", low=0.0, high=1.0, low_open=True)
@@ -242,6 +251,19 @@ class TrainConfig:
     clip_grad_norm: float = setting(0.0, "Clip the gradient norm to this value; 0 = off.", low=0.0)
     clip_grad_value: float = setting(0.0, "Clip each gradient entry to +-value; 0 = off.", low=0.0)
     label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy.", low=0.0, high=1.0, high_open=True)
+    loss: str = setting(
+        "cross-entropy",
+        "Supervised loss: `cross-entropy`, or `gce` (generalized cross-entropy, Zhang & Sabuncu 2018), robust to "
+        "label noise; both take `label-smoothing` and `class-weights`.",
+        choices=names_of("fedtrain.train.losses:LOSSES"),
+    )
+    gce_q: float = setting(
+        0.7,
+        "`gce`: exponent q; towards 0 it is cross-entropy, 1 is mean absolute error.",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+    )
     class_weights: str = setting(
         "none",
         "`balanced` weighs the loss by the client's inverse class frequency; under sample-level DP it needs "
@@ -265,14 +287,14 @@ class PretrainConfig:
         "autoencoder",
         "How each hidden layer is trained: `autoencoder`, `denoising` (autoencoder on corrupted inputs) or `rbm` "
         "(restricted Boltzmann machine, contrastive divergence CD-k).",
-        choices=("autoencoder", "denoising", "rbm"),
+        choices=names_of("fedtrain.pretrain.methods:METHODS"),
     )
     pretrain_rounds: int = setting(5, "Rounds per hidden layer.", low=1)
     pretrain_epochs: int = setting(1, "Local epochs per pretraining round.", low=1)
     pretrain_optimizer: str = setting(
         "adam",
         "Local optimizer while pretraining.",
-        choices=("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"),
+        choices=names_of("fedtrain.train.optimizers:OPTIMIZERS"),
     )
     pretrain_learning_rate: float = setting(0.005, "Local learning rate while pretraining.", low=0.0, low_open=True)
     pretrain_batch_size: int = setting(32, "Mini-batch size while pretraining; 0 = full batch.", low=0)
@@ -350,7 +372,9 @@ class PrivacyConfig:
     )
     dp_max_grad_norm: float = setting(1.0, "Per-sample gradient clipping norm C.", low=0.0, low_open=True)
     dp_accountant: str = setting(
-        "rdp", "Accountant for sample-level epsilon: `rdp` or `prv` (tighter, slower).", choices=("rdp", "prv")
+        "rdp",
+        "Accountant for sample-level epsilon: `rdp` or `prv` (tighter, slower).",
+        choices=names_of("fedtrain.privacy.accountant:ACCOUNTANTS"),
     )
     dp_grad_sample_mode: str = setting(
         "auto",
@@ -393,7 +417,7 @@ class StrategyConfig:
     strategy: str = setting(
         "fedavg",
         "Aggregation strategy (Flower's own classes).",
-        choices=("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm", "fedmedian", "fedtrimmedavg", "krum"),
+        choices=names_of("fedtrain.aggregation.strategies:STRATEGIES"),
     )
     num_rounds: int = setting(30, "Rounds of the fine-tuning phase (an upper bound with early stopping).", low=1)
     fraction_train: float = setting(

@@ -15,12 +15,22 @@ from collections.abc import Callable
 import numpy as np
 
 from fedtrain.errors import ConfigError
+from fedtrain.registry import Registry
 
-__all__ = ["PARTITIONERS", "dirichlet", "iid", "partition", "pathological", "quantity_skew"]
+__all__ = ["PARTITIONERS", "Partitioner", "dirichlet", "iid", "partition", "pathological", "quantity_skew"]
+
+Partitioner = Callable[..., list[np.ndarray]]
+"""``(labels, num_clients, rng, *, alpha, classes_per_client, quantity_alpha, min_size)`` -> index arrays.
+
+A partitioner takes the keyword arguments it needs and ignores the others (``**_``).
+"""
+
+PARTITIONERS = Registry[Partitioner]("partitioner")
 
 _MAX_TRIES = 100
 
 
+@PARTITIONERS.register("iid")
 def iid(labels: np.ndarray, num_clients: int, rng: np.random.Generator, **_: object) -> list[np.ndarray]:
     """Shuffle, then cut into near-equal parts."""
     return [np.sort(p) for p in np.array_split(rng.permutation(len(labels)), num_clients)]
@@ -30,6 +40,7 @@ def _check_min_size(parts: list[np.ndarray], min_size: int) -> bool:
     return min(len(p) for p in parts) >= min_size
 
 
+@PARTITIONERS.register("dirichlet")
 def dirichlet(
     labels: np.ndarray, num_clients: int, rng: np.random.Generator, *, alpha: float, min_size: int, **_: object
 ) -> list[np.ndarray]:
@@ -53,6 +64,7 @@ def dirichlet(
     )
 
 
+@PARTITIONERS.register("pathological")
 def pathological(
     labels: np.ndarray, num_clients: int, rng: np.random.Generator, *, classes_per_client: int, **_: object
 ) -> list[np.ndarray]:
@@ -78,6 +90,7 @@ def pathological(
     return [np.sort(np.concatenate(b)) if b else np.array([], dtype=int) for b in buckets]
 
 
+@PARTITIONERS.register("quantity-skew")
 def quantity_skew(
     labels: np.ndarray, num_clients: int, rng: np.random.Generator, *, quantity_alpha: float, min_size: int, **_: object
 ) -> list[np.ndarray]:
@@ -96,14 +109,6 @@ def quantity_skew(
     )
 
 
-PARTITIONERS: dict[str, Callable[..., list[np.ndarray]]] = {
-    "iid": iid,
-    "dirichlet": dirichlet,
-    "pathological": pathological,
-    "quantity-skew": quantity_skew,
-}
-
-
 def partition(
     name: str,
     labels: np.ndarray,
@@ -115,13 +120,18 @@ def partition(
     quantity_alpha: float = 1.0,
     min_size: int = 1,
 ) -> list[np.ndarray]:
-    """Split ``range(len(labels))`` among ``num_clients`` with the partitioner called ``name``."""
-    if name not in PARTITIONERS:
-        raise ConfigError(f"unknown partitioner {name!r}; choose one of {', '.join(PARTITIONERS)}")
+    """Split ``range(len(labels))`` among ``num_clients`` with the partitioner called ``name``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name (naming the choices) or a split the data cannot give.
+    """
+    split = PARTITIONERS.get(name)
     if len(labels) < num_clients:
         raise ConfigError(f"{len(labels)} training samples cannot be split among num-clients={num_clients}")
     rng = np.random.default_rng(seed)
-    return PARTITIONERS[name](
+    return split(
         labels,
         num_clients,
         rng,

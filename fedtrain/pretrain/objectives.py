@@ -2,9 +2,8 @@
 
 :class:`LayerObjective` wraps the model: lower layers run frozen under ``no_grad``, layer k
 (and its decoder or RBM visible bias) are trainable, and ``forward(x)`` returns a per-sample
-loss of shape ``(B,)``. Reconstruction losses are summed over features, not averaged: averaging
-would shrink every per-sample gradient by the feature count, and with DP-SGD's fixed clipping
-norm the noise would drown the signal.
+loss of shape ``(B,)``. What the loss is comes from the method named by ``pretrain-method``
+(:data:`METHODS`, one file per method in :mod:`fedtrain.pretrain.methods`).
 """
 
 from __future__ import annotations
@@ -14,50 +13,48 @@ from torch import nn
 
 from fedtrain.config import RunConfig
 from fedtrain.models import MLP
-from fedtrain.pretrain.rbm import RBM
+from fedtrain.pretrain.methods import METHODS, PretrainMethod, visible_type
 
 __all__ = ["AUX_PREFIX", "METHODS", "LayerObjective", "visible_type"]
 
 AUX_PREFIX = "pretrain_aux."  # array keys of the decoder / visible bias, dropped after the phase
-METHODS = ("autoencoder", "denoising", "rbm")
-
-
-def visible_type(cfg: RunConfig, layer: int) -> str:
-    """RBM visible units for ``layer``: from ``normalize`` at the input, from ``activation`` above."""
-    if cfg.pretrain.rbm_visible != "auto":
-        return cfg.pretrain.rbm_visible
-    if layer == 0:
-        return "bernoulli" if cfg.data.normalize in ("minmax", "range") else "gaussian"
-    return "bernoulli" if cfg.model.activation == "sigmoid" else "gaussian"
 
 
 class LayerObjective(nn.Module):
-    """Per-sample pretraining loss of hidden layer ``layer`` of ``model``."""
+    """Per-sample pretraining loss of hidden layer ``layer`` of ``model``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown ``pretrain-method`` (naming the choices).
+    """
 
     def __init__(self, model: MLP, layer: int, cfg: RunConfig) -> None:
         super().__init__()
-        self.model, self.layer = model, layer
-        self.method = cfg.pretrain.pretrain_method
-        self.corruption, self.k = cfg.pretrain.corruption, cfg.pretrain.rbm_k
+        method = METHODS.get(cfg.pretrain.pretrain_method)
+        # Held, not registered: the method registers what it trains, so each trainable module is
+        # reached once (Opacus would count the per-sample gradients of a shared module twice).
+        object.__setattr__(self, "model", model)
+        self.layer = layer
         block = model.hidden[layer]
         for p in model.parameters():
             p.requires_grad_(False)
         for p in block.parameters():
             p.requires_grad_(True)
-        if self.method == "rbm":
-            self.aux: nn.Module = RBM(block.linear, visible_type(cfg, layer))
-        else:
-            self.aux = nn.Linear(block.linear.out_features, block.linear.in_features)  # untied decoder
+        self.method: PretrainMethod = method(block, layer, cfg)
+
+    def train(self, mode: bool = True) -> LayerObjective:
+        """Set the mode of the method and of the wrapped model (its dropout shapes the inputs)."""
+        super().train(mode)
+        self.model.train(mode)
+        return self
 
     def aux_state(self) -> dict[str, torch.Tensor]:
         """Decoder / visible-bias arrays under :data:`AUX_PREFIX` (the RBM's shared weights excluded)."""
-        own = {k: v for k, v in self.aux.state_dict().items() if not k.startswith("linear.")}
-        return {AUX_PREFIX + k: v for k, v in own.items()}
+        return {AUX_PREFIX + k: v for k, v in self.method.aux_state().items()}
 
     def load_aux_state(self, arrays: dict[str, torch.Tensor]) -> None:
-        own = {k[len(AUX_PREFIX) :]: v for k, v in arrays.items() if k.startswith(AUX_PREFIX)}
-        if own:
-            self.aux.load_state_dict(own, strict=False)
+        self.method.load_aux_state({k[len(AUX_PREFIX) :]: v for k, v in arrays.items() if k.startswith(AUX_PREFIX)})
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """Features of the frozen layers below, ``(B, nv)``."""
@@ -65,21 +62,9 @@ class LayerObjective(nn.Module):
             return self.model.features(x, depth=self.layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v = self.inputs(x)
-        if self.method == "rbm":
-            return self.aux(v, self.aux.gibbs(v, self.k))
-        source = v
-        if self.method == "denoising":
-            source = v * (torch.rand_like(v) >= self.corruption)  # masking noise
-        # The block's own activation: dropout off, a residual skip is not part of the encoder.
-        code = self.model.hidden[self.layer].act(self.model.hidden[self.layer].linear(source))
-        return ((self.aux(code) - v) ** 2).sum(1)
+        return self.method.loss(self.inputs(x))
 
     @torch.no_grad()
     def reconstruction_error(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample squared reconstruction error of clean inputs (all methods), ``(B,)``."""
-        v = self.inputs(x)
-        if self.method == "rbm":
-            return self.aux.reconstruction_error(v)
-        code = self.model.hidden[self.layer].act(self.model.hidden[self.layer].linear(v))
-        return ((self.aux(code) - v) ** 2).sum(1)
+        return self.method.reconstruction_error(self.inputs(x))

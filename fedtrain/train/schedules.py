@@ -11,21 +11,41 @@ import math
 from collections.abc import Callable
 
 from fedtrain.config import TrainConfig
+from fedtrain.registry import Registry
 
-__all__ = ["SCHEDULES", "learning_rate"]
+__all__ = ["SCHEDULES", "Schedule", "learning_rate"]
 
-# Each maps (round, total_rounds, cfg) to a multiplier of the base learning rate.
-SCHEDULES: dict[str, Callable[[int, int, TrainConfig], float]] = {
-    "constant": lambda r, n, c: 1.0,
-    "step": lambda r, n, c: c.lr_gamma ** ((r - 1) // c.lr_step_rounds),
-    "exponential": lambda r, n, c: c.lr_gamma ** (r - 1),
-    "cosine": lambda r, n, c: 0.5 * (1.0 + math.cos(math.pi * (r - 1) / max(n, 1))),
-    "warmup": lambda r, n, c: min(1.0, r / (c.warmup_rounds + 1)),
-}
+Schedule = Callable[[int, int, TrainConfig], float]
+"""``(round, total_rounds, cfg) -> multiplier`` of the base learning rate (round is 1-based)."""
+
+SCHEDULES = Registry[Schedule]("lr-schedule")
+
+
+@SCHEDULES.register("constant")
+def _constant(r: int, n: int, cfg: TrainConfig) -> float:
+    return 1.0
+
+
+@SCHEDULES.register("step")
+def _step(r: int, n: int, cfg: TrainConfig) -> float:
+    return cfg.lr_gamma ** ((r - 1) // cfg.lr_step_rounds)
+
+
+@SCHEDULES.register("exponential")
+def _exponential(r: int, n: int, cfg: TrainConfig) -> float:
+    return cfg.lr_gamma ** (r - 1)
+
+
+@SCHEDULES.register("cosine")
+def _cosine(r: int, n: int, cfg: TrainConfig) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * (r - 1) / max(n, 1)))
+
+
+@SCHEDULES.register("warmup")
+def _warmup(r: int, n: int, cfg: TrainConfig) -> float:
+    return min(1.0, r / (cfg.warmup_rounds + 1))
 
 
 def learning_rate(cfg: TrainConfig, server_round: int, total_rounds: int) -> float:
     """Learning rate for ``server_round`` (1-based) of ``total_rounds``."""
-    if cfg.lr_schedule not in SCHEDULES:
-        raise ValueError(f"unknown lr-schedule {cfg.lr_schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    return cfg.learning_rate * SCHEDULES[cfg.lr_schedule](server_round, total_rounds, cfg)
+    return cfg.learning_rate * SCHEDULES.get(cfg.lr_schedule)(server_round, total_rounds, cfg)
