@@ -71,7 +71,7 @@ BAD = [
     ("hidden-sizes=64,x", "hidden-sizes='64,x' must be comma-separated positive integers"),
     ("min-clients=20", "min-clients=20 is larger than num-clients=10"),
     ("dataset=file", "dataset='file' needs data-path"),
-    ("plan=finetune,pretrian", "unknown phases ['pretrian']"),
+    ("plan=finetune,pretrian", "unknown stages ['pretrian']"),
     ("dirichlet-alpha=0", "dirichlet-alpha=0.0 is out of range: must be > 0.0"),
     ("class-keep=0:2", "ratio 2 for class 0 must be in (0, 1]"),
     ("model=cnn cnn-channels=16,30", "cnn-groups=4 must divide every cnn-channels value"),
