@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord
 from fedtrain.errors import ConfigError
 from fedtrain.federation import STAGES, OneShotStage, RunContext
 from fedtrain.federation import server as server_module
-from fedtrain.federation.exchange import EXCHANGES, MessageExchange, TrainReplies, TrainRequest
+from fedtrain.federation.exchange import EXCHANGES, MessageExchange, RoundRequest, TrainReplies
 from fedtrain.results import RunFolder
 from fedtrain.runtime import run_inprocess
 
@@ -86,7 +86,7 @@ def test_a_new_round_exchange_plugs_in_without_editing_stages(small_config, monk
     seen: list[int] = []
 
     class CountingExchange(MessageExchange):
-        def train(self, request: TrainRequest) -> TrainReplies:
+        def train(self, request: RoundRequest) -> TrainReplies:
             replies = super().train(request)
             seen.append(len(replies.trained))
             return replies

@@ -5,7 +5,7 @@ The strategy samples and aggregates; the stage says what a round asks for; the e
 vectorised simulator) is a new :class:`RoundExchange` registered in :data:`EXCHANGES`.
 """
 
-from fedtrain.federation.exchange.base import EXCHANGES, RoundExchange, TrainReplies, TrainRequest, build_exchange
+from fedtrain.federation.exchange.base import EXCHANGES, RoundExchange, RoundRequest, TrainReplies, build_exchange
 from fedtrain.federation.exchange.message import MessageExchange
 
-__all__ = ["EXCHANGES", "MessageExchange", "RoundExchange", "TrainReplies", "TrainRequest", "build_exchange"]
+__all__ = ["EXCHANGES", "MessageExchange", "RoundExchange", "RoundRequest", "TrainReplies", "build_exchange"]

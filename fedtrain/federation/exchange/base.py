@@ -14,12 +14,12 @@ from flwr.serverapp.strategy import Strategy
 from fedtrain.config import RunConfig
 from fedtrain.registry import Registry
 
-__all__ = ["EXCHANGES", "RoundExchange", "TrainReplies", "TrainRequest", "build_exchange"]
+__all__ = ["EXCHANGES", "RoundExchange", "RoundRequest", "TrainReplies", "build_exchange"]
 
 
 @dataclass
-class TrainRequest:
-    """One round's train step as the stage asks for it."""
+class RoundRequest:
+    """One round's train (or evaluate) step as the stage asks for it."""
 
     strategy: Strategy
     grid: Grid
@@ -53,11 +53,11 @@ class RoundExchange(ABC):
         self.cfg = cfg
 
     @abstractmethod
-    def train(self, request: TrainRequest) -> TrainReplies:
+    def train(self, request: RoundRequest) -> TrainReplies:
         """Send the round's train messages, collect the replies, prepare their aggregate."""
 
     @abstractmethod
-    def evaluate(self, request: TrainRequest) -> tuple[MetricRecord | None, int, list[str]]:
+    def evaluate(self, request: RoundRequest) -> tuple[MetricRecord | None, int, list[str]]:
         """Federated evaluation of ``request.arrays``: (aggregated metrics, clients evaluated, failures)."""
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fedtrain import wire
-from fedtrain.federation.exchange.base import EXCHANGES, RoundExchange, TrainReplies, TrainRequest
+from fedtrain.federation.exchange.base import EXCHANGES, RoundExchange, RoundRequest, TrainReplies
 from fedtrain.federation.reply_metrics import canonical_metrics, reply_metrics
 from fedtrain.logging import get_logger
 from fedtrain.privacy.composition import select_replies
@@ -36,7 +36,7 @@ def client_report(reply: Message) -> dict[str, Any]:
 class MessageExchange(RoundExchange):
     """Every sampled client gets the global arrays and replies with its new ones, in the clear."""
 
-    def train(self, request: TrainRequest) -> TrainReplies:
+    def train(self, request: RoundRequest) -> TrainReplies:
         r = request
         messages = r.strategy.configure_train(r.server_round, r.arrays, r.config, r.grid)
         replies = list(r.grid.send_and_receive(messages, timeout=r.timeout))
@@ -61,7 +61,7 @@ class MessageExchange(RoundExchange):
             aggregate=aggregate,
         )
 
-    def evaluate(self, request: TrainRequest) -> tuple[MetricRecord | None, int, list[str]]:
+    def evaluate(self, request: RoundRequest) -> tuple[MetricRecord | None, int, list[str]]:
         r = request
         messages = r.strategy.configure_evaluate(r.server_round, r.arrays, r.config, r.grid)
         replies = list(r.grid.send_and_receive(messages, timeout=r.timeout))

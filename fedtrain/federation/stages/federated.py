@@ -12,7 +12,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedtrain import wire
 from fedtrain.aggregation.state import load_strategy_state, strategy_state
-from fedtrain.federation.exchange import TrainReplies, TrainRequest
+from fedtrain.federation.exchange import RoundRequest, TrainReplies
 from fedtrain.federation.rounds import RoundOutcome
 from fedtrain.federation.run_context import RunContext
 from fedtrain.federation.stages.base import Stage, StageResult
@@ -119,7 +119,7 @@ class FederatedStage(Stage):
         if self.cfg.user_dp and self.cfg.privacy.dp_user_clipping == "adaptive-client":
             train_cfg[wire.ADAPTIVE_FLAG] = 1  # every stage: Flower's adaptive wrapper needs each reply's norm bit
         train_cfg.update(ctx.extra_train_config())
-        request = TrainRequest(strategy, ctx.grid, global_round, arrays, train_cfg, self.cfg.runtime.round_timeout)
+        request = RoundRequest(strategy, ctx.grid, global_round, arrays, train_cfg, self.cfg.runtime.round_timeout)
         try:
             replies = ctx.exchange.train(request)
         except PrivacyBudgetExhausted as err:
@@ -138,7 +138,7 @@ class FederatedStage(Stage):
         eval_metrics, evaluated = None, 0
         if self.supervised:
             eval_cfg = self.evaluate_config(phase_round, global_round)
-            eval_request = TrainRequest(strategy, ctx.grid, global_round, new_arrays, eval_cfg, request.timeout)
+            eval_request = RoundRequest(strategy, ctx.grid, global_round, new_arrays, eval_cfg, request.timeout)
             eval_metrics, evaluated, eval_failures = ctx.exchange.evaluate(eval_request)
             failures += eval_failures
         shared = train_loss_shared(self.cfg)
