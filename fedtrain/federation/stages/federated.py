@@ -6,7 +6,7 @@ import time
 from abc import abstractmethod
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Strategy
 
@@ -29,8 +29,9 @@ def _train_loss(reports: list[dict[str, Any]]) -> float | None:
     return sum(loss * w for loss, w in pairs) / total if total > 0 else None
 
 
-def _get(record: Any, key: str) -> float | None:
-    return float(record[key]) if record is not None and key in record else None
+def _get(record: MetricRecord | ConfigRecord | None, key: str) -> float | None:
+    value = record.get(key) if record is not None else None
+    return float(value) if isinstance(value, int | float) else None
 
 
 class FederatedStage(Stage):
@@ -148,7 +149,7 @@ class FederatedStage(Stage):
             phase_rounds=self.num_rounds,
             global_round=global_round,
             arrays=new_arrays,
-            lr=float(train_cfg.get(wire.LR, 0.0)),
+            lr=_get(train_cfg, wire.LR) or 0.0,
             train_loss=_train_loss(replies.trained) if shared else None,
             client_eval_loss=_get(eval_metrics, wire.EVAL_LOSS),
             client_eval_accuracy=_get(eval_metrics, wire.EVAL_ACCURACY),

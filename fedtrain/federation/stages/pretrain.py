@@ -9,9 +9,11 @@ from flwr.app import ArrayRecord, ConfigRecord
 
 from fedtrain import wire
 from fedtrain.config import RunConfig
+from fedtrain.errors import ModelError
 from fedtrain.federation.run_context import RunContext
 from fedtrain.federation.stages.base import STAGES, Stage, StageResult
 from fedtrain.federation.stages.federated import FederatedStage
+from fedtrain.models import MLP
 from fedtrain.pretrain import AUX_PREFIX, LayerObjective
 from fedtrain.results import plot_filters
 
@@ -57,7 +59,7 @@ class PretrainLayerStage(FederatedStage):
     def prepare(self, ctx: RunContext, arrays: ArrayRecord) -> ArrayRecord:
         if any(k.startswith(AUX_PREFIX) for k in arrays):  # resumed in the middle of this stage
             return arrays
-        model = ctx.model_with(arrays)
+        model = _mlp(ctx, arrays)
         with torch.random.fork_rng():
             torch.manual_seed(self.cfg.runtime.seed + 7919 * (self.layer + 1))
             objective = LayerObjective(model, self.layer, self.cfg)
@@ -72,7 +74,7 @@ class PretrainLayerStage(FederatedStage):
         test = ctx.evaluator.test
         if test is None:
             return metrics
-        objective = LayerObjective(ctx.model_with(arrays), self.layer, self.cfg)
+        objective = LayerObjective(_mlp(ctx, arrays), self.layer, self.cfg)
         objective.load_aux_state(arrays.to_torch_state_dict())
         metrics["recon_error"] = float(objective.reconstruction_error(torch.from_numpy(test.x)).mean())
         return metrics
@@ -87,6 +89,13 @@ class PretrainLayerStage(FederatedStage):
         shape = ctx.input_shape
         if self.layer == 0 and weight is not None and len(shape) == 3 and shape[0] == 1:
             plot_filters(weight.numpy(), shape[1:], ctx.folder.path)
+
+
+def _mlp(ctx: RunContext, arrays: ArrayRecord) -> MLP:
+    model = ctx.model_with(arrays)
+    if not isinstance(model, MLP):  # the config loader refuses this first
+        raise ModelError(f"layer-wise pretraining needs model='mlp', not {ctx.cfg.model.model!r}")
+    return model
 
 
 @STAGES.register("pretrain")
