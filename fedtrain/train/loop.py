@@ -235,7 +235,10 @@ def run_local(
                 for loss, n in _epoch_losses(session, settings, penalties, lr, private=privacy is not None):
                     total += loss * n
                     count += n
-    return TrainResult(loss=total / max(count, 1), num_examples=len(data.y), steps=settings.local_epochs * len(loader))
+    # One logical step per batch of the plain loader; under DP-SGD one per expected Poisson batch, empty ones
+    # included: the steps the accountant counts.
+    steps = settings.local_epochs * len(loader)
+    return TrainResult(loss=total / max(count, 1), num_examples=len(data.y), steps=steps)
 
 
 def _epoch_losses(
