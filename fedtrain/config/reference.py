@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from fedtrain.config.dp_defaults import DP_DEFAULTS, SAMPLE_DP_DEFAULTS
 from fedtrain.config.loader import flat_keys, toml_value
 from fedtrain.config.schema import SECTIONS, RunConfig
@@ -9,7 +12,7 @@ from fedtrain.config.schema import SECTIONS, RunConfig
 __all__ = ["render_app_table", "render_markdown"]
 
 
-def _allowed(meta: dict) -> str:
+def _allowed(meta: Mapping[str, Any]) -> str:
     if meta.get("choices"):
         return ", ".join(f"`{c}`" for c in meta["choices"])
     parts = []
@@ -54,7 +57,7 @@ def render_markdown() -> str:
     return "\n".join(lines + _dp_defaults_section(defaults))
 
 
-def _dp_defaults_section(defaults: dict) -> list[str]:
+def _dp_defaults_section(defaults: Mapping[str, Any]) -> list[str]:
     """The table of DP-suited defaults (``fedtrain/config/dp_defaults.py``)."""
     lines = [
         "## DP defaults",

@@ -8,11 +8,14 @@ loss of shape ``(B,)``. What the loss is comes from the method named by ``pretra
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
 from fedtrain.config import RunConfig
 from fedtrain.models import MLP
+from fedtrain.models.mlp import DenseBlock
 from fedtrain.pretrain.methods import METHODS, PretrainMethod, visible_type
 
 __all__ = ["AUX_PREFIX", "METHODS", "LayerObjective", "visible_type"]
@@ -29,6 +32,8 @@ class LayerObjective(nn.Module):
         For an unknown ``pretrain-method`` (naming the choices).
     """
 
+    model: MLP
+
     def __init__(self, model: MLP, layer: int, cfg: RunConfig) -> None:
         super().__init__()
         method = METHODS.get(cfg.pretrain.pretrain_method)
@@ -36,7 +41,7 @@ class LayerObjective(nn.Module):
         # reached once (Opacus would count the per-sample gradients of a shared module twice).
         object.__setattr__(self, "model", model)
         self.layer = layer
-        block = model.hidden[layer]
+        block = cast(DenseBlock, model.hidden[layer])
         for p in model.parameters():
             p.requires_grad_(False)
         for p in block.parameters():

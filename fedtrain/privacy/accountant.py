@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from opacus.accountants import PRVAccountant, RDPAccountant
 
@@ -87,7 +88,7 @@ class ClientAccountant:
             return 0.0
         return epsilon_of(self.mechanism, history, delta)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "mechanism": self.mechanism,
             "sigma": [float(a) for a, _, _ in self.history],
@@ -96,7 +97,7 @@ class ClientAccountant:
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> ClientAccountant:
+    def from_state_dict(cls, state: dict[str, Any]) -> ClientAccountant:
         return cls(str(state["mechanism"]), list(zip(state["sigma"], state["q"], state["steps"], strict=True)))
 
 

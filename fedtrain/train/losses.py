@@ -8,6 +8,7 @@ call time, because Opacus' ghost clipping switches it to ``none`` to get per-sam
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import torch
@@ -45,6 +46,8 @@ class GeneralizedCrossEntropy(nn.Module):
     weights each sample is weighed by its class, and ``mean`` divides by the summed weights
     (as ``nn.CrossEntropyLoss`` does).
     """
+
+    weight: torch.Tensor | None
 
     def __init__(
         self,
@@ -115,11 +118,18 @@ def build_criterion(cfg: TrainConfig, labels: np.ndarray, num_classes: int) -> n
 
 def l1_penalty(model: nn.Module) -> torch.Tensor:
     """Sum of absolute weights (biases and norm parameters excluded)."""
-    return sum(
-        p.abs().sum() for n, p in model.named_parameters() if p.requires_grad and n.endswith("weight") and p.dim() > 1
+    return cast(
+        torch.Tensor,
+        sum(
+            p.abs().sum()
+            for n, p in model.named_parameters()
+            if p.requires_grad and n.endswith("weight") and p.dim() > 1
+        ),
     )
 
 
 def proximal_term(model: nn.Module, global_params: list[torch.Tensor]) -> torch.Tensor:
     """FedProx's ``1/2 * |w - w_global|^2`` (Li et al. 2020, arXiv:1812.06127); the caller scales by mu."""
-    return 0.5 * sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params, strict=True))
+    return cast(
+        torch.Tensor, 0.5 * sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params, strict=True))
+    )
