@@ -15,7 +15,8 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from opacus import GradSampleModule
+from opacus import GradSampleModule, PrivacyEngine
+from torch.utils.data import DataLoader, TensorDataset
 
 from fedtrain.aggregation.strategies import STRATEGIES, build_strategy
 from fedtrain.config import load_config
@@ -126,6 +127,34 @@ def test_every_loss_is_finite_non_negative_and_falls_as_the_true_logit_rises(nam
     criterion.reduction = "none"
     per_sample = criterion(logits.detach(), y)
     assert per_sample.shape == (len(y),) and (per_sample >= 0).all()
+
+
+@pytest.mark.parametrize("variant", [{}, {"label_smoothing": 0.1, "class_weights": "balanced"}], ids=["plain", "mixed"])
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_takes_the_same_step_under_opacus_ghost_clipping(name, variant):
+    """With no noise and no effective clipping, a DP step (ghost mode, per-sample losses) is the plain step."""
+    labels = np.array([0] * 16 + [1] * 10 + [2] * 6)
+    criterion = build_criterion(_cfg(loss=name, **variant).train, labels, 3)
+    torch.manual_seed(0)
+    x, y = torch.randn(len(labels), 4), torch.from_numpy(labels)
+    private, plain = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    plain.load_state_dict(private.state_dict())
+    step = torch.optim.SGD(plain.parameters(), lr=1.0)
+    criterion(plain(x), y).backward()
+    step.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module, optimizer, loss_fn, loader = PrivacyEngine(accountant="rdp").make_private(
+            module=private, optimizer=torch.optim.SGD(private.parameters(), lr=1.0),
+            data_loader=DataLoader(TensorDataset(x, y), batch_size=len(y)), criterion=criterion,
+            noise_multiplier=0.0, max_grad_norm=1e6, poisson_sampling=False, grad_sample_mode="ghost",
+        )  # fmt: skip
+        xb, yb = next(iter(loader))
+        optimizer.zero_grad()
+        loss_fn(module(xb), yb).backward()
+        optimizer.step()
+    assert torch.allclose(private.weight, plain.weight, atol=1e-6)
+    assert torch.allclose(private.bias, plain.bias, atol=1e-6)
 
 
 def test_gce_interpolates_cross_entropy_and_mae():
