@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from fedtrain.errors import FedtrainError
 
@@ -81,6 +82,21 @@ def _print_summary(run_dir: Path) -> None:
     Console().print(table)
 
 
+def _node_configs(texts: list[str] | None, num_clients: int) -> list[dict[str, Any]] | None:
+    """One node config per client, in partition order, as ``--node-config`` gives a SuperNode."""
+    if not texts:
+        return None
+    from fedtrain.config import parse_overrides
+    from fedtrain.errors import ConfigError
+
+    if len(texts) != num_clients:
+        raise ConfigError(
+            f"{len(texts)} --node-config options for num-clients={num_clients}: give one per client, in partition "
+            "order (fedtrain split prints them)"
+        )
+    return [parse_overrides(text) for text in texts]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     extra = {}
     if args.out:
@@ -93,9 +109,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"runtime={cfg.runtime.runtime!r} runs through Flower: use `flwr run . --run-config ...` "
             "from the repository root (see README, 'Flower Simulation Engine')"
         )
+    node_configs = _node_configs(args.node_config, cfg.partition.num_clients)
     from fedtrain.runtime import run_inprocess
 
-    run_dir = run_inprocess(cfg)
+    run_dir = run_inprocess(cfg, node_configs=node_configs)
     _print_summary(run_dir)
     print(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -174,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="DIR", help="folder for run folders (config key out-dir)")
     run.add_argument("--name", help="suffix of the run folder name (config key run-name)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    run.add_argument(
+        "--node-config",
+        action="append",
+        metavar="'k=v ...'",
+        help="one per client, in order: that node's config, e.g. \"data-path='nodes/client-0.npz'\" (node-local data)",
+    )
     run.set_defaults(func=cmd_run)
 
     sweep = sub.add_parser("sweep", help="run the plan at several privacy budgets and seeds")

@@ -152,3 +152,18 @@ def test_node_mode_federation_needs_no_client_data_at_the_server(small_config, t
     assert summary["status"] == "completed", summary.get("reason")
     assert {(pid, p.name) for pid, p in reads} == {(0, "client-0.npz"), (1, "client-1.npz")}
     assert summary["final"]["accuracy"] > 0.8  # evaluated on the server's own file
+
+
+def test_fedtrain_run_takes_the_node_configs_split_prints(tmp_path, capsys, reads):
+    # Prepare
+    config = "num-clients=2 partitioner=iid num-rounds=1 min-clients=2 progress=false report=false"
+    assert main(["split", str(tmp_path / "nodes"), "--run-config", config]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "--node-config" in line]
+    node_args = [arg for line in lines for arg in ("--node-config", line.split('--node-config "')[1].rstrip('"'))]
+    # Execute
+    code = main(["run", "--out", str(tmp_path / "runs"), "--run-config", config, *node_args])
+    # Assert
+    assert code == 0
+    assert {(pid, p.name) for pid, p in reads} == {(0, "client-0.npz"), (1, "client-1.npz")}
+    assert main(["run", "--run-config", config, "--node-config", "data-path='x.npz'"]) == 2  # one per client
+    assert "1 --node-config options for num-clients=2" in capsys.readouterr().err
