@@ -254,3 +254,18 @@ def test_check_data_source_accepts_the_defaults_and_a_complete_node_setup():
     assert check_data_source(RunConfig()) == []
     node = DataConfig(data_source="node", classes="a,b", input_shape="1,8,8", normalize="range", input_max=16.0)
     assert check_data_source(RunConfig(data=node)) == []
+
+
+def test_a_node_image_folder_may_hold_a_single_class(small_config, tmp_path):
+    from PIL import Image
+
+    # Prepare: this device has only pictures of sevens
+    cfg = small_config(num_clients=2)
+    (tmp_path / "imgs" / "7").mkdir(parents=True)
+    for i in range(5):
+        Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(tmp_path / "imgs" / "7" / f"{i}.png")
+    spec = DataSpec(tuple(str(c) for c in range(10)), (1, 8, 8), Normalizer.fit(np.zeros((1, 1, 8, 8)), "none"))
+    # Execute
+    data = data_source(cfg, {"partition-id": 1, "data-path": str(tmp_path / "imgs")}).client_data(spec)
+    # Assert
+    assert set(data.train.y) == {7} and len(data.train.y) + len(data.eval.y) == 5

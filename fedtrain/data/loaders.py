@@ -139,13 +139,15 @@ def load_idx(path: Path) -> ArrayDataset:
     return ArrayDataset(x, labels_int, classes, max_value=255.0 if pixels else None)
 
 
-def load_image_folder(path: Path) -> ArrayDataset:
+def load_image_folder(path: Path, min_classes: int = 2) -> ArrayDataset:
     """``root/<class>/<image>``; images are read in greyscale and must share one size."""
     from PIL import Image, UnidentifiedImageError
 
     class_dirs = sorted(p for p in path.iterdir() if p.is_dir())
-    if len(class_dirs) < 2:
-        raise DataError(f"{path}: an image folder needs one subfolder per class (at least 2); found {len(class_dirs)}")
+    if len(class_dirs) < min_classes:
+        raise DataError(
+            f"{path}: an image folder needs one subfolder per class (at least {min_classes}); found {len(class_dirs)}"
+        )
     xs, ys = [], []
     size = None
     for label, cdir in enumerate(class_dirs):
@@ -210,7 +212,7 @@ def load_dataset(
     elif fmt == "idx":
         ds = load_idx(path)
     else:
-        ds = load_image_folder(path)
+        ds = load_image_folder(path, min_classes)
     if ds.num_classes < min_classes:
         raise DataError(f"{path}: found {ds.num_classes} class; classification needs at least {min_classes}")
     return ds
