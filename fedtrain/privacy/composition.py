@@ -13,7 +13,7 @@ One place decides this, so that sample-level DP (each client's budget guard) and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +72,7 @@ def _equal_weight(reply: Message) -> None:
 
 
 def select_replies(
-    cfg: RunConfig, replies: list[Message], metrics: list[Mapping[str, Any]], global_arrays: ArrayRecord
+    cfg: RunConfig, replies: Sequence[Message], metrics: Sequence[Mapping[str, Any]], global_arrays: ArrayRecord
 ) -> RoundSelection:
     """Split a round's train replies; ``metrics`` holds each reply's metrics (``{}`` for error replies).
 
