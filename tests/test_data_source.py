@@ -211,10 +211,17 @@ def test_node_server_data_reads_only_the_server_file(small_config, tmp_path):
     assert sd.normalizer.method == "range" and float(sd.normalizer.scale.max()) == 16.0
 
 
-def test_node_server_data_without_a_file_skips_central_evaluation():
+def test_node_server_data_without_a_file_skips_central_evaluation(caplog):
+    import logging
+
+    import fedtrain.data.source as source_mod
+
     cfg = load_config(overrides={"data-source": "node", "classes": "a,b,c", "input-shape": "1,4,4",
                                  "normalize": "range", "input-max": 255})  # fmt: skip
-    sd = server_data(cfg)
+    source_mod._node_server_data.cache_clear()
+    with caplog.at_level(logging.INFO):
+        sd = server_data(cfg)
+    assert "central evaluation is skipped" in caplog.text
     assert sd.test is None and sd.val is None and sd.classes == ("a", "b", "c") and sd.input_shape == (1, 4, 4)
     assert float(sd.normalizer.scale.max()) == 255.0
 
