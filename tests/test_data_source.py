@@ -230,8 +230,8 @@ def test_node_server_data_without_a_file_skips_central_evaluation(caplog):
     ("overrides", "match"),
     [
         ({"server-data-path": "x.npz"}, "applies to data-source=node only"),
-        ({"data-source": "node", "normalize": "none"}, "needs classes="),
-        ({"data-source": "node", "classes": "a,b", "normalize": "none"}, "needs input-shape"),
+        ({"data-source": "node", "normalize": "none"}, "set classes="),
+        ({"data-source": "node", "classes": "a,b", "normalize": "none"}, "set input-shape"),
         ({"data-source": "node", "classes": "a,b", "input-shape": "4", "normalize": "range"}, "needs input-max"),
         ({"data-source": "node", "classes": "a,b", "input-shape": "4"}, "server fits it on server-data-path"),
         ({"data-source": "node", "classes": "a", "input-shape": "4", "normalize": "none"}, "at least 2 distinct"),

@@ -127,14 +127,13 @@ def check_data_source(cfg: RunConfig) -> list[str]:
     if classes and (len(classes) < 2 or len(set(classes)) != len(classes) or "" in classes):
         problems.append(f"classes={d.classes!r} must name at least 2 distinct, non-empty classes, e.g. 'cat,dog'")
     if not d.server_data_path:
-        why = "without server-data-path (the server's own file) the server reads no data"
+        why = "data-source=node without server-data-path (a file of the server's own) reads no data at the server"
         if not classes:
-            problems.append(f"data-source=node needs classes='name,name,...' (label order) {why}")
+            problems.append(f"{why}: set classes='name,name,...' (the class names in label order)")
         if not d.input_shape:
-            problems.append(f"data-source=node needs input-shape (e.g. '1,8,8') {why}")
+            problems.append(f"{why}: set input-shape (the model's input, e.g. '1,8,8')")
         if d.normalize == "range" and d.input_max <= 0:
-            problems.append(f"normalize='range' with data-source=node needs input-max (16 for digits, 255 for 8-bit "
-                            f"images) {why}")  # fmt: skip
+            problems.append(f"{why}: normalize='range' needs input-max (16 for digits, 255 for 8-bit images)")
         if d.normalize in ("standard", "minmax") and not d.normalize_local:
             problems.append(
                 f"normalize={d.normalize!r} is fitted on data, and with data-source=node the server fits it on "
