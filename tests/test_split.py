@@ -129,10 +129,6 @@ def test_two_nodes_on_their_own_files_run_as_the_simulation_does(small_config, t
     assert on_files[-1]["test_accuracy"] > 0.8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pending in federation/server.py: use fedtrain.data.server_data(cfg) and send its spec in every config",
-)
 def test_node_mode_federation_needs_no_client_data_at_the_server(small_config, tmp_path, reads, monkeypatch):
     # Prepare: node files and a server test file; nobody may rebuild the federation's data from the seed
     split_cfg = small_config(num_clients=2, partitioner="iid")

@@ -15,14 +15,14 @@ from flwr.serverapp import strategy as fl
 from fedtrain.config import RunConfig
 from fedtrain.registry import Registry
 
-__all__ = ["STRATEGIES", "StrategyFactory", "build_strategy"]
+__all__ = ["STRATEGIES", "StrategyFactory", "build_strategy", "common_arguments"]
 
 StrategyFactory = Callable[[RunConfig], fl.Strategy]
 
 STRATEGIES = Registry[StrategyFactory]("strategy")
 
 
-def _common(cfg: RunConfig) -> dict[str, Any]:
+def common_arguments(cfg: RunConfig) -> dict[str, Any]:
     s = cfg.strategy
     n = cfg.partition.num_clients
     return {
@@ -38,44 +38,50 @@ def _common(cfg: RunConfig) -> dict[str, Any]:
 
 @STRATEGIES.register("fedavg")
 def _fedavg(c: RunConfig) -> fl.Strategy:
-    return fl.FedAvg(**_common(c))
+    return fl.FedAvg(**common_arguments(c))
 
 
 @STRATEGIES.register("fedprox")
 def _fedprox(c: RunConfig) -> fl.Strategy:
-    return fl.FedProx(**_common(c), proximal_mu=c.strategy.proximal_mu)
+    return fl.FedProx(**common_arguments(c), proximal_mu=c.strategy.proximal_mu)
 
 
 @STRATEGIES.register("fedadam")
 def _fedadam(c: RunConfig) -> fl.Strategy:
-    return fl.FedAdam(**_common(c), eta=c.strategy.server_eta, eta_l=c.train.learning_rate, tau=c.strategy.server_tau)
+    return fl.FedAdam(
+        **common_arguments(c), eta=c.strategy.server_eta, eta_l=c.train.learning_rate, tau=c.strategy.server_tau
+    )
 
 
 @STRATEGIES.register("fedyogi")
 def _fedyogi(c: RunConfig) -> fl.Strategy:
-    return fl.FedYogi(**_common(c), eta=c.strategy.server_eta, eta_l=c.train.learning_rate, tau=c.strategy.server_tau)
+    return fl.FedYogi(
+        **common_arguments(c), eta=c.strategy.server_eta, eta_l=c.train.learning_rate, tau=c.strategy.server_tau
+    )
 
 
 @STRATEGIES.register("fedavgm")
 def _fedavgm(c: RunConfig) -> fl.Strategy:
     return fl.FedAvgM(
-        **_common(c), server_learning_rate=c.strategy.server_learning_rate, server_momentum=c.strategy.server_momentum
+        **common_arguments(c),
+        server_learning_rate=c.strategy.server_learning_rate,
+        server_momentum=c.strategy.server_momentum,
     )
 
 
 @STRATEGIES.register("fedmedian")
 def _fedmedian(c: RunConfig) -> fl.Strategy:
-    return fl.FedMedian(**_common(c))
+    return fl.FedMedian(**common_arguments(c))
 
 
 @STRATEGIES.register("fedtrimmedavg")
 def _fedtrimmedavg(c: RunConfig) -> fl.Strategy:
-    return fl.FedTrimmedAvg(**_common(c), beta=c.strategy.trimmed_beta)
+    return fl.FedTrimmedAvg(**common_arguments(c), beta=c.strategy.trimmed_beta)
 
 
 @STRATEGIES.register("krum")
 def _krum(c: RunConfig) -> fl.Strategy:
-    return fl.Krum(**_common(c), num_malicious_nodes=c.strategy.krum_malicious)
+    return fl.Krum(**common_arguments(c), num_malicious_nodes=c.strategy.krum_malicious)
 
 
 def build_strategy(cfg: RunConfig) -> fl.Strategy:

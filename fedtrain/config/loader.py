@@ -230,6 +230,9 @@ def _cross_checks(cfg: RunConfig) -> list[str]:
                     "dp-max-grad-norm instead"
                 )
     problems.extend(_unaccounted_checks(cfg))
+    from fedtrain.data.source import check_data_source  # lazy: fedtrain.data imports fedtrain.config
+
+    problems.extend(check_data_source(cfg))
     if cfg.strategy.early_stopping_patience > 0 and cfg.data.val_fraction == 0:
         problems.append(
             f"early-stopping-patience={cfg.strategy.early_stopping_patience} needs a validation split: set "

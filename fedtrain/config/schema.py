@@ -409,10 +409,11 @@ class PrivacyConfig:
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    """Server-side aggregation and the plan of phases."""
+    """Server-side aggregation and the plan of stages."""
 
     plan: str = setting(
-        "finetune", "Phases to run in order, comma-separated: `pretrain` (one phase per hidden layer), `finetune`."
+        "finetune",
+        "Stages to run in order, comma-separated: `pretrain` (one federated stage per hidden layer), `finetune`.",
     )
     strategy: str = setting(
         "fedavg",

@@ -49,6 +49,9 @@ class RunContext:
     checkpointer: Checkpointer
     bookkeeper: RoundBookkeeper
     warnings: RunWarnings
+    # Sent with every train and evaluate message: the federation's classes, input shape and normaliser, so a
+    # node that holds only its own file scales it as the server does.
+    data_config: dict[str, Any] = field(default_factory=dict)
     extra_train_config: Callable[[], dict[str, Any]] = field(default=lambda: {})  # sent every round (DP restore)
     round_offset: int = 0
     stage_index: int = 0  # position of the running stage in the plan

@@ -20,8 +20,9 @@ from torch import nn
 
 from fedtrain.aggregation import build_strategy
 from fedtrain.config import RunConfig, dp_default_changes, format_dp_default_changes
+from fedtrain.data import DataSpec, server_data, spec_to_config
 from fedtrain.errors import FedtrainError
-from fedtrain.federation.context import config_from_run_config, federated_data
+from fedtrain.federation.context import config_from_run_config
 from fedtrain.federation.exchange import build_exchange
 from fedtrain.federation.outputs import summary, write_outputs, write_privacy
 from fedtrain.federation.progress import RoundProgress
@@ -57,9 +58,10 @@ def run_server(grid: Grid, context: Context) -> Path:
         log.info("%s", format_dp_default_changes(changes))
     torch.set_num_threads(cfg.runtime.torch_threads)
     seed_generators(cfg)  # Flower samples clients with `random`, its DP wrappers draw noise from numpy
-    data = federated_data(cfg)  # bad data, a bad federation size or DP plan fail before any folder exists
+    data = server_data(cfg)  # bad data, a bad federation size or DP plan fail before any folder exists
     _check_nodes(grid, cfg)
-    check_privacy_plan(cfg, data)
+    if data.federated is not None:  # node mode: client sizes are unknown here; each client's budget guard refuses
+        check_privacy_plan(cfg, data.federated)
     classes, input_shape = data.classes, data.input_shape
 
     def new_model() -> nn.Module:
@@ -90,6 +92,7 @@ def run_server(grid: Grid, context: Context) -> Path:
         normalizer=data.normalizer, classes=classes, input_shape=input_shape, privacy=privacy, state=state,
         build_model=new_model, make_strategy=make_strategy, exchange=build_exchange(cfg), evaluator=evaluator,
         checkpointer=checkpointer, bookkeeper=bookkeeper, warnings=warnings,
+        data_config=spec_to_config(DataSpec(classes, input_shape, data.normalizer)),
     )  # fmt: skip
     if cfg.sample_dp:
         # Sent every round: a client may lose its Context.state at any time (resume, a restarted SuperNode). One
@@ -104,7 +107,8 @@ def run_server(grid: Grid, context: Context) -> Path:
         payload = summary(cfg, state, bookkeeper.last or _last_record(folder), status, reason, privacy,
                           has_val=evaluator.has_val)  # fmt: skip
         write_privacy(folder, cfg, privacy)
-        write_outputs(folder, cfg, payload, data.label_counts(), classes)
+        label_counts = data.federated.label_counts() if data.federated is not None else None
+        write_outputs(folder, cfg, payload, label_counts, classes)
         if status != "failed":
             log.info("Run %s %s: final test accuracy %.4f", folder.path.name, status, payload["final"]["accuracy"])
 

@@ -119,6 +119,7 @@ class FederatedStage(Stage):
         train_cfg = self.train_config(phase_round, global_round)
         if self.cfg.user_dp and self.cfg.privacy.dp_user_clipping == "adaptive-client":
             train_cfg[wire.ADAPTIVE_FLAG] = 1  # every stage: Flower's adaptive wrapper needs each reply's norm bit
+        train_cfg.update(ctx.data_config)
         train_cfg.update(ctx.extra_train_config())
         request = RoundRequest(strategy, ctx.grid, global_round, arrays, train_cfg, self.cfg.runtime.round_timeout)
         try:
@@ -139,6 +140,7 @@ class FederatedStage(Stage):
         eval_metrics, evaluated = None, 0
         if self.supervised:
             eval_cfg = self.evaluate_config(phase_round, global_round)
+            eval_cfg.update(ctx.data_config)
             eval_request = RoundRequest(strategy, ctx.grid, global_round, new_arrays, eval_cfg, request.timeout)
             eval_metrics, evaluated, eval_failures = ctx.exchange.evaluate(eval_request)
             failures += eval_failures
