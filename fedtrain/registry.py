@@ -82,13 +82,13 @@ class RegistryNames(Sequence[str]):
     config), so it holds this lazy view; ``"module:ATTRIBUTE"`` names the registry.
     """
 
-    def __init__(self, target: str) -> None:
-        self.target = target
+    def __init__(self, target: str, before: tuple[str, ...] = ()) -> None:
+        self.target, self.before = target, before
 
     def _names(self) -> tuple[str, ...]:
         module, attribute = self.target.split(":")
         registry: Registry[object] = getattr(importlib.import_module(module), attribute)
-        return registry.names()
+        return (*self.before, *registry.names())
 
     @overload
     def __getitem__(self, index: int) -> str: ...
@@ -107,12 +107,15 @@ class RegistryNames(Sequence[str]):
         return tuple(self) == tuple(other) if isinstance(other, Sequence) else NotImplemented
 
     def __hash__(self) -> int:
-        return hash(self.target)
+        return hash((self.target, self.before))
 
     def __repr__(self) -> str:
         return repr(self._names())
 
 
-def names_of(target: str) -> RegistryNames:
-    """The allowed values of a config key: the names in the registry at ``"module:ATTRIBUTE"``."""
-    return RegistryNames(target)
+def names_of(target: str, *, before: tuple[str, ...] = ()) -> RegistryNames:
+    """The allowed values of a config key: the names in the registry at ``"module:ATTRIBUTE"``.
+
+    ``before`` lists values that are not registry entries (e.g. ``auto``), placed first.
+    """
+    return RegistryNames(target, before)

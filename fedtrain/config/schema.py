@@ -73,7 +73,7 @@ class DataConfig:
     data_format: str = setting(
         "auto",
         "Format of `data-path`; `auto` infers it from the suffix or folder contents.",
-        choices=("auto", "npz", "csv", "idx", "image-folder"),
+        choices=names_of("fedtrain.data.loaders:DATA_FORMATS", before=("auto",)),
     )
     label_column: str = setting("label", "Name of the label column in a CSV file.")
     test_fraction: float = setting(

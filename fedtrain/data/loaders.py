@@ -9,14 +9,17 @@ from __future__ import annotations
 import csv
 import gzip
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fedtrain.data.dataset import ArrayDataset
 from fedtrain.errors import DataError
+from fedtrain.registry import Registry
 
-__all__ = ["LOADERS", "detect_format", "load_dataset", "load_digits", "read_idx"]
+__all__ = ["DATA_FORMATS", "DataFormat", "detect_format", "load_dataset", "load_digits", "read_idx"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".tif", ".tiff"}
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -188,7 +191,19 @@ def detect_format(path: Path) -> str:
     return "image-folder"
 
 
-LOADERS = ("npz", "csv", "idx", "image-folder")
+@dataclass(frozen=True)
+class DataFormat:
+    """How to read one format: from a file or a folder."""
+
+    load: Callable[[Path, str, int], ArrayDataset]  # (path, label_column, min_classes)
+    folder: bool
+
+
+DATA_FORMATS = Registry[DataFormat]("data-format")
+DATA_FORMATS.register("npz", DataFormat(lambda p, _label, _min: load_npz(p), folder=False))
+DATA_FORMATS.register("csv", DataFormat(lambda p, label, _min: load_csv(p, label), folder=False))
+DATA_FORMATS.register("idx", DataFormat(lambda p, _label, _min: load_idx(p), folder=True))
+DATA_FORMATS.register("image-folder", DataFormat(lambda p, _label, least: load_image_folder(p, least), folder=True))
 
 
 def load_dataset(
@@ -201,18 +216,12 @@ def load_dataset(
             f"data-path {str(path)!r} does not exist; point data-path at a .npz, .csv, IDX folder or image folder"
         )
     fmt = detect_format(path) if data_format == "auto" else data_format
-    if fmt in ("npz", "csv") and not path.is_file():
-        raise DataError(f"data-path {str(path)!r} must be a file for data-format={fmt!r}")
-    if fmt in ("idx", "image-folder") and not path.is_dir():
+    reader = DATA_FORMATS.get(fmt)
+    if reader.folder and not path.is_dir():
         raise DataError(f"data-path {str(path)!r} must be a folder for data-format={fmt!r}")
-    if fmt == "npz":
-        ds = load_npz(path)
-    elif fmt == "csv":
-        ds = load_csv(path, label_column)
-    elif fmt == "idx":
-        ds = load_idx(path)
-    else:
-        ds = load_image_folder(path, min_classes)
+    if not reader.folder and not path.is_file():
+        raise DataError(f"data-path {str(path)!r} must be a file for data-format={fmt!r}")
+    ds = reader.load(path, label_column, min_classes)
     if ds.num_classes < min_classes:
         raise DataError(f"{path}: found {ds.num_classes} class; classification needs at least {min_classes}")
     return ds
