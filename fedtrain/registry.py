@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Generic, TypeVar, overload
+from typing import Generic, TypeVar, cast, overload
 
 from fedtrain.errors import ConfigError
 
 __all__ = ["Registry", "RegistryNames", "names_of"]
 
 T = TypeVar("T")
+_DECORATE = object()  # register(name) without an entry: used as a decorator (an entry may itself be None)
 
 
 class Registry(Generic[T]):
@@ -36,7 +37,7 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]: ...
     @overload
     def register(self, name: str, entry: T) -> T: ...
-    def register(self, name: str, entry: T | None = None) -> T | Callable[[T], T]:
+    def register(self, name: str, entry: T | object = _DECORATE) -> T | Callable[[T], T]:
         """Add ``entry`` under ``name`` (or decorate it); a name registers once."""
 
         def add(obj: T) -> T:
@@ -45,7 +46,7 @@ class Registry(Generic[T]):
             self._entries[name] = obj
             return obj
 
-        return add if entry is None else add(entry)
+        return add if entry is _DECORATE else add(cast(T, entry))
 
     def get(self, name: str) -> T:
         """The entry called ``name``, or a ConfigError naming the choices."""

@@ -206,14 +206,14 @@ class ModelConfig:
     activation: str = setting(
         "relu",
         "Hidden activation.",
-        choices=("relu", "leaky_relu", "prelu", "elu", "gelu", "tanh", "sigmoid"),
+        choices=names_of("fedtrain.models.layers:ACTIVATIONS"),
     )
     dropout: float = setting(0.0, "Dropout after each hidden layer.", low=0.0, high=1.0, high_open=True)
     residual: bool = setting(False, "Skip connections around hidden layers of equal width.")
     init: str = setting(
         "default",
         "Weight initialisation: torch's `default`, `xavier`, `kaiming` or `orthogonal`.",
-        choices=("default", "xavier", "kaiming", "orthogonal"),
+        choices=names_of("fedtrain.models.layers:INITIALIZERS"),
     )
     cnn_channels: str = setting("16,32", "CNN convolution channels, comma-separated.")
     cnn_groups: int = setting(4, "GroupNorm groups per convolution (must divide its channels).", low=1)

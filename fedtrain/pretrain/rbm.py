@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from fedtrain.errors import ConfigError
+
 __all__ = ["RBM"]
 
 
@@ -22,7 +24,7 @@ class RBM(nn.Module):
     def __init__(self, linear: nn.Linear, visible: str) -> None:
         super().__init__()
         if visible not in ("bernoulli", "gaussian"):
-            raise ValueError(f"visible units must be 'bernoulli' or 'gaussian', not {visible!r}")
+            raise ConfigError(f"rbm-visible={visible!r}: visible units must be 'bernoulli' or 'gaussian'")
         self.linear = linear  # shared with the MLP layer being pretrained
         self.visible = nn.Linear(linear.in_features, 1, bias=False)
         nn.init.zeros_(self.visible.weight)
