@@ -36,9 +36,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from fedtrain.pretrain.methods import METHODS as PRETRAIN_METHODS
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-METHODS = ("autoencoder", "denoising", "rbm")
+METHODS = PRETRAIN_METHODS.names()
 COMMON = {"hidden-sizes": "128,64,32", "batch-size": 8, "local-epochs": 3, "progress": False, "report": False}
 DEFAULTS = {"seeds": "1000-1019", "fractions": "1.0,0.1,0.02", "method": "denoising", "pretrain_rounds": 60,
             "pretrain_epochs": 5, "num_rounds": 30}  # fmt: skip
