@@ -10,13 +10,13 @@ import pytest
 
 from fedtrain import wire
 from fedtrain.config import load_config
+from fedtrain.config.data_source import check_data_source
 from fedtrain.data import (
     DataSpec,
     FileSource,
     Normalizer,
     PartitionSource,
     build_federated_data,
-    check_data_source,
     data_source,
     normalizer_from_config,
     normalizer_to_config,

@@ -11,8 +11,8 @@ from fedtrain.federation.outputs import summary as run_summary
 from fedtrain.federation.rounds import RoundOutcome
 from fedtrain.federation.run_state import RunState
 from fedtrain.federation.tracking import CentralEvaluator, Checkpointer, RoundBookkeeper, RunWarnings
-from fedtrain.privacy.ledger import PrivacyLedger
 from fedtrain.models import build_model
+from fedtrain.privacy.ledger import PrivacyLedger
 from fedtrain.results import RunFolder
 from fedtrain.runtime import run_inprocess
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedtrain.config.data_source import check_data_source
 from fedtrain.config.dp_defaults import NONE_APPLIED, apply_dp_defaults, table_keys
 from fedtrain.config.schema import SECTIONS, RunConfig
 from fedtrain.errors import ConfigError
@@ -230,8 +231,6 @@ def _cross_checks(cfg: RunConfig) -> list[str]:
                     "dp-max-grad-norm instead"
                 )
     problems.extend(_unaccounted_checks(cfg))
-    from fedtrain.data.source import check_data_source  # lazy: fedtrain.data imports fedtrain.config
-
     problems.extend(check_data_source(cfg))
     if cfg.strategy.early_stopping_patience > 0 and cfg.data.val_fraction == 0:
         problems.append(

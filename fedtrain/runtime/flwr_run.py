@@ -33,10 +33,15 @@ class FlwrRunResult:
     seconds: float
 
 
+def _text(stream: str | bytes | None) -> str:
+    """A captured stream as text (a timed-out run's may be bytes or None)."""
+    return stream.decode(errors="replace") if isinstance(stream, bytes) else stream or ""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -122,7 +127,7 @@ def flwr_run(
         proc = subprocess.run(cmd, cwd=app_dir, env=env, capture_output=True, text=True, timeout=timeout)
         code, output = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as err:
-        code, output = -1, f"{err.stdout or ''}{err.stderr or ''}\nflwr run timed out after {timeout}s"
+        code, output = -1, f"{_text(err.stdout)}{_text(err.stderr)}\nflwr run timed out after {timeout}s"
     finally:
         seconds = time.perf_counter() - t0
         if stop_superlink:
