@@ -12,9 +12,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedtrain.errors import FedtrainError
+
+if TYPE_CHECKING:
+    from fedtrain.config import RunConfig
+    from fedtrain.data.federated import RawSplits
 
 __all__ = ["main"]
 
@@ -82,19 +86,65 @@ def _print_summary(run_dir: Path) -> None:
     Console().print(table)
 
 
-def _node_configs(texts: list[str] | None, num_clients: int) -> list[dict[str, Any]] | None:
-    """One node config per client, in partition order, as ``--node-config`` gives a SuperNode."""
-    if not texts:
+def _as_int(value: object) -> int | None:
+    """A node-config value as an int (Flower's syntax may quote it), or None when it is not an integer."""
+    if isinstance(value, bool):
         return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _node_configs(texts: list[str] | None, cfg: RunConfig) -> list[dict[str, Any]] | None:
+    """One node config per client, as ``--node-config`` gives a SuperNode, checked before any run folder exists.
+
+    A node without ``partition-id`` is the client of its position (the in-process grid's default).
+    """
     from fedtrain.config import parse_overrides
     from fedtrain.errors import ConfigError
 
-    if len(texts) != num_clients:
+    n = cfg.partition.num_clients
+    node_mode = cfg.data.data_source == "node"
+    if not texts:
+        if node_mode:
+            # Without node files every client fails in round 1, after the run folder was made.
+            raise ConfigError(
+                f"data-source=node reads each client's records from its own file, but no --node-config was given: "
+                f'pass one --node-config "data-path=FILE" per client ({n}, in partition order; fedtrain split '
+                "writes the files and prints these options), or use data-source=partition"
+            )
+        return None
+    if len(texts) != n:
         raise ConfigError(
-            f"{len(texts)} --node-config options for num-clients={num_clients}: give one per client, in partition "
+            f"{len(texts)} --node-config options for num-clients={n}: give one per client, in partition "
             "order (fedtrain split prints them)"
         )
-    return [parse_overrides(text) for text in texts]
+    configs = [parse_overrides(text) for text in texts]
+    problems: list[str] = []
+    owner: dict[int, int] = {}  # partition id -> position of the --node-config that claims it
+    for i, node in enumerate(configs):
+        where = f"--node-config #{i + 1}"
+        pid = _as_int(node.get("partition-id", i))
+        if pid is None:
+            problems.append(f"{where}: partition-id={node['partition-id']!r} must be an integer in 0..{n - 1}")
+        elif not 0 <= pid < n:
+            problems.append(f"{where}: partition-id={pid} is outside 0..{n - 1} (num-clients={n})")
+        elif pid in owner:
+            problems.append(
+                f"{where} and #{owner[pid] + 1} both train partition-id={pid} (a node without partition-id is the "
+                f"client of its position): give each of 0..{n - 1} to one node"
+            )
+        else:
+            owner[pid] = i
+        if "num-partitions" in node and _as_int(node["num-partitions"]) != n:
+            problems.append(f"{where}: num-partitions={node['num-partitions']!r} but num-clients={n}")
+        if node_mode and not str(node.get("data-path", "")).strip():
+            problems.append(f"{where} has no data-path, which every node needs with data-source=node")
+    if problems:
+        raise ConfigError(problems)
+    return configs
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -109,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"runtime={cfg.runtime.runtime!r} runs through Flower: use `flwr run . --run-config ...` "
             "from the repository root (see README, 'Flower Simulation Engine')"
         )
-    node_configs = _node_configs(args.node_config, cfg.partition.num_clients)
+    node_configs = _node_configs(args.node_config, cfg)
     from fedtrain.runtime import run_inprocess
 
     run_dir = run_inprocess(cfg, node_configs=node_configs)
@@ -158,15 +208,54 @@ def cmd_split(args: argparse.Namespace) -> int:
         print(f'client {pid}: {len(idx)} records  flower-supernode ... --node-config "{node}"')
     server = [f"data-source=node num-clients={n}"]
     if args.server_test:
-        print(f"server: {len(raw.test.y)} test records in {files[-1]}")
+        vf = cfg.data.val_fraction
+        held_out = f" (the server holds out val-fraction={vf:g} of them for validation)" if vf > 0 else ""
+        print(f"server: {len(raw.test.y)} test records in {files[-1]}{held_out}")
         server.append(f"server-data-path='{files[-1].resolve()}'")
     else:  # the server then reads no data: it needs the federation's classes and input shape as keys
         shape = ",".join(str(d) for d in raw.train.input_shape)
         server.append(f"classes='{','.join(raw.train.classes)}' input-shape='{shape}'")
-        if cfg.data.normalize in ("standard", "minmax") and raw.full.max_value is not None:
-            server.append(f"normalize=range input-max={raw.full.max_value:g}")
+    normalize, note = _server_normalize(cfg, raw, server_file=args.server_test)
+    server.append(normalize)
     print(f'run config: --run-config "{" ".join(server)}"')
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def _server_normalize(cfg: RunConfig, raw: RawSplits, *, server_file: bool) -> tuple[str, str]:
+    """The normaliser keys of the server's run config for these node files, and a note when they cannot be complete.
+
+    The method is always named, so the printed run config resolves to the split's normaliser even
+    where it came from a default (under DP, ``range``). ``range`` needs the inputs' nominal maximum:
+    a server file carries it (``max_value``), otherwise it goes in as ``input-max``.
+    """
+    method = cfg.data.normalize
+    max_value = raw.full.max_value or cfg.data.input_max or None
+    if server_file:  # standard and minmax are fitted on the server's file
+        if method == "range" and raw.full.max_value is None:
+            if max_value is None:
+                note = "normalize=range needs the inputs' nominal maximum: add input-max=... to the run config"
+                return "normalize=range", note
+            return f"normalize=range input-max={max_value:g}", ""
+        return f"normalize={method}", ""
+    if method == "none":
+        return "normalize=none", ""
+    if max_value is None:
+        return (
+            f"normalize={method}",
+            f"normalize={method} needs data or a nominal maximum at the server, and this data set has no known value "
+            "range: pass --server-test (a file for the server), or add normalize=none, or input-max=... (the "
+            "inputs' nominal maximum) with normalize=range, to the run config",
+        )
+    # No server file: standard and minmax cannot be fitted; range on the format's nominal maximum reads no data.
+    note = ""
+    if method != "range":
+        note = (
+            f"normalize={method} is fitted on data, which the server holds only with --server-test: the run config "
+            "scales by the inputs' nominal maximum instead (normalize=range)"
+        )
+    return f"normalize=range input-max={max_value:g}", note
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -12,7 +12,8 @@ from flwr.common.config import parse_config_args
 
 import fedtrain.data.source as source_mod
 from fedtrain.cli import main
-from fedtrain.data import FileSource, data_source, load_dataset, raw_splits
+from fedtrain.config import load_config, parse_overrides
+from fedtrain.data import FileSource, data_source, load_dataset, raw_splits, server_data
 from fedtrain.data.federated import write_node_files
 from fedtrain.results import RunFolder
 from fedtrain.runtime import run_inprocess
@@ -163,3 +164,87 @@ def test_fedtrain_run_takes_the_node_configs_split_prints(tmp_path, capsys, read
     assert {(pid, p.name) for pid, p in reads} == {(0, "client-0.npz"), (1, "client-1.npz")}
     assert main(["run", "--run-config", config, "--node-config", "data-path='x.npz'"]) == 2  # one per client
     assert "1 --node-config options for num-clients=2" in capsys.readouterr().err
+
+
+def _printed(out: str) -> tuple[list[str], str]:
+    """The node configs and the server's run config that ``fedtrain split`` printed."""
+    lines = out.splitlines()
+    nodes = [line.split('--node-config "')[1].rstrip('"') for line in lines if "--node-config" in line]
+    (server,) = [line.split('--run-config "')[1].rstrip('"') for line in lines if line.startswith("run config:")]
+    return nodes, server
+
+
+@pytest.mark.parametrize(
+    ("split_config", "server_test", "method"),
+    [
+        ("normalize=range", False, "range"),
+        ("dp-level=sample", False, "range"),  # range is the DP default
+        ("dp-level=sample", True, "range"),
+        ("", False, "range"),  # standard cannot be fitted without data at the server
+        ("normalize=none", False, "none"),
+        ("normalize=minmax", True, "minmax"),  # fitted on the server's file
+    ],
+)
+def test_split_prints_a_server_run_config_the_loader_accepts(tmp_path, capsys, split_config, server_test, method):
+    # Prepare
+    split = f"num-clients=2 partitioner=iid {split_config}"
+    # Execute
+    args = ["split", str(tmp_path / "nodes"), "--run-config", split, *(["--server-test"] if server_test else [])]
+    assert main(args) == 0
+    _, printed = _printed(capsys.readouterr().out)
+    # Assert: the printed run config loads with the split's keys and on its own, and scales as the split's data
+    cfg = load_config(overrides={**parse_overrides(split), **parse_overrides(printed)})
+    alone = load_config(overrides=parse_overrides(printed))
+    assert alone.data.data_source == cfg.data.data_source == "node"
+    assert alone.data.normalize == cfg.data.normalize == method
+    source_mod._node_server_data.cache_clear()
+    norm = server_data(cfg).normalizer
+    assert norm.method == method
+    if method == "range":
+        assert float(norm.scale.max()) == float(norm.scale.min()) == 16.0  # the digits' nominal maximum
+
+
+def test_split_run_config_without_a_server_file_runs_with_the_printed_node_configs(tmp_path, capsys, reads):
+    # Prepare: split under normalize=range, no server file: the server reads no data at all
+    assert main(["split", str(tmp_path / "nodes"), "--run-config", "num-clients=2 normalize=range"]) == 0
+    nodes, printed = _printed(capsys.readouterr().out)
+    small = {"num-rounds": 1, "min-clients": 2, "hidden-sizes": "32", "progress": False, "report": False}
+    cfg = load_config(overrides={**parse_overrides(printed), **small, "out-dir": str(tmp_path / "runs")})
+    source_mod._node_server_data.cache_clear()
+    # Execute
+    run_dir = run_inprocess(cfg, node_configs=[parse_config_args([text]) for text in nodes])
+    # Assert
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed", summary.get("reason")
+    assert {(pid, p.name) for pid, p in reads} == {(0, "client-0.npz"), (1, "client-1.npz")}
+
+
+NODE_MODE = (
+    "data-source=node num-clients=2 classes='0,1,2,3,4,5,6,7,8,9' input-shape='1,8,8' normalize=range input-max=16 "
+    "num-rounds=1 min-clients=2 progress=false report=false"
+)
+
+
+@pytest.mark.parametrize(
+    ("run_config", "node_configs", "message"),
+    [
+        (NODE_MODE, [], 'pass one --node-config "data-path=FILE" per client (2'),
+        (NODE_MODE, ["data-path='a.npz'", "partition-id=1"], "--node-config #2 has no data-path"),
+        ("num-clients=2", ["partition-id=0", "partition-id=0"], "#2 and #1 both train partition-id=0"),
+        ("num-clients=2", ["data-path='a.npz'", "partition-id=0"], "#2 and #1 both train partition-id=0"),
+        ("num-clients=2", ["partition-id=1", "partition-id=2"], "partition-id=2 is outside 0..1"),
+        ("num-clients=2", ["partition-id=-1", "partition-id=1"], "partition-id=-1 is outside 0..1"),
+        ("num-clients=2", ["partition-id=0.5", "partition-id=1"], "must be an integer in 0..1"),
+        ("num-clients=2", ["partition-id=0 num-partitions=3", "partition-id=1"], "num-partitions=3 but num-clients=2"),
+    ],
+)
+def test_run_refuses_node_configs_that_cannot_work_before_any_run_folder(
+    tmp_path, capsys, run_config, node_configs, message
+):
+    # Execute
+    node_args = [arg for text in node_configs for arg in ("--node-config", text)]
+    code = main(["run", "--out", str(tmp_path / "runs"), "--run-config", run_config, *node_args])
+    # Assert
+    assert code == 2  # ConfigError
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
