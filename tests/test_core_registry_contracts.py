@@ -18,7 +18,6 @@ from fedtrain.config import load_config
 from fedtrain.data import load_digits
 from fedtrain.data.loaders import DATA_FORMATS, load_dataset
 from fedtrain.errors import ConfigError
-from fedtrain.federation import server as server_module
 from fedtrain.federation.exchange import EXCHANGES
 from fedtrain.federation.stages import STAGES
 from fedtrain.runtime import run_inprocess
@@ -41,9 +40,9 @@ def test_every_stage_runs_in_a_two_round_plan(small_config, name):
 
 
 @pytest.mark.parametrize("name", EXCHANGES.names())
-def test_every_exchange_carries_a_pretrain_and_finetune_plan(small_config, monkeypatch, name):
-    monkeypatch.setattr(server_module, "build_exchange", lambda cfg: EXCHANGES.get(name)(cfg))
-    run_dir = run_inprocess(small_config(plan="pretrain,finetune", pretrain_rounds=1, num_rounds=2))
+def test_every_exchange_carries_a_pretrain_and_finetune_plan(small_config, name):
+    cfg = small_config(plan="pretrain,finetune", pretrain_rounds=1, num_rounds=2, round_exchange=name)
+    run_dir = run_inprocess(cfg)
     summary = json.loads((run_dir / "summary.json").read_text())
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert summary["status"] == "completed" and [r["clients_trained"] for r in records] == [3, 3, 3]

@@ -11,7 +11,6 @@ from flwr.app import ArrayRecord
 
 from fedtrain.errors import ConfigError
 from fedtrain.federation import STAGES, OneShotStage, RunContext
-from fedtrain.federation import server as server_module
 from fedtrain.federation.exchange import EXCHANGES, MessageExchange, RoundRequest, TrainReplies
 from fedtrain.results import RunFolder
 from fedtrain.runtime import run_inprocess
@@ -61,7 +60,8 @@ def test_a_registered_one_shot_stage_runs_in_a_plan(small_config, weight_stats_s
     assert stats["global_round"] == 2 and stats["classes"] == [str(c) for c in range(10)]
     assert stats["input_shape"] == [1, 8, 8] and stats["epsilon_max"] is None
     assert stats["l2"] == pytest.approx(expected_l2, rel=1e-5)  # the stage saw the fine-tuned arrays
-    assert RunFolder(run_dir).load_checkpoint("latest")["state"]["stage_index"] == 2  # a resume skips it
+    # Its ending is checkpointed: a resume skips it (tests/test_stage_endings.py resumes across one).
+    assert RunFolder(run_dir).load_checkpoint("latest")["state"]["stage_index"] == 2
 
 
 def test_a_stage_before_finetune_hands_its_arrays_on(small_config):
@@ -82,7 +82,7 @@ def test_a_stage_before_finetune_hands_its_arrays_on(small_config):
     assert plain.keys() == zeroed.keys() and not all(torch.equal(plain[k], zeroed[k]) for k in plain)
 
 
-def test_a_new_round_exchange_plugs_in_without_editing_stages(small_config, monkeypatch):
+def test_a_new_round_exchange_plugs_in_without_editing_stages(small_config):
     seen: list[int] = []
 
     class CountingExchange(MessageExchange):
@@ -93,8 +93,8 @@ def test_a_new_round_exchange_plugs_in_without_editing_stages(small_config, monk
 
     EXCHANGES.register("counting", CountingExchange)
     try:
-        monkeypatch.setattr(server_module, "build_exchange", lambda cfg: EXCHANGES.get("counting")(cfg))
-        run_dir = run_inprocess(small_config(plan="pretrain,finetune", pretrain_rounds=1, num_rounds=2))
+        cfg = small_config(plan="pretrain,finetune", pretrain_rounds=1, num_rounds=2, round_exchange="counting")
+        run_dir = run_inprocess(cfg)
     finally:
         EXCHANGES._entries.pop("counting")
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"

@@ -54,7 +54,7 @@ def test_pretrain_method_example(small_config, tmp_path):
         run_dir = run_inprocess(small_config(plan="pretrain", pretrain_method="sparse", pretrain_rounds=2))
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert _summary(run_dir)["status"] == "completed"
-        assert records[-1]["recon_error"] < records[0]["recon_error"] * 1.05  # it trains, not diverges
+        assert records[-1]["recon_error"] < 0.9 * records[0]["recon_error"]  # measured 39.3 -> 27.0
 
 
 @pytest.mark.parametrize(("kind", "registry", "key", "name"), [

@@ -110,7 +110,7 @@ def test_corrupt_checkpoint_is_a_clear_error(small_config):
 
 
 def test_failure_still_writes_summary(small_config, monkeypatch):
-    import fedtrain.federation.client as client
+    import fedtrain.federation.client_tasks as client
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")

@@ -92,7 +92,9 @@ def test_budget_guard_never_lets_spent_epsilon_pass_the_target(
     acc = ClientAccountant("rdp")
     try:
         for _ in range(rounds + extra_rounds):
-            sigma, _projected, allowed = round_budget(cfg, acc, plan, n, n)
+            sigma, _projected, allowed = round_budget(
+                cfg, acc, plan, [(plan.sample_rate, rounds * plan.steps_per_call)]
+            )
             if allowed:
                 acc.record(sigma, plan.sample_rate, plan.steps_per_call)
     except ConfigError as err:  # budget below one step's floor: refused up front

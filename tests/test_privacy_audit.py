@@ -22,6 +22,7 @@ from flwr.clientapp import ClientApp
 
 from fedtrain.config import load_config
 from fedtrain.data import build_federated_data
+from fedtrain.federation import build_client_app
 from fedtrain.privacy import RDP_ORDERS, plan_steps
 from fedtrain.privacy.user_level import adaptive_noise_split, adaptive_release_multiplier
 from fedtrain.results import RunFolder
@@ -252,7 +253,7 @@ def test_the_round_that_ends_a_phase_is_accounted(small_config):
     # A fixed sigma that spends the budget within a few rounds: the phase stops on min-clients after some
     # clients trained in that last round; their spend must reach the ledger.
     cfg = small_config(**DP, num_rounds=10, min_clients=3, dp_noise_multiplier=1.0, dp_target_epsilon=3.5)
-    grid = InProcessGrid(__import__("clients.client_app").client_app.app, 3, cfg.to_flat())
+    grid = InProcessGrid(build_client_app(), 3, cfg.to_flat())
     run_dir = run_inprocess(cfg, grid=grid)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "stopped"
@@ -260,7 +261,6 @@ def test_the_round_that_ends_a_phase_is_accounted(small_config):
     for context in grid.contexts.values():
         pid = str(context.node_config["partition-id"])
         own = context.state.config_records["fedtrain-dp"]
-        assert clients[pid]["segments"][-1]["steps"] == sum(own["steps"]) or len(clients[pid]["segments"]) > 1
         assert sum(seg["steps"] for seg in clients[pid]["segments"]) == sum(own["steps"])
 
 

@@ -6,7 +6,7 @@ import json
 import torch
 from flwr.app import ArrayRecord
 
-from fedtrain.federation.context import federated_data
+from fedtrain.data import build_federated_data
 from fedtrain.federation.outputs import summary as run_summary
 from fedtrain.federation.rounds import RoundOutcome
 from fedtrain.federation.run_state import RunState
@@ -51,7 +51,7 @@ def _outcome(arrays: ArrayRecord, round_: int, loss: float) -> RoundOutcome:
 
 
 def _tracker(cfg, tmp_path):
-    data = federated_data(cfg)
+    data = build_federated_data(cfg.data, cfg.partition, cfg.runtime.seed)
     folder = RunFolder.create(tmp_path / "runs")
     state = RunState()
     evaluator = CentralEvaluator(
@@ -59,8 +59,8 @@ def _tracker(cfg, tmp_path):
         data.test,
         data.val if cfg.data.val_fraction > 0 else None,
     )
-    checkpointer = Checkpointer(cfg, folder, state, data.normalizer, data.classes, data.input_shape)
     privacy = PrivacyLedger(cfg, state.privacy)
+    checkpointer = Checkpointer(cfg, folder, state, privacy, data.normalizer, data.classes, data.input_shape)
     tracker = RoundBookkeeper(cfg, folder, state, evaluator, checkpointer, privacy, RunWarnings(state))
     arrays = ArrayRecord(build_model(cfg.model, data.input_shape, len(data.classes), seed=0).state_dict())
     return tracker, arrays

@@ -415,6 +415,12 @@ class StrategyConfig:
         "finetune",
         "Stages to run in order, comma-separated: `pretrain` (one federated stage per hidden layer), `finetune`.",
     )
+    round_exchange: str = setting(
+        "message",
+        "How a round's messages travel between server and clients: `message` (Flower's Message API, updates in "
+        "the clear). Secure aggregation and a vectorised simulator are further exchanges.",
+        choices=names_of("fedtrain.federation.exchange:EXCHANGES"),
+    )
     strategy: str = setting(
         "fedavg",
         "Aggregation strategy (Flower's own classes).",

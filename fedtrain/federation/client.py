@@ -1,9 +1,9 @@
 """What a ClientApp does with a train or evaluate message: pure functions over Flower types.
 
-``clients/client_app.py`` only registers these handlers; keeping them here makes them
-testable without a Flower runtime. The train config's ``phase`` says what to do:
-``pretrain`` trains hidden layer ``layer`` unsupervised on all local records, ``finetune``
-trains the whole network (the first ``freeze-depth`` hidden layers frozen) on the labelled ones.
+``fedtrain.federation.apps`` registers these handlers; keeping them here makes them testable
+without a Flower runtime. The train config's ``phase`` names the client task
+(:data:`~fedtrain.federation.client_tasks.CLIENT_TASKS`): ``pretrain`` trains hidden layer ``layer``
+unsupervised on all local records, ``finetune`` the whole network on the labelled ones.
 """
 
 from __future__ import annotations
@@ -17,18 +17,19 @@ from torch import nn
 
 from fedtrain import wire
 from fedtrain.config import RunConfig
-from fedtrain.data import ArrayDataset, ClientData, data_source, received_spec
-from fedtrain.errors import ModelError
+from fedtrain.data import ClientData, data_source, received_spec
+from fedtrain.errors import ConfigError
+from fedtrain.federation.client_tasks import LocalCall, client_task
 from fedtrain.federation.context import config_from_run_config
+from fedtrain.federation.dp_plan import planned_segments
 from fedtrain.logging import get_logger
-from fedtrain.models import MLP, build_model
-from fedtrain.pretrain import AUX_PREFIX, pretrain_local
+from fedtrain.models import build_model
+from fedtrain.pretrain import AUX_PREFIX
 from fedtrain.privacy.accountant import ClientAccountant
-from fedtrain.privacy.client_privacy import load_accountant, phase_plan, round_budget, save_accountant
-from fedtrain.privacy.dp_sgd import dp_train_local
+from fedtrain.privacy.client_privacy import load_accountant, round_budget, save_accountant
+from fedtrain.privacy.dp_sgd import DPPlan
 from fedtrain.privacy.unaccounted import train_loss_shared
-from fedtrain.train import evaluate, train_local
-from fedtrain.train.loop import TrainResult
+from fedtrain.train import evaluate
 
 __all__ = ["handle_evaluate", "handle_train"]
 
@@ -39,7 +40,7 @@ def _number(config: ConfigRecord, key: str, default: float | None = None) -> flo
     """A numeric entry of the server's config (the server always sends it; ``default`` for older servers)."""
     value = config.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"the server's config has {key}={value!r}, expected a number")
+        raise ConfigError(f"the server's config has {key}={value!r}, expected a number")
     return float(value)
 
 
@@ -73,36 +74,31 @@ def handle_train(msg: Message, context: Context) -> Message:
     local = _local_model(msg, context)
     cfg, client, pid, model, aux = local.cfg, local.client, local.pid, local.model, local.aux
     config = msg.content.config_records[wire.CONFIG]
-    phase = str(config.get(wire.PHASE, "finetune"))
+    task = client_task(str(config.get(wire.PHASE, "finetune")))
     global_round = int(_number(config, wire.GLOBAL_ROUND, _number(config, wire.SERVER_ROUND, 1)))
     seed = cfg.runtime.seed * 1_000_003 + global_round * 1_009 + pid
-    data = _phase_data(client, phase)
+    data = task.records(client)
     metrics: dict[str, Any] = {wire.PARTITION_ID: pid}
     if cfg.user_dp:
         metrics[wire.USER_DP_WEIGHT] = 1.0
     sigma: float | None = None
     acc: ClientAccountant | None = None
+    plan = task.dp_plan(cfg, len(data.y))
     if cfg.sample_dp:
-        sigma, report, acc = _budget(context, config, cfg, client, pid, phase)
+        sigma, report, acc = _budget(context, config, cfg, client, pid, plan)
         metrics.update(report)
         if report[wire.DP_DECLINED]:
             metrics[wire.NUM_EXAMPLES] = 0
             if train_loss_shared(cfg):
                 metrics[wire.TRAIN_LOSS] = 0.0
             return _reply(msg, {**model.state_dict(), **aux}, metrics, acc)
-    lr, mu = _number(config, wire.LR), _number(config, wire.PROXIMAL_MU, 0.0)
-    if phase == "pretrain":
-        if not isinstance(model, MLP):  # the loader refuses such a plan; a server of another version may not
-            raise ModelError(f"layer-wise pretraining needs model='mlp', got {type(model).__name__}")
-        layer = int(_number(config, wire.LAYER))
-        arrays, result = pretrain_local(
-            model, layer, aux, data, cfg, seed=seed, lr=lr, noise_multiplier=sigma, proximal_mu=mu
-        )
-    else:
-        depth = int(_number(config, wire.FREEZE_DEPTH, 0))
-        arrays, result = _finetune(model, data, cfg, lr=lr, mu=mu, depth=depth, seed=seed, sigma=sigma)
+    call = LocalCall(
+        cfg, model, aux, config, lr=_number(config, wire.LR), proximal_mu=_number(config, wire.PROXIMAL_MU, 0.0),
+        seed=seed, noise_multiplier=sigma,
+    )  # fmt: skip
+    arrays, result = task.train(call, data)
     if acc is not None and sigma is not None:
-        acc.record(sigma, metrics[wire.DP_SAMPLE_RATE], phase_plan(cfg, phase, len(data.y)).steps_per_call)
+        acc.record(sigma, plan.sample_rate, plan.steps_per_call)
         save_accountant(context, acc)
         metrics[wire.DP_STEPS] = acc.steps
     metrics[wire.NUM_EXAMPLES] = result.num_examples
@@ -111,41 +107,13 @@ def handle_train(msg: Message, context: Context) -> Message:
     return _reply(msg, arrays, metrics, acc)
 
 
-def _phase_data(client: ClientData, phase: str) -> ArrayDataset:
-    """Pretraining learns from every local record; fine-tuning only from the labelled ones."""
-    return client.train if phase == "pretrain" else client.labeled
-
-
-def _finetune(
-    model: nn.Module,
-    data: ArrayDataset,
-    cfg: RunConfig,
-    *,
-    lr: float,
-    mu: float,
-    depth: int,
-    seed: int,
-    sigma: float | None,
-) -> tuple[dict[str, torch.Tensor], TrainResult]:
-    hidden: list[nn.Module] = list(model.hidden) if isinstance(model, MLP) else []
-    for block in hidden[:depth]:  # linear probe: pretrained layers stay as they are
-        for p in block.parameters():
-            p.requires_grad_(False)
-    if sigma is not None:
-        model, result, _ = dp_train_local(model, data, cfg, lr=lr, seed=seed, noise_multiplier=sigma, proximal_mu=mu)
-    else:
-        result = train_local(model, data, cfg.train, lr=lr, seed=seed, proximal_mu=mu)
-    return model.state_dict(), result
-
-
 def _budget(
-    context: Context, config: ConfigRecord, cfg: RunConfig, client: ClientData, pid: int, phase: str
+    context: Context, config: ConfigRecord, cfg: RunConfig, client: ClientData, pid: int, plan: DPPlan
 ) -> tuple[float | None, dict[str, Any], ClientAccountant]:
     """Sigma for this call and the privacy metrics; declines when the call would pass the budget."""
     pc = cfg.privacy
     acc = load_accountant(context, config, pid, pc.dp_accountant)
-    plan = phase_plan(cfg, phase, len(_phase_data(client, phase).y))
-    sigma, projected, allowed = round_budget(cfg, acc, plan, len(client.train.y), len(client.labeled.y))
+    sigma, projected, allowed = round_budget(cfg, acc, plan, planned_segments(cfg, client))
     report: dict[str, Any] = {wire.DP_SIGMA: sigma, wire.DP_SAMPLE_RATE: plan.sample_rate, wire.DP_STEPS: acc.steps}
     if not allowed:
         log.warning("client %d declines: the round would spend (ε = %.3f, δ = %g)", pid, projected, pc.dp_delta)

@@ -20,9 +20,10 @@ from torch import nn
 
 from fedtrain.aggregation import build_strategy
 from fedtrain.config import RunConfig, dp_default_changes, format_dp_default_changes
-from fedtrain.data import DataSpec, server_data, spec_to_config
-from fedtrain.errors import FedtrainError
+from fedtrain.data import server_data, spec_to_config
+from fedtrain.errors import CheckpointError, FedtrainError
 from fedtrain.federation.context import config_from_run_config
+from fedtrain.federation.dp_plan import planned_segments
 from fedtrain.federation.exchange import build_exchange
 from fedtrain.federation.outputs import summary, write_outputs, write_privacy
 from fedtrain.federation.progress import RoundProgress
@@ -38,6 +39,7 @@ from fedtrain.federation.tracking import (
 )
 from fedtrain.logging import get_logger, quiet_flower
 from fedtrain.models import build_model
+from fedtrain.pretrain import AUX_PREFIX
 from fedtrain.privacy.ledger import PrivacyLedger
 from fedtrain.privacy.preflight import check_privacy_plan, warn_weak_user_dp
 from fedtrain.privacy.user_level import wrap_user_dp
@@ -61,7 +63,7 @@ def run_server(grid: Grid, context: Context) -> Path:
     data = server_data(cfg)  # bad data, a bad federation size or DP plan fail before any folder exists
     _check_nodes(grid, cfg)
     if data.federated is not None:  # node mode: client sizes are unknown here; each client's budget guard refuses
-        check_privacy_plan(cfg, data.federated)
+        check_privacy_plan(cfg, data.federated, lambda client: planned_segments(cfg, client))
     classes, input_shape = data.classes, data.input_shape
 
     def new_model() -> nn.Module:
@@ -70,12 +72,16 @@ def run_server(grid: Grid, context: Context) -> Path:
     initial = build_model(cfg.model, input_shape, len(classes), seed=cfg.runtime.seed)
     start = open_run(cfg)
     folder, state = start.folder, start.state
+    if start.arrays is not None:  # before config.toml is overwritten: a mismatch must leave the folder as it was
+        check_architecture(start.arrays, initial, folder.path)
     context.state[RUN_DIR_STATE_KEY] = ConfigRecord({"run-dir": str(folder.path.resolve())})
     folder.write_config(cfg)
     warnings = RunWarnings(state)
     privacy = PrivacyLedger(cfg, state.privacy)
     evaluator = CentralEvaluator(new_model, data.test, data.val if cfg.data.val_fraction > 0 else None)
-    checkpointer = Checkpointer(cfg, folder, state, data.normalizer, classes, input_shape)
+    checkpointer = Checkpointer(
+        cfg, folder, state, privacy, data.normalizer, classes, input_shape, session_start=t_start
+    )
     bookkeeper = RoundBookkeeper(cfg, folder, state, evaluator, checkpointer, privacy, warnings)
     weak = warn_weak_user_dp(cfg, sum(p.numel() for p in initial.parameters()))
     if weak:
@@ -90,20 +96,19 @@ def run_server(grid: Grid, context: Context) -> Path:
     ctx = RunContext(
         cfg=cfg, grid=grid, folder=folder, arrays=start.arrays or ArrayRecord(initial.state_dict()),
         normalizer=data.normalizer, classes=classes, input_shape=input_shape, privacy=privacy, state=state,
-        build_model=new_model, make_strategy=make_strategy, exchange=build_exchange(cfg), evaluator=evaluator,
-        checkpointer=checkpointer, bookkeeper=bookkeeper, warnings=warnings,
-        data_config=spec_to_config(DataSpec(classes, input_shape, data.normalizer)),
+        build_model=new_model, make_strategy=make_strategy, exchange=build_exchange(cfg, cfg.strategy.round_exchange),
+        evaluator=evaluator, checkpointer=checkpointer, bookkeeper=bookkeeper, warnings=warnings,
+        data_config=spec_to_config(data.spec),
     )  # fmt: skip
     if cfg.sample_dp:
         # Sent every round: a client may lose its Context.state at any time (resume, a restarted SuperNode). One
         # config goes to all, so each client also sees the others' (public) DP parameters.
         ctx.extra_train_config = privacy.restore_config
     plan = build_plan(cfg)
-    wall_before = state.wall_seconds
     log.info("fedtrain run %s: %s", folder.path, "; ".join(s.summary() for s in plan))
 
     def finish(status: str, reason: str) -> None:
-        state.wall_seconds = wall_before + time.perf_counter() - t_start
+        checkpointer.update_wall_time()
         payload = summary(cfg, state, bookkeeper.last or _last_record(folder), status, reason, privacy,
                           has_val=evaluator.has_val)  # fmt: skip
         write_privacy(folder, cfg, privacy)
@@ -129,17 +134,39 @@ def run_server(grid: Grid, context: Context) -> Path:
 
 
 def run_plan(plan: list[Stage], ctx: RunContext) -> tuple[str, str]:
-    """Run the plan from the saved position; return the run's status and reason."""
+    """Run the plan from the saved position; return the run's status and reason.
+
+    A stage that ends the run (failure, spent budget) gives the run its status. One that stopped early
+    (early stopping) lets the plan go on, and the run reports ``stopped`` with its reason.
+    """
     start = ctx.state.stage_index
     ctx.round_offset = sum(s.num_rounds for s in plan[:start])
+    early: tuple[str, str] | None = None
     for index in range(start, len(plan)):
         stage = plan[index]
         ctx.stage_index = index
         result = stage.run(ctx)
-        if result.status != "completed":
+        if result.ends_run:
             return result.status, result.reason
+        if result.status != "completed" and early is None:
+            early = (result.status, result.reason)
         ctx.round_offset += stage.num_rounds
-    return "completed", ""
+    if early is None:  # a resumed run may have stopped early in an earlier session
+        early = next(((r.status, r.reason) for r in ctx.state.stages if r.status != "completed"), None)
+    return early or ("completed", "")
+
+
+def check_architecture(arrays: ArrayRecord, model: nn.Module, folder: Path) -> None:
+    """Refuse to resume a checkpoint whose arrays do not fit this config's model (changed sizes or layers)."""
+    saved = {k: tuple(v.shape) for k, v in arrays.to_torch_state_dict().items() if not k.startswith(AUX_PREFIX)}
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if saved != wanted:
+        differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+        raise CheckpointError(
+            f"the checkpoint in {str(folder)!r} holds another model than this config builds ({', '.join(differ[:4])}"
+            f"{', ...' if len(differ) > 4 else ''} differ); resume without changing model, hidden-sizes, "
+            "activation or cnn-channels"
+        )
 
 
 def _last_record(folder: RunFolder) -> dict[str, Any]:

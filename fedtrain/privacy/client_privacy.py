@@ -3,14 +3,15 @@
 The server never sees a client's data, but it does see (and checkpoints) each client's public
 DP history (every ``(sigma, q, steps)`` segment) from its replies; on ``--resume`` it sends the
 histories back in the train config (``dp-restore-history``, one JSON list per partition id), so a
-restarted client keeps its spent budget over every phase it ran.
+restarted client keeps its spent budget over every stage it ran. What a client may spend over the
+whole plan is computed by the federation (``fedtrain.federation.dp_plan``) and passed in.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flwr.app import ConfigRecord, Context
@@ -18,7 +19,7 @@ from flwr.app import ConfigRecord, Context
 from fedtrain.config import RunConfig
 from fedtrain.privacy.accountant import ClientAccountant
 from fedtrain.privacy.calibration import calibrate_noise
-from fedtrain.privacy.dp_sgd import DPPlan, plan_steps
+from fedtrain.privacy.dp_sgd import DPPlan
 from fedtrain.wire import RESTORE_HISTORY
 
 __all__ = [
@@ -26,41 +27,11 @@ __all__ = [
     "load_accountant",
     "noise_multiplier",
     "over_budget",
-    "phase_plan",
-    "planned_segments",
     "round_budget",
     "save_accountant",
 ]
 
 STATE_KEY = "fedtrain-dp"
-
-
-def phase_plan(cfg: RunConfig, phase: str, num_examples: int) -> DPPlan:
-    """Sampling rate and steps of one local call in ``phase`` on ``num_examples`` records."""
-    if phase == "pretrain":
-        p = cfg.pretrain
-        return plan_steps(num_examples, p.pretrain_batch_size, p.pretrain_epochs)
-    return plan_steps(num_examples, cfg.train.batch_size, cfg.train.local_epochs)
-
-
-def planned_segments(cfg: RunConfig, n_all: int, n_labeled: int) -> list[tuple[float, int]]:
-    """``(sample_rate, steps)`` a client may spend over the whole plan, per kind of phase.
-
-    Every round counts (conservative: being sampled is not treated as amplification, since the
-    server knows whom it sampled). Pretraining runs one phase per hidden layer on all records;
-    fine-tuning runs on the labelled ones.
-    """
-    segments = []
-    for phase in cfg.phases:
-        if phase == "pretrain":
-            plan = phase_plan(cfg, phase, n_all)
-            segments.append(
-                (plan.sample_rate, cfg.num_hidden_layers * cfg.pretrain.pretrain_rounds * plan.steps_per_call)
-            )
-        else:
-            plan = phase_plan(cfg, phase, n_labeled)
-            segments.append((plan.sample_rate, cfg.strategy.num_rounds * plan.steps_per_call))
-    return segments
 
 
 def load_accountant(context: Context, train_config: Mapping[str, Any], pid: int, mechanism: str) -> ClientAccountant:
@@ -79,8 +50,11 @@ def save_accountant(context: Context, acc: ClientAccountant) -> None:
     context.state.config_records[STATE_KEY] = ConfigRecord(acc.state_dict())
 
 
-def noise_multiplier(cfg: RunConfig, acc: ClientAccountant, n_all: int, n_labeled: int) -> float:
-    """Sigma for this client: fixed by config, kept from earlier rounds, or calibrated once for the run."""
+def noise_multiplier(cfg: RunConfig, acc: ClientAccountant, planned: Sequence[tuple[float, int]]) -> float:
+    """Sigma for this client: fixed by config, kept from earlier rounds, or calibrated once for the run.
+
+    ``planned``: the ``(sample_rate, steps)`` segments the client may spend over the whole plan.
+    """
     if cfg.privacy.dp_noise_multiplier > 0:
         return cfg.privacy.dp_noise_multiplier
     if acc.history:
@@ -88,16 +62,16 @@ def noise_multiplier(cfg: RunConfig, acc: ClientAccountant, n_all: int, n_labele
     return calibrate_noise(
         target_epsilon=cfg.privacy.dp_target_epsilon,
         delta=cfg.privacy.dp_delta,
-        segments=planned_segments(cfg, n_all, n_labeled),
+        segments=list(planned),
         mechanism=cfg.privacy.dp_accountant,
     )
 
 
 def round_budget(
-    cfg: RunConfig, acc: ClientAccountant, plan: DPPlan, n_all: int, n_labeled: int
+    cfg: RunConfig, acc: ClientAccountant, plan: DPPlan, planned: Sequence[tuple[float, int]]
 ) -> tuple[float, float, bool]:
     """Sigma, projected epsilon after one more local call (``plan``), and whether the call may go ahead."""
-    sigma = noise_multiplier(cfg, acc, n_all, n_labeled)
+    sigma = noise_multiplier(cfg, acc, planned)
     projected = acc.epsilon(cfg.privacy.dp_delta, extra=(sigma, plan.sample_rate, plan.steps_per_call))
     return sigma, projected, not over_budget(cfg, projected)
 

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from fedtrain.config import RunConfig
-from fedtrain.data import FederatedData
+from fedtrain.data import ClientData, FederatedData
 from fedtrain.errors import ConfigError
 from fedtrain.privacy.calibration import smallest_epsilon
-from fedtrain.privacy.client_privacy import planned_segments
 from fedtrain.privacy.user_level import sampled_clients
 
 __all__ = ["check_privacy_plan", "user_dp_signal_to_noise", "warn_weak_user_dp"]
 
 
-def check_privacy_plan(cfg: RunConfig, data: FederatedData) -> None:
-    """Refuse a delta that is not below 1/records, or a budget no noise level can meet."""
+def check_privacy_plan(
+    cfg: RunConfig, data: FederatedData, planned: Callable[[ClientData], list[tuple[float, int]]]
+) -> None:
+    """Refuse a delta that is not below 1/records, or a budget no noise level can meet.
+
+    ``planned`` gives a client's ``(sample_rate, steps)`` segments over the whole plan.
+    """
     if not cfg.sample_dp:
         return
     pc = cfg.privacy
@@ -30,7 +35,7 @@ def check_privacy_plan(cfg: RunConfig, data: FederatedData) -> None:
     if pc.dp_noise_multiplier > 0:
         return
     for pid, client in enumerate(data.clients):
-        segments = planned_segments(cfg, len(client.train.y), len(client.labeled.y))
+        segments = planned(client)
         floor = smallest_epsilon(pc.dp_delta, segments, pc.dp_accountant)
         if pc.dp_target_epsilon <= floor:
             steps = sum(n for _, n in segments)

@@ -64,6 +64,6 @@ class RoundExchange(ABC):
 EXCHANGES: Registry[Callable[[RunConfig], RoundExchange]] = Registry("round-exchange")
 
 
-def build_exchange(cfg: RunConfig, name: str = "message") -> RoundExchange:
-    """The exchange for this run (``message`` today; SecAgg+ and a vectorised simulator plug in here)."""
+def build_exchange(cfg: RunConfig, name: str) -> RoundExchange:
+    """The exchange named ``name`` (config key ``round-exchange``) for this run."""
     return EXCHANGES.get(name)(cfg)

@@ -33,12 +33,19 @@ def client_report(reply: Message) -> dict[str, Any]:
     return report
 
 
+def _missing(messages: list[Message], replies: list[Message]) -> list[str]:
+    """One line per sampled node that sent no reply before the round timed out (Flower drops them silently)."""
+    answered = {m.metadata.src_node_id for m in replies}
+    return [f"node {m.metadata.dst_node_id}: no reply before round-timeout" for m in messages
+            if m.metadata.dst_node_id not in answered]  # fmt: skip
+
+
 class MessageExchange(RoundExchange):
     """Every sampled client gets the global arrays and replies with its new ones, in the clear."""
 
     def train(self, request: RoundRequest) -> TrainReplies:
         r = request
-        messages = r.strategy.configure_train(r.server_round, r.arrays, r.config, r.grid)
+        messages = list(r.strategy.configure_train(r.server_round, r.arrays, r.config, r.grid))
         replies = list(r.grid.send_and_receive(messages, timeout=r.timeout))
         shared = train_loss_shared(self.cfg)
         canonical_metrics(replies, "train", withheld=() if shared else (wire.TRAIN_LOSS,))
@@ -53,11 +60,11 @@ class MessageExchange(RoundExchange):
             return arrays
 
         return TrainReplies(
-            sent=len(replies),
+            sent=len(messages),
             trained=[report_of[id(m)] for m in chosen.trained],
             declined=[report_of[id(m)] for m in chosen.declined],
             refused=chosen.refused,
-            failures=errors(replies) + chosen.refused,
+            failures=errors(replies) + chosen.refused + _missing(messages, replies),
             aggregate=aggregate,
         )
 

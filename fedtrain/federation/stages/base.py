@@ -18,13 +18,22 @@ __all__ = ["STAGES", "OneShotStage", "Stage", "StageFactory", "StageResult"]
 
 @dataclass
 class StageResult:
-    """How a stage ended; ``arrays`` are handed to the next stage."""
+    """How a stage ended; ``arrays`` are handed to the next stage.
+
+    ``ends_run``: whether the run ends here. A failure or a spent privacy budget ends it; early stopping
+    ends only its stage (``status="stopped"``, ``ends_run=False``), and the plan goes on (e.g. to export).
+    """
 
     name: str
     arrays: ArrayRecord
     rounds: int
     status: str  # "completed" | "stopped" | "failed"
     reason: str = ""
+    ends_run: bool | None = None  # default: every ending but "completed"
+
+    def __post_init__(self) -> None:
+        if self.ends_run is None:
+            self.ends_run = self.status != "completed"
 
 
 class Stage(ABC):
@@ -59,12 +68,22 @@ class Stage(ABC):
         ctx.arrays = result.arrays
         s = ctx.state
         s.stages.append(StageRecord(result.name, result.rounds, result.status, result.reason))
-        if result.status != "completed":  # the round that ended the stage may have spent budget
-            ctx.checkpointer.persist_privacy()
+        if result.ends_run:  # the position stays, so a resume (e.g. with a larger budget) continues the stage
+            ctx.checkpointer.persist_privacy()  # the round that ended the stage may have spent budget
             return result
         s.stage_index, s.stage_round = ctx.stage_index + 1, 0
         self.after(ctx, result)
+        if self.checkpoints_ending(result):
+            ctx.checkpointer.save(ctx.arrays, best=False)  # resume starts the next stage from these arrays
         return result
+
+    def checkpoints_ending(self, result: StageResult) -> bool:
+        """Whether to checkpoint the position after this stage; a resume then skips it.
+
+        Always, except after a federated stage that ran all its rounds: its last round's checkpoint is kept,
+        so that ``--resume`` with more rounds extends the stage.
+        """
+        return True
 
     @abstractmethod
     def execute(self, ctx: RunContext, done_rounds: int) -> StageResult:
@@ -78,7 +97,8 @@ class OneShotStage(Stage):
     """A stage without rounds or strategy (export, calibration, publication).
 
     :meth:`apply` reads what it needs from the context and returns the arrays for the next stage
-    (usually the ones it was given). Its completion is checkpointed, so a resumed run skips it.
+    (usually the ones it was given). Its ending is checkpointed with those arrays, so a resumed run skips
+    it and the next stage starts from them.
     """
 
     @abstractmethod
@@ -87,9 +107,6 @@ class OneShotStage(Stage):
 
     def execute(self, ctx: RunContext, done_rounds: int) -> StageResult:
         return StageResult(self.label, self.apply(ctx), 0, "completed")
-
-    def after(self, ctx: RunContext, result: StageResult) -> None:
-        ctx.checkpointer.persist_position()
 
 
 # A plan entry (``plan = "pretrain,finetune"``) names a factory; one entry may expand to several stages.

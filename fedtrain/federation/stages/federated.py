@@ -91,9 +91,12 @@ class FederatedStage(Stage):
                 return step
             arrays, done = step.arrays, phase_round
             stop = ctx.bookkeeper.on_round(step, ctx.stage_index)
-            if stop:
-                return StageResult(self.label, self.finish(arrays), done, "stopped", stop)
+            if stop:  # early stopping ends this stage only; the plan goes on
+                return StageResult(self.label, self.finish(arrays), done, "stopped", stop, ends_run=False)
         return StageResult(self.label, self.finish(arrays), done, "completed")
+
+    def checkpoints_ending(self, result: StageResult) -> bool:
+        return result.status != "completed"
 
     def _too_few(self, replies: TrainReplies) -> StageResult | None:
         """End the stage when too few clients trained: their budget is spent, or none did DP."""

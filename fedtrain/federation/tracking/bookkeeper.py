@@ -78,7 +78,7 @@ class RoundBookkeeper:
         """Book a finished round; return a reason to stop the stage early (supervised stages only)."""
         scores = self.evaluator.score(outcome.arrays)
         record = round_record(outcome, scores)
-        self.privacy.sync_user_releases()  # histories arrived before aggregation (the stage's on_spent)
+        self.privacy.sync_user_releases()  # the stage gave the ledger this round's histories before aggregating
         record.update(self.privacy.record(outcome.declined))
         self.folder.append_metrics(record)
         self.last = record

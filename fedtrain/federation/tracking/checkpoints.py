@@ -7,6 +7,7 @@ saved with the state, so a resumed run continues their streams instead of repeat
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from fedtrain.data import Normalizer
 from fedtrain.errors import CheckpointError
 from fedtrain.federation.run_state import RunState
 from fedtrain.logging import get_logger
+from fedtrain.privacy.ledger import PrivacyLedger
 from fedtrain.results import RunFolder
 
 __all__ = ["Checkpointer", "ResumePoint", "open_run", "seed_generators"]
@@ -42,14 +44,23 @@ class Checkpointer:
         cfg: RunConfig,
         folder: RunFolder,
         state: RunState,
+        privacy: PrivacyLedger,
         normalizer: Normalizer,
         classes: tuple[str, ...],
         input_shape: tuple[int, ...],
+        *,
+        session_start: float | None = None,
     ) -> None:
-        self.cfg, self.folder, self.state = cfg, folder, state
+        self.cfg, self.folder, self.state, self.privacy = cfg, folder, state, privacy
+        # Wall time: the run's earlier sessions (from the state) plus this one, kept current in every checkpoint.
+        self._wall_before, self._session_start = state.wall_seconds, session_start or time.perf_counter()
         self.normalizer, self.classes, self.input_shape = normalizer, classes, input_shape
 
+    def update_wall_time(self) -> None:
+        self.state.wall_seconds = self._wall_before + time.perf_counter() - self._session_start
+
     def payload(self, arrays: ArrayRecord) -> dict[str, Any]:
+        self.update_wall_time()
         return {
             "arrays": arrays.to_torch_state_dict(),
             "normalizer": self.normalizer.state_dict(),
@@ -63,19 +74,13 @@ class Checkpointer:
     def save(self, arrays: ArrayRecord, *, best: bool) -> None:
         self.folder.save_checkpoint(self.payload(arrays), best=best)
 
-    def persist_position(self) -> None:
-        """Write the whole current state into the latest checkpoint (after a stage that has no rounds)."""
-        if self.folder.latest_checkpoint.is_file():
-            ckpt = self.folder.load_checkpoint("latest")
-            ckpt["state"] = self.state.to_dict()
-            ckpt.pop("format", None)
-            self.folder.save_checkpoint(ckpt)
-
     def persist_privacy(self) -> None:
         """Put the ledger's latest state into the latest checkpoint, keeping its position in the plan.
 
-        A round that ends its stage early (budget, failure) may have spent budget after the last save.
+        A round that ends the run (budget, failure) may have spent budget after the last save, and a user-level
+        release may have been made in it.
         """
+        self.privacy.sync_user_releases()
         if not self.folder.latest_checkpoint.is_file():
             return
         ckpt = self.folder.load_checkpoint("latest")
