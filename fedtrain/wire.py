@@ -49,3 +49,11 @@ NORM_SHAPE = "norm-shape"  # shape of shift and scale (sent flattened)
 NORM_SHIFT = "norm-shift"
 NORM_SCALE = "norm-scale"
 NORM_CLIP = "norm-clip"  # absent: no clipping
+
+# SecAgg+ (round-exchange secaggplus): the legacy fitins/fitres layout Flower's workflow and mod need.
+SECAGG_KEYS = "secagg-keys"  # fitins.config: array names, in the order of fitins.parameters
+SECAGG_CLIPPING_RANGE = "secagg-clipping-range"  # fitins.config: what the mod clips each scaled value to
+SECAGG_MAX_WEIGHT = "secagg-max-weight"  # fitins.config: the weight a client's update is scaled against
+SECAGG_CLIPPED = "secagg-clipped"  # fitres.metrics: values of this update the mod will clip
+SECAGG_VALUES = "secagg-values"  # fitres.metrics: values in the update
+SECAGG_LISTS = "secagg-lists"  # fitins.config: the train config's list entries, as JSON (legacy configs hold scalars)

@@ -18,6 +18,7 @@ from typing import Any
 from fedtrain.config.data_source import check_data_source
 from fedtrain.config.dp_defaults import NONE_APPLIED, apply_dp_defaults, table_keys
 from fedtrain.config.schema import SECTIONS, RunConfig
+from fedtrain.config.secagg import check_secagg
 from fedtrain.errors import ConfigError
 from fedtrain.registry import names_of
 
@@ -232,6 +233,7 @@ def _cross_checks(cfg: RunConfig) -> list[str]:
                 )
     problems.extend(_unaccounted_checks(cfg))
     problems.extend(check_data_source(cfg))
+    problems.extend(check_secagg(cfg))
     if cfg.strategy.early_stopping_patience > 0 and cfg.data.val_fraction == 0:
         problems.append(
             f"early-stopping-patience={cfg.strategy.early_stopping_patience} needs a validation split: set "

@@ -478,6 +478,56 @@ class OutputConfig:
     report: bool = setting(True, "Write PNG plots and report.html at the end.")
 
 
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Secure aggregation with Flower's SecAgg+ (see docs/secure-aggregation.md)."""
+
+    secure_aggregation: bool = setting(
+        False,
+        "Mask every client update with SecAgg+ (Flower's protocol): the server learns only the weighted mean of "
+        "the updates of each round, in every federated stage. Same as `round-exchange=secaggplus`.",
+    )
+    secagg_num_shares: float = setting(
+        1.0,
+        "Shares of each client's secrets: a count (> 2), or a fraction (<= 1) of the round's sampled clients.",
+        low=0.0,
+        low_open=True,
+    )
+    secagg_reconstruction_threshold: float = setting(
+        0.5,
+        "Shares needed to rebuild a lost client's mask: a count (< shares), or a fraction (<= 1) of the shares. "
+        "More clients than shares minus threshold lost in a round halt it.",
+        low=0.0,
+        low_open=True,
+    )
+    secagg_clipping_range: float = setting(
+        0.0,
+        "Each value of a client's scaled update is clipped to +-this before quantisation; 0 = automatic, from the "
+        "round's learning rate, the local steps and the gradient clipping. Clipped values are counted per round.",
+        low=0.0,
+    )
+    secagg_quantization_range: int = setting(4194304, "Levels of the quantisation (2^22).", low=2)
+    secagg_modulus_range: int = setting(
+        4294967296, "Modulus of the masked sums: a power of two above the quantisation range (2^32).", low=2
+    )
+    secagg_max_weight: float = setting(
+        0.0,
+        "The weight (records) a client's update is scaled against before clipping; 0 = the largest client's "
+        "training records (simulation) or 1000.",
+        low=0.0,
+    )
+    secagg_timeout: float = setting(0.0, "Seconds each protocol stage waits for replies; 0 = round-timeout.", low=0.0)
+    secagg_halt_policy: str = setting(
+        "retry",
+        "When a round's protocol halts (too many clients lost): `retry` it without the lost clients (twice at "
+        "most), `skip` the round (the model stays), or `stop` the run.",
+        choices=("retry", "skip", "stop"),
+    )
+    secagg_clipped_warning: float = setting(
+        0.001, "Warn when more than this share of a round's update values were clipped.", low=0.0, high=1.0
+    )
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "partition": PartitionConfig,
@@ -488,6 +538,7 @@ SECTIONS: dict[str, type] = {
     "strategy": StrategyConfig,
     "runtime": RuntimeConfig,
     "output": OutputConfig,
+    "secagg": SecAggConfig,
 }
 
 
@@ -504,6 +555,12 @@ class RunConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+
+    @property
+    def exchange(self) -> str:
+        """The round exchange that carries this run's rounds (``secure-aggregation`` selects SecAgg+)."""
+        return "secaggplus" if self.secagg.secure_aggregation else self.strategy.round_exchange
 
     @property
     def phases(self) -> list[str]:

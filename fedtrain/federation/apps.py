@@ -12,6 +12,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedtrain.federation.client import handle_evaluate, handle_train
+from fedtrain.federation.secagg_client import secagg_mod
 from fedtrain.federation.server import run_server
 from fedtrain.privacy.client_mods import user_dp_clipping_mod
 
@@ -22,7 +23,8 @@ def build_client_app() -> ClientApp:
     """The ClientApp: local pretraining and fine-tuning (with DP when asked), and local evaluation."""
     app = ClientApp()
 
-    @app.train(mods=[user_dp_clipping_mod])  # client-side clipping for user-level DP, when asked
+    # SecAgg+ outermost, so that user-level clipping happens before masking; each acts only when asked.
+    @app.train(mods=[secagg_mod, user_dp_clipping_mod])
     def train(msg: Message, context: Context) -> Message:
         """Train the global model on this node's local data."""
         return handle_train(msg, context)

@@ -22,6 +22,7 @@ from fedtrain.errors import ConfigError
 from fedtrain.federation.client_tasks import LocalCall, client_task
 from fedtrain.federation.context import config_from_run_config
 from fedtrain.federation.dp_plan import planned_segments
+from fedtrain.federation.secagg_client import as_fitres, from_fitins, is_secagg
 from fedtrain.logging import get_logger
 from fedtrain.models import build_model
 from fedtrain.pretrain import AUX_PREFIX
@@ -55,25 +56,35 @@ class _Local:
     aux: dict[str, torch.Tensor]
 
 
-def _local_model(msg: Message, context: Context) -> _Local:
+def _local_model(content: RecordDict, context: Context) -> _Local:
     cfg = config_from_run_config(context.run_config)
     torch.set_num_threads(cfg.runtime.torch_threads)
     source = data_source(cfg, context.node_config)  # a data-path file, or the simulated partition
     # Classes, input shape and normaliser are the federation's, sent by the server with every message.
-    spec = received_spec(cfg, msg.content.config_records.get(wire.CONFIG))
+    spec = received_spec(cfg, content.config_records.get(wire.CONFIG))
     client = source.client_data(spec)
     model = build_model(cfg.model, spec.input_shape, len(spec.classes))
-    arrays = msg.content.array_records[wire.ARRAYS].to_torch_state_dict()
+    arrays = content.array_records[wire.ARRAYS].to_torch_state_dict()
     model.load_state_dict({k: v for k, v in arrays.items() if not k.startswith(AUX_PREFIX)})
     aux = {k: v for k, v in arrays.items() if k.startswith(AUX_PREFIX)}
     return _Local(cfg, client, source.partition_id, model, aux)
 
 
 def handle_train(msg: Message, context: Context) -> Message:
-    """Run this round's local work for the message's phase and reply with the new weights."""
-    local = _local_model(msg, context)
+    """Run this round's local work for the message's phase and reply with the new weights.
+
+    Under SecAgg+ the request and reply use Flower's legacy layout and the reply carries the update.
+    """
+    if is_secagg(msg):
+        return Message(as_fitres(msg.content, train(from_fitins(msg.content), context)), reply_to=msg)
+    return Message(train(msg.content, context), reply_to=msg)
+
+
+def train(content: RecordDict, context: Context) -> RecordDict:
+    """The local work of one train request: fedtrain's layout in and out."""
+    local = _local_model(content, context)
     cfg, client, pid, model, aux = local.cfg, local.client, local.pid, local.model, local.aux
-    config = msg.content.config_records[wire.CONFIG]
+    config = content.config_records[wire.CONFIG]
     task = client_task(str(config.get(wire.PHASE, "finetune")))
     global_round = int(_number(config, wire.GLOBAL_ROUND, _number(config, wire.SERVER_ROUND, 1)))
     seed = cfg.runtime.seed * 1_000_003 + global_round * 1_009 + pid
@@ -91,7 +102,7 @@ def handle_train(msg: Message, context: Context) -> Message:
             metrics[wire.NUM_EXAMPLES] = 0
             if train_loss_shared(cfg):
                 metrics[wire.TRAIN_LOSS] = 0.0
-            return _reply(msg, {**model.state_dict(), **aux}, metrics, acc)
+            return _reply({**model.state_dict(), **aux}, metrics, acc)
     call = LocalCall(
         cfg, model, aux, config, lr=_number(config, wire.LR), proximal_mu=_number(config, wire.PROXIMAL_MU, 0.0),
         seed=seed, noise_multiplier=sigma,
@@ -104,7 +115,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     metrics[wire.NUM_EXAMPLES] = result.num_examples
     if train_loss_shared(cfg):  # under DP an unnoised loss of private records stays on the client
         metrics[wire.TRAIN_LOSS] = result.loss
-    return _reply(msg, arrays, metrics, acc)
+    return _reply(arrays, metrics, acc)
 
 
 def _budget(
@@ -123,18 +134,16 @@ def _budget(
     return sigma, report, acc
 
 
-def _reply(
-    msg: Message, arrays: dict[str, torch.Tensor], metrics: dict[str, Any], acc: ClientAccountant | None = None
-) -> Message:
+def _reply(arrays: dict[str, torch.Tensor], metrics: dict[str, Any], acc: ClientAccountant | None = None) -> RecordDict:
     content = RecordDict({wire.ARRAYS: ArrayRecord(arrays), wire.METRICS: MetricRecord(metrics)})
     if acc is not None:  # the whole history, so the server's ledger can rebuild and audit every epsilon
         content[wire.DP_HISTORY] = ConfigRecord(acc.state_dict())
-    return Message(content, reply_to=msg)
+    return content
 
 
 def handle_evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this client's local evaluation share."""
-    local = _local_model(msg, context)
+    local = _local_model(msg.content, context)
     client = local.client
     # A client without an evaluation share reports on its training data with weight 0.
     data = client.eval if client.eval is not None else client.train

@@ -96,7 +96,7 @@ def run_server(grid: Grid, context: Context) -> Path:
     ctx = RunContext(
         cfg=cfg, grid=grid, folder=folder, arrays=start.arrays or ArrayRecord(initial.state_dict()),
         normalizer=data.normalizer, classes=classes, input_shape=input_shape, privacy=privacy, state=state,
-        build_model=new_model, make_strategy=make_strategy, exchange=build_exchange(cfg, cfg.strategy.round_exchange),
+        build_model=new_model, make_strategy=make_strategy, exchange=build_exchange(cfg, cfg.exchange),
         evaluator=evaluator, checkpointer=checkpointer, bookkeeper=bookkeeper, warnings=warnings,
         data_config=spec_to_config(data.spec),
     )  # fmt: skip

@@ -7,5 +7,14 @@ vectorised simulator) is a new :class:`RoundExchange` registered in :data:`EXCHA
 
 from fedtrain.federation.exchange.base import EXCHANGES, RoundExchange, RoundRequest, TrainReplies, build_exchange
 from fedtrain.federation.exchange.message import MessageExchange
+from fedtrain.federation.exchange.secaggplus import SecAggPlusExchange
 
-__all__ = ["EXCHANGES", "MessageExchange", "RoundExchange", "RoundRequest", "TrainReplies", "build_exchange"]
+__all__ = [
+    "EXCHANGES",
+    "MessageExchange",
+    "RoundExchange",
+    "RoundRequest",
+    "SecAggPlusExchange",
+    "TrainReplies",
+    "build_exchange",
+]

@@ -44,6 +44,9 @@ class TrainReplies:
     refused: list[str] = field(default_factory=list)  # replies not counted (no DP evidence), one reason each
     failures: list[str] = field(default_factory=list)  # error replies and refusals, one line each
     aggregate: Callable[[], ArrayRecord | None] = lambda: None
+    metrics: dict[str, Any] = field(default_factory=dict)  # the exchange's own figures, for the metrics line
+    stop: str = ""  # set when the exchange's policy ends the run here (e.g. a halted SecAgg+ round)
+    warnings: list[str] = field(default_factory=list)  # for the user: logged and kept in summary.json
 
 
 class RoundExchange(ABC):

@@ -130,9 +130,13 @@ class FederatedStage(Stage):
         except PrivacyBudgetExhausted as err:
             return StageResult(self.label, arrays, 0, "stopped", f"user-level privacy budget: {err}")
         ctx.privacy.update(replies.trained + replies.declined)  # before aggregation: no ending loses the spend
+        for warning in replies.warnings:
+            ctx.warn(warning)
         stop = self._too_few(replies)
         if stop is not None:
             return stop
+        if replies.stop:
+            return StageResult(self.label, arrays, 0, "stopped", replies.stop)
         new_arrays = replies.aggregate()
         failures = list(replies.failures)
         if new_arrays is None:
@@ -164,6 +168,6 @@ class FederatedStage(Stage):
             seconds=time.perf_counter() - t0,
             declined=len(replies.declined),
             supervised=self.supervised,
-            extra=self.central_metrics(ctx, new_arrays),
+            extra={**replies.metrics, **self.central_metrics(ctx, new_arrays)},
             strategy_state=strategy_state(strategy),
         )

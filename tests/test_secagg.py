@@ -1,0 +1,128 @@
+"""SecAgg+ as a round exchange: the unmasked aggregate, dropouts in every stage, policies, DP, accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+
+from fedtrain.errors import ConfigError
+from fedtrain.federation import build_client_app
+from fedtrain.results import RunFolder
+from fedtrain.runtime import InProcessGrid, run_inprocess
+
+SECAGG = {"secure_aggregation": True}
+
+
+def _summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return RunFolder(run_dir).read_metrics()
+
+
+def _losing(node_index: int, stage: str, rounds: tuple[int, ...] = (1,), count: int = 1):
+    """A ClientApp whose nodes ``node_index .. node_index+count-1`` fail in SecAgg+ ``stage`` of ``rounds``."""
+    app = build_client_app()
+    first = 1001
+
+    def client(msg: Message, context: Context) -> Message:
+        config = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+        lost = first + node_index <= msg.metadata.dst_node_id < first + node_index + count
+        if config is not None and lost and config.get(Key.STAGE) == stage and int(msg.metadata.group_id) in rounds:
+            raise RuntimeError(f"node lost in {stage}")
+        return app(msg, context)
+
+    return client
+
+
+def test_the_unmasked_aggregate_is_fedavg_within_the_quantisation_bound(small_config):
+    plain = small_config(num_rounds=1, run_name="plain")
+    masked = small_config(num_rounds=1, run_name="masked", **SECAGG)
+    a = RunFolder(run_inprocess(plain)).load_checkpoint("latest")["arrays"]
+    run_dir = run_inprocess(masked)
+    b = RunFolder(run_dir).load_checkpoint("latest")["arrays"]
+    (record,) = _records(run_dir)
+    # Each of K clients quantises its scaled update with step 2c/q (stochastic rounding: error < one step);
+    # the server divides the sum by the total weight W = sum(n_i / max_weight) >= K * min(n_i) / max(n_i).
+    c, q, k = record["secagg_clipping_range"], masked.secagg.secagg_quantization_range, record["clients_trained"]
+    step = 2 * c / q
+    bound = k * step / 0.5  # every partition here holds at least half the largest one's records (iid-ish, 3 clients)
+    worst = max(float((a[key] - b[key]).abs().max()) for key in a)
+    assert b["hidden.0.linear.weight"].dtype == a["hidden.0.linear.weight"].dtype  # cast back from float64
+    assert 0 < worst <= bound, (worst, bound)  # masked, so not bit-equal; within the bound
+
+
+@pytest.mark.parametrize("stage", ["setup", "share_keys", "collect_masked_vectors", "unmask"])
+def test_a_node_lost_in_any_stage_is_survived(small_config, stage):
+    cfg = small_config(num_clients=5, min_clients=3, num_rounds=2, **SECAGG)
+    run_dir = run_inprocess(cfg, grid=InProcessGrid(_losing(0, stage), 5, cfg.to_flat()))
+    summary, first = _summary(run_dir), _records(run_dir)[0]
+    assert summary["status"] == "completed", summary.get("reason")
+    assert first["failures"] >= 1 and first["clients_trained"] >= 4  # counted, and the others' updates kept
+    if stage in ("setup", "share_keys"):  # Flower halts here: fedtrain retries without the lost node
+        assert first["secagg_attempts"] == 2 and first["secagg_halted"]
+    else:  # recovered by the protocol itself
+        assert first["secagg_attempts"] == 1
+
+
+@pytest.mark.parametrize(("policy", "status"), [("skip", "completed"), ("stop", "stopped"), ("retry", "stopped")])
+def test_beyond_the_threshold_the_policy_applies(small_config, policy, status):
+    # 5 clients, all hold shares, threshold 4: losing 2 in the unmask stage leaves too few shares.
+    cfg = small_config(num_clients=5, min_clients=3, num_rounds=2, secagg_reconstruction_threshold=4,
+                       secagg_halt_policy=policy, **SECAGG)  # fmt: skip
+    client = _losing(0, "unmask", rounds=(1, 2), count=2)
+    run_dir = run_inprocess(cfg, grid=InProcessGrid(client, 5, cfg.to_flat()))
+    summary = _summary(run_dir)
+    assert summary["status"] == status, summary.get("reason")
+    if policy == "skip":
+        records = _records(run_dir)
+        assert all(r["secagg_halted"] for r in records)  # marked in metrics.jsonl, with the stage
+        assert "unmask" in records[0]["secagg_halted"][0]
+    else:
+        assert "halted in unmask" in summary["reason"]
+
+
+def test_secagg_with_sample_level_dp_accounts_as_without(small_config):
+    dp = {"dp_level": "sample", "num_rounds": 2, "hidden_sizes": "16"}
+    plain = _summary(run_inprocess(small_config(**dp, run_name="plain")))
+    masked_dir = run_inprocess(small_config(**dp, run_name="masked", **SECAGG))
+    masked = _summary(masked_dir)
+    assert masked["status"] == "completed"
+    assert masked["privacy"]["sample"]["epsilon_max"] == pytest.approx(plain["privacy"]["sample"]["epsilon_max"])
+    assert (masked_dir / "privacy.json").is_file()
+
+
+def test_defaults_reach_the_same_accuracy_with_and_without_secagg(tmp_path):
+    from fedtrain.config import load_config
+
+    base = {"progress": False, "report": False, "out-dir": str(tmp_path)}
+    plain = _summary(run_inprocess(load_config(overrides={**base, "run-name": "plain"})))
+    masked = _summary(run_inprocess(load_config(overrides={**base, "run-name": "masked", "secure-aggregation": True})))
+    assert abs(plain["final"]["accuracy"] - masked["final"]["accuracy"]) <= 0.005
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"strategy": "krum"}, r"SecAgg\+ hides"),
+    ({"dp_level": "user"}, "not supported yet"),
+    ({"secagg_num_shares": 2}, "whole number above 2"),
+    ({"secagg_num_shares": 5, "secagg_reconstruction_threshold": 5}, "must be below"),
+    ({"secagg_modulus_range": 3000000}, "power of two"),
+    ({"round_exchange": "message", "secure_aggregation": True, "secagg_num_shares": 2.5}, "whole number"),
+])  # fmt: skip
+def test_bad_secagg_settings_are_config_errors(small_config, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        small_config(**{**SECAGG, **overrides})
+
+
+def test_clipped_values_are_counted_and_warned_about(small_config):
+    run_dir = run_inprocess(small_config(num_rounds=1, secagg_clipping_range=0.001, **SECAGG))
+    (record,) = _records(run_dir)
+    assert record["secagg_clipped"] > 0 and 0 < record["secagg_clipped_fraction"] <= 1
+    assert any("clipped" in w for w in _summary(run_dir)["warnings"])
+    assert np.isfinite(record["test_loss"])
