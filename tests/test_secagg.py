@@ -126,3 +126,13 @@ def test_clipped_values_are_counted_and_warned_about(small_config):
     assert record["secagg_clipped"] > 0 and 0 < record["secagg_clipped_fraction"] <= 1
     assert any("clipped" in w for w in _summary(run_dir)["warnings"])
     assert np.isfinite(record["test_loss"])
+
+
+def test_the_report_has_a_secure_aggregation_section(small_config):
+    cfg = small_config(num_clients=5, min_clients=3, num_rounds=2, report=True, **SECAGG)
+    run_dir = run_inprocess(cfg, grid=InProcessGrid(_losing(0, "setup", rounds=(1, 2)), 5, cfg.to_flat()))
+    secagg = _summary(run_dir)["secure_aggregation"]
+    assert secagg["shares"] == 4 and secagg["threshold"] == 2  # the retry ran with the 4 remaining clients
+    assert secagg["retried_rounds"] == 2 and secagg["halted_rounds"][0]["stages"] == ["setup"]
+    page = (run_dir / "report.html").read_text()
+    assert "<h2>Secure aggregation</h2>" in page and "rounds retried" in page

@@ -13,7 +13,7 @@ from fedtrain.privacy.unaccounted import label_counts_allowed
 from fedtrain.results import RunFolder, plot_curves, plot_label_distribution, write_report
 from fedtrain.results.report import SELECTED_BY_LAST_ROUND, SELECTED_BY_VALIDATION
 
-__all__ = ["summary", "write_outputs", "write_privacy"]
+__all__ = ["secagg_summary", "summary", "write_outputs", "write_privacy"]
 
 
 def _nan_if_none(value: Any) -> float:
@@ -55,6 +55,27 @@ def summary(
     return payload
 
 
+def secagg_summary(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The SecAgg+ figures of a run (None without SecAgg+): shares, threshold, clipping, retried and halted rounds."""
+    rounds = [r for r in records if "secagg_attempts" in r]
+    if not rounds:
+        return None
+    last = rounds[-1]
+    return {
+        "shares": last.get("secagg_shares"),
+        "threshold": last.get("secagg_threshold"),
+        "clipping_range": last.get("secagg_clipping_range"),
+        "clipped": sum(int(r.get("secagg_clipped", 0)) for r in rounds),
+        "max_clipped_fraction": max(float(r.get("secagg_clipped_fraction", 0.0)) for r in rounds),
+        "retried_rounds": sum(int(r["secagg_attempts"]) > 1 for r in rounds),
+        "halted_rounds": [
+            {"phase": r["phase"], "round": r["round"], "stages": r["secagg_halted"]}
+            for r in rounds
+            if r.get("secagg_halted")
+        ],
+    }
+
+
 def write_outputs(
     folder: RunFolder,
     cfg: RunConfig,
@@ -63,6 +84,9 @@ def write_outputs(
     classes: tuple[str, ...],
 ) -> None:
     """summary.json, then (unless ``report=false``) the plots and report.html."""
+    secagg = secagg_summary(folder.read_metrics())
+    if secagg is not None:
+        payload["secure_aggregation"] = secagg
     folder.write_json("summary.json", payload)
     if not cfg.output.report:
         return

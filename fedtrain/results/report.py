@@ -54,6 +54,21 @@ def _privacy_rows(privacy: dict[str, Any]) -> list[tuple[str, Any]]:
     return rows
 
 
+def _secagg_rows(secagg: dict[str, Any]) -> list[tuple[str, Any]]:
+    halted = secagg.get("halted_rounds", [])
+    return [
+        ("protocol", "SecAgg+ (Flower), updates masked; the server sees only each round's weighted mean"),
+        ("shares / reconstruction threshold", f"{secagg.get('shares')} / {secagg.get('threshold')}"),
+        ("clipping range (last round)", secagg.get("clipping_range")),
+        (
+            "values clipped",
+            f"{secagg.get('clipped', 0)} (at most {secagg.get('max_clipped_fraction', 0):.3%} of a round)",
+        ),
+        ("rounds retried", secagg.get("retried_rounds", 0)),
+        ("rounds halted", ", ".join(f"{r['phase']} {r['round']}: {'; '.join(r['stages'])}" for r in halted) or "none"),
+    ]
+
+
 def _table(rows: list[tuple[str, Any]]) -> str:
     body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
@@ -94,6 +109,8 @@ def write_report(path: Path, summary: dict[str, Any], images: list[Path]) -> Pat
         f"<tr><td>{html.escape(p['name'])}</td><td>{p['rounds']}</td><td>{html.escape(p['status'])}</td></tr>"
         for p in summary.get("phases", [])
     )
+    secagg = summary.get("secure_aggregation")
+    secagg_html = f"<h2>Secure aggregation</h2>{_table(_secagg_rows(secagg))}" if secagg else ""
     figs = "".join(
         f'<figure><img alt="{img.stem}" src="{png_data_uri(img)}"></figure>' for img in images if img.is_file()
     )
@@ -102,7 +119,7 @@ def write_report(path: Path, summary: dict[str, Any], images: list[Path]) -> Pat
 <style>{_STYLE}</style></head><body>
 <h1>fedtrain run <code>{name}</code></h1>{warnings}
 <h2>Summary</h2>{_table(overview)}
-<h2>Privacy</h2>{_table(_privacy_rows(privacy))}{outside}
+<h2>Privacy</h2>{_table(_privacy_rows(privacy))}{outside}{secagg_html}
 <h2>Phases</h2><table><tr><th>phase</th><th>rounds</th><th>status</th></tr>{phases}</table>
 <h2>Plots</h2><div class="grid">{figs}</div>
 <h2>Configuration</h2>{_table(sorted(summary.get("config", {}).items()))}

@@ -47,6 +47,12 @@ class TrainReplies:
     metrics: dict[str, Any] = field(default_factory=dict)  # the exchange's own figures, for the metrics line
     stop: str = ""  # set when the exchange's policy ends the run here (e.g. a halted SecAgg+ round)
     warnings: list[str] = field(default_factory=list)  # for the user: logged and kept in summary.json
+    spent: list[dict[str, Any]] | None = None  # everyone who spent privacy budget (default: trained + declined)
+
+    @property
+    def spenders(self) -> list[dict[str, Any]]:
+        """Reports of the clients whose training this round spent budget, for the privacy ledger."""
+        return self.spent if self.spent is not None else self.trained + self.declined
 
 
 class RoundExchange(ABC):

@@ -257,8 +257,9 @@ class SecAggPlusExchange(MessageExchange):
         if shim.mean is not None:
             attempt.mean_update = parameters_to_ndarrays(shim.mean)
         elif not attempt.halted_in:
-            lost_in = sorted({stage for stage in attempt.lost.values()})
-            attempt.halted_in = ", ".join(lost_in) or "setup (too few nodes)"
+            # The first stage with losses: later stages may fail only for want of the lost nodes' shares.
+            first = min(attempt.lost.values(), key=_STAGE_ORDER.index) if attempt.lost else ""
+            attempt.halted_in = first or "setup (too few nodes)"
         return attempt
 
     def _replies(
@@ -320,7 +321,7 @@ class SecAggPlusExchange(MessageExchange):
 
         return TrainReplies(sent=sent, trained=trained, declined=declined, refused=refused,
                             failures=failures + refused, aggregate=aggregate, metrics=metrics, stop=stop,
-                            warnings=warnings)  # fmt: skip
+                            warnings=warnings, spent=reports)  # fmt: skip
 
 
 def legacy_config(config: dict[str, Any]) -> dict[str, Scalar]:

@@ -129,7 +129,7 @@ class FederatedStage(Stage):
             replies = ctx.exchange.train(request)
         except PrivacyBudgetExhausted as err:
             return StageResult(self.label, arrays, 0, "stopped", f"user-level privacy budget: {err}")
-        ctx.privacy.update(replies.trained + replies.declined)  # before aggregation: no ending loses the spend
+        ctx.privacy.update(replies.spenders)  # before aggregation: no ending loses the spend
         for warning in replies.warnings:
             ctx.warn(warning)
         stop = self._too_few(replies)
