@@ -65,3 +65,33 @@ def test_flwr_run_keeps_each_clients_accountant_across_phases(tmp_path):
     assert summary["privacy"]["sample"]["epsilon_max"] <= 3.0
     clients = json.loads((result.run_dir / "privacy.json").read_text())["sample"]["clients"]
     assert len(clients) == 4 and all(len(c["segments"]) == 2 for c in clients.values())  # pretrain, finetune
+
+
+@pytest.mark.slow
+def test_flwr_run_with_secagg_plus(tmp_path):
+    # SecAgg+ on Ray: Flower's mod on every SuperNode, pretraining and fine-tuning both masked.
+    home = tmp_path / "flwr-home"
+    result = flwr_run(
+        ROOT,
+        flwr_home=home,
+        num_supernodes=4,
+        run_config={
+            "out-dir": str(tmp_path / "runs"),
+            "num-clients": 4,
+            "plan": "pretrain,finetune",
+            "hidden-sizes": "16",
+            "pretrain-rounds": 1,
+            "num-rounds": 2,
+            "secure-aggregation": True,
+            "progress": False,
+            "report": False,
+        },
+        timeout=480,
+    )
+    assert local_superlink_pids(home) == []
+    assert result.returncode == 0, result.output[-3000:]
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds"] == 3
+    records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["clients_trained"] for r in records] == [4, 4, 4] and all(r["secagg_attempts"] == 1 for r in records)
+    assert summary["secure_aggregation"]["shares"] == 4

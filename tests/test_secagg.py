@@ -109,7 +109,7 @@ def test_defaults_reach_the_same_accuracy_with_and_without_secagg(tmp_path):
 
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"strategy": "krum"}, r"SecAgg\+ hides"),
-    ({"dp_level": "user"}, "not supported yet"),
+    ({"dp_level": "user", "dp_user_clipping": "server"}, "cannot clip"),
     ({"secagg_num_shares": 2}, "whole number above 2"),
     ({"secagg_num_shares": 5, "secagg_reconstruction_threshold": 5}, "must be below"),
     ({"secagg_modulus_range": 3000000}, "power of two"),
@@ -136,3 +136,34 @@ def test_the_report_has_a_secure_aggregation_section(small_config):
     assert secagg["retried_rounds"] == 2 and secagg["halted_rounds"][0]["stages"] == ["setup"]
     page = (run_dir / "report.html").read_text()
     assert "<h2>Secure aggregation</h2>" in page and "rounds retried" in page
+
+
+def test_user_level_noise_on_the_unmasked_mean_has_the_promised_std(small_config):
+    # Updates of ~0 (a vanishing learning rate): the change of the global model is the server's noise alone,
+    # whose std user-level DP promises to be z * C / K on every coordinate.
+    z, c, k = 1.0, 0.5, 3
+    cfg = small_config(num_rounds=1, dp_level="user", dp_user_clipping="client", dp_user_noise_multiplier=z,
+                       dp_user_clipping_norm=c, learning_rate=1e-12, hidden_sizes="64", **SECAGG)  # fmt: skip
+    before = build_initial(cfg)
+    run_dir = run_inprocess(cfg)
+    after = RunFolder(run_dir).load_checkpoint("latest")["arrays"]
+    diff = np.concatenate([(after[key] - before[key]).numpy().ravel() for key in before])
+    assert _summary(run_dir)["privacy"]["user"]["epsilon"] > 0
+    assert diff.std() == pytest.approx(z * c / k, rel=0.05)  # measured on ~5k coordinates
+    assert abs(diff.mean()) < 3 * z * c / k / np.sqrt(diff.size)
+
+
+def test_both_dp_levels_with_secagg(small_config):
+    cfg = small_config(num_rounds=2, dp_level="both", dp_user_clipping="client", dp_user_noise_multiplier=0.1,
+                       hidden_sizes="16", **SECAGG)  # fmt: skip
+    summary = _summary(run_inprocess(cfg))
+    assert summary["status"] == "completed", summary.get("reason")
+    assert summary["privacy"]["sample"]["epsilon_max"] > 0 and summary["privacy"]["user"]["epsilon"] > 0
+
+
+def build_initial(cfg):
+    from fedtrain.data import build_federated_data
+    from fedtrain.models import build_model
+
+    data = build_federated_data(cfg.data, cfg.partition, cfg.runtime.seed)
+    return build_model(cfg.model, data.input_shape, len(data.classes), seed=cfg.runtime.seed).state_dict()

@@ -28,10 +28,11 @@ def check_secagg(cfg: RunConfig) -> list[str]:
             f"strategy={cfg.strategy.strategy!r} needs every client's update, which SecAgg+ hides (the server sees "
             f"only their weighted mean); use one of {', '.join(MEAN_STRATEGIES)}"
         )
-    if cfg.user_dp:
+    if cfg.user_dp and cfg.privacy.dp_user_clipping != "client":
         problems.append(
-            f"dp-level={cfg.privacy.dp_level!r} with SecAgg+ is not supported yet (user-level noise on the unmasked "
-            "sum); use dp-level='sample' or 'none' with secure-aggregation"
+            f"dp-user-clipping={cfg.privacy.dp_user_clipping!r} with SecAgg+: the server cannot clip (or count "
+            "clipped) updates it cannot see; use dp-user-clipping='client' (each client clips before masking, the "
+            "server adds noise to the unmasked mean)"
         )
     if cfg.strategy.min_clients < 2:
         problems.append("SecAgg+ needs at least 2 clients per round: set min-clients >= 2")

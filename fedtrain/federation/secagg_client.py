@@ -20,6 +20,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Scalar, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedtrain import wire
 from fedtrain.errors import ConfigError
@@ -66,14 +67,19 @@ def as_fitres(request: RecordDict, reply: RecordDict) -> RecordDict:
     metrics: dict[str, Scalar] = {k: v for k, v in next(iter(reply.metric_records.values())).items()
                                   if isinstance(v, int | float)}  # fmt: skip
     update = [new[k].numpy() - old for k, old in zip(_keys(config), sent, strict=True)]
+    norm = config.get(KEY_CLIPPING_NORM)
+    if isinstance(norm, int | float):  # user-level DP: clip the whole update before it is masked
+        total = float(np.sqrt(sum(float((u.astype(np.float64) ** 2).sum()) for u in update)))
+        if total > norm:
+            update = [(u * (norm / total)).astype(u.dtype) for u in update]
+    # User-level DP averages equally weighted updates (declined clients' zero updates included).
+    weight = 1 if wire.USER_DP_WEIGHT in metrics else int(metrics.get(wire.NUM_EXAMPLES, 0))
     clip, max_weight = float(config[wire.SECAGG_CLIPPING_RANGE]), float(config[wire.SECAGG_MAX_WEIGHT])
-    ratio = float(metrics.get(wire.NUM_EXAMPLES, 0)) / max_weight  # the mod scales by it, then clips
+    ratio = weight / max_weight  # the mod scales by it, then clips
     metrics[wire.SECAGG_CLIPPED] = int(sum(int((np.abs(u * ratio) > clip).sum()) for u in update))
     metrics[wire.SECAGG_VALUES] = int(sum(u.size for u in update))
     history = reply.config_records.get(wire.DP_HISTORY)
     if history is not None:  # the DP evidence travels in the legacy metrics, as JSON
         metrics[wire.DP_HISTORY] = json.dumps(dict(history))
-    fitres = FitRes(
-        Status(Code.OK, ""), ndarrays_to_parameters(update), int(metrics.get(wire.NUM_EXAMPLES, 0)), metrics
-    )
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), weight, metrics)
     return compat.fitres_to_recorddict(fitres, keep_input=False)

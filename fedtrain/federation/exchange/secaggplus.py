@@ -217,6 +217,8 @@ class SecAggPlusExchange(MessageExchange):
     @property
     def max_weight(self) -> float:
         """What a client's weight (its record count) is scaled against: set, or the largest partition."""
+        if self.cfg.user_dp:
+            return 1.0  # equal weights (one per client), as user-level DP's accounting needs
         if self.cfg.secagg.secagg_max_weight > 0:
             return float(self.cfg.secagg.secagg_max_weight)
         if self.cfg.data.data_source == "partition":
@@ -312,11 +314,17 @@ class SecAggPlusExchange(MessageExchange):
                 return None
             # The unmasked mean comes back as float64: cast to the model's dtypes before it is stored or sent.
             mean = {k: Array((w + u).astype(w.dtype)) for k, w, u in zip(keys, weights, final.mean_update, strict=True)}
-            total = sum(float(rep.get(wire.NUM_EXAMPLES, 0)) for rep in trained)
-            reply = Message(RecordDict({wire.ARRAYS: ArrayRecord(mean),
-                                        wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: total})}),
-                            reply_to=Message(RecordDict(), dst_node_id=0, message_type="train"))  # fmt: skip
-            arrays, _ = r.strategy.aggregate_train(r.server_round, [reply])
+            # One reply per client in the sum, each holding the mean with that client's weight: the strategy's
+            # (weighted) average is the mean itself, and Flower's DP wrappers see the cohort they scaled noise for.
+            record = ArrayRecord(mean)
+            origin = Message(RecordDict(), dst_node_id=0, message_type="train")
+            replies = [
+                Message(RecordDict({wire.ARRAYS: record, wire.METRICS: MetricRecord({
+                    wire.NUM_EXAMPLES: float(rep.get(wire.NUM_EXAMPLES, 0)), wire.USER_DP_WEIGHT: 1.0})}),
+                        reply_to=origin)
+                for rep in final.reports.values()
+            ]  # fmt: skip
+            arrays, _ = r.strategy.aggregate_train(r.server_round, replies)
             return arrays
 
         return TrainReplies(sent=sent, trained=trained, declined=declined, refused=refused,
