@@ -167,3 +167,44 @@ def build_initial(cfg):
 
     data = build_federated_data(cfg.data, cfg.partition, cfg.runtime.seed)
     return build_model(cfg.model, data.input_shape, len(data.classes), seed=cfg.runtime.seed).state_dict()
+
+
+def test_a_retried_round_accounts_exactly_the_training_that_ran(small_config):
+    # A node lost in setup halts the attempt; the retry without it trains the others.
+    cfg = small_config(num_clients=5, min_clients=3, num_rounds=2, dp_level="sample", hidden_sizes="16", **SECAGG)
+    grid = InProcessGrid(_losing(0, "setup"), 5, cfg.to_flat())
+    run_dir = run_inprocess(cfg, grid=grid)
+    assert _records(run_dir)[0]["secagg_attempts"] == 2
+    ledger = json.loads((run_dir / "privacy.json").read_text())["sample"]["clients"]
+    for context in grid.contexts.values():  # the server's ledger equals every client's own accountant
+        own = context.state.config_records["fedtrain-dp"]
+        pid = str(context.node_config["partition-id"])
+        assert sum(seg["steps"] for seg in ledger[pid]["segments"]) == sum(own["steps"])
+    from fedtrain.data import build_federated_data
+    from fedtrain.privacy.dp_sgd import plan_steps
+
+    clients = build_federated_data(cfg.data, cfg.partition, cfg.runtime.seed).clients
+    for context in grid.contexts.values():
+        pid = int(context.node_config["partition-id"])
+        call = plan_steps(len(clients[pid].labeled.y), cfg.train.batch_size, cfg.train.local_epochs).steps_per_call
+        steps = sum(context.state.config_records["fedtrain-dp"]["steps"])
+        # Lost in round 1's setup: it trained in round 2 only. The others: the retry and round 2 (Flower halts the
+        # first attempt before its collect stage here, so nobody trained in it).
+        assert steps == (1 if pid == 0 else 2) * call
+
+
+def test_budget_spent_in_a_halted_attempt_is_accounted(small_config):
+    # Two nodes lost in unmask, beyond the threshold: everyone trained (collect stage) before the round halted.
+    cfg = small_config(num_clients=5, min_clients=3, num_rounds=2, dp_level="sample", hidden_sizes="16",
+                       secagg_reconstruction_threshold=4, secagg_halt_policy="stop", **SECAGG)  # fmt: skip
+    grid = InProcessGrid(_losing(0, "unmask", count=2), 5, cfg.to_flat())
+    run_dir = run_inprocess(cfg, grid=grid)
+    assert _summary(run_dir)["status"] == "stopped"
+    ledger = json.loads((run_dir / "privacy.json").read_text())["sample"]["clients"]
+    assert len(ledger) == 5
+    for context in grid.contexts.values():
+        own = context.state.config_records["fedtrain-dp"]
+        assert sum(own["steps"]) > 0  # it trained, and the server knows it
+        assert sum(seg["steps"] for seg in ledger[str(context.node_config["partition-id"])]["segments"]) == sum(
+            own["steps"]
+        )
