@@ -488,10 +488,11 @@ class SecAggConfig:
         "the updates of each round, in every federated stage. Same as `round-exchange=secaggplus`.",
     )
     secagg_num_shares: float = setting(
-        1.0,
-        "Shares of each client's secrets: a count (> 2), or a fraction (<= 1) of the round's sampled clients.",
+        0.0,
+        "Shares of each client's secrets (its neighbours in the protocol): a count (> 2), a fraction (<= 1) of the "
+        "round's sampled clients, or 0 = automatic: every client up to 7, else 2 * ceil(log2 K) + 1 of K (the cost "
+        "grows with the shares; SecAgg+ needs only logarithmically many).",
         low=0.0,
-        low_open=True,
     )
     secagg_reconstruction_threshold: float = setting(
         0.5,

@@ -244,7 +244,7 @@ class SecAggPlusExchange(MessageExchange):
             ndarrays_to_parameters(weights), True
         )
         workflow = SecAggPlusWorkflow(
-            num_shares=_count_or_fraction(s.secagg_num_shares), reconstruction_threshold=_count_or_fraction(
+            num_shares=shares_for(s.secagg_num_shares, len(nodes)), reconstruction_threshold=_count_or_fraction(
                 s.secagg_reconstruction_threshold), max_weight=self.max_weight, clipping_range=clip,
             quantization_range=s.secagg_quantization_range, modulus_range=s.secagg_modulus_range,
             timeout=s.secagg_timeout or r.timeout,
@@ -337,6 +337,19 @@ def legacy_config(config: dict[str, Any]) -> dict[str, Scalar]:
     scalars = {k: v for k, v in config.items() if isinstance(v, bool | bytes | float | int | str)}
     lists = {k: v for k, v in config.items() if isinstance(v, list)}
     return {**scalars, wire.SECAGG_LISTS: json.dumps(lists)}
+
+
+def shares_for(setting: float, sampled: int) -> int | float:
+    """``secagg-num-shares`` for a round of ``sampled`` clients; 0 picks logarithmically many neighbours.
+
+    Each client's cost (key agreements, Shamir shares, pairwise masks) grows with its shares, and SecAgg+
+    (Bell et al. 2020) needs only O(log K) neighbours: every client up to 7, else ``2 * ceil(log2 K) + 1``.
+    """
+    if setting > 0:
+        return _count_or_fraction(setting)
+    if sampled <= 7:
+        return 1.0  # all of them (a fraction: Flower takes small cohorts whole)
+    return min(sampled, 2 * math.ceil(math.log2(sampled)) + 1)
 
 
 def _count_or_fraction(value: float) -> int | float:
