@@ -16,9 +16,15 @@ on the in-process grid, for each number of clients and MLP size (about 10k, 100k
 - **error**: the global arrays after round 1 of each SecAgg+ run against those of the plain run of the same
   repetition (same seed, so the same clients trained the same way), max absolute difference, with the
   quantisation bound ``K * 2c / q / W`` (``tests/test_secagg.py``).
+- **profile**: cProfile of round 2 of one SecAgg+ run (the largest size, the fewest clients), split into
+  client training, masking PRG, quantisation, mask arithmetic, Shamir shares and key agreement.
+
+``--secagg-config`` changes the SecAgg+ arm only (e.g. fewer shares); ``--name`` names the results files.
 
     python benchmarks/secagg_cost.py                  # writes benchmarks/results/secagg_cost.{json,md}
     python benchmarks/secagg_cost.py --clients 10 --sizes 10k --rounds 2 --repeats 1 --out /tmp/sa
+    python benchmarks/secagg_cost.py --clients 50 --name secagg_cost_shares11 \
+        --secagg-config "secagg-num-shares=11 secagg-reconstruction-threshold=5"
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 SIZES = {"10k": "128", "100k": "512,128", "1m": "1024,896"}  # MLP hidden sizes on digits (64 inputs, 10 classes)
 TARGET = 2.0  # SecAgg+ at most 2x plain per round at 1M parameters (issue 10)
 BASE = {"progress": False, "local-epochs": 1, "fraction-evaluate": 0.0}
-SECAGG_EXTRA: dict[str, str] = {}  # --secagg-config: overrides for the SecAgg+ arm only (e.g. fewer shares)
+SECAGG_EXTRA: dict[str, Any] = {}  # --secagg-config: overrides for the SecAgg+ arm only (e.g. fewer shares)
 
 
 class _Probe:
@@ -175,6 +181,16 @@ def error_bound(cfg: Any, first: dict[str, Any]) -> float:
     total = sum(n / max_weight for n in sizes)
     c, q = float(first["secagg_clipping_range"]), float(cfg.secagg.secagg_quantization_range)
     return len(sizes) * 2 * c / q / total
+
+
+def _value(text: str) -> Any:
+    """A ``--secagg-config`` value as the loader takes it from Python: int, float, bool or str."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def _per_client(counted: dict[str, int], clients: int, direction: str) -> int:
@@ -349,7 +365,7 @@ def main() -> None:
         key, sep, value = item.partition("=")
         if not sep:
             parser.error(f"--secagg-config takes key=value items, got {item!r}")
-        SECAGG_EXTRA[key] = value
+        SECAGG_EXTRA[key] = _value(value)
     import torch
 
     _install_exchange_probe()
