@@ -112,6 +112,7 @@ def test_defaults_reach_the_same_accuracy_with_and_without_secagg(tmp_path):
     ({"dp_level": "user", "dp_user_clipping": "server"}, "cannot clip"),
     ({"secagg_num_shares": 2}, "whole number above 2"),
     ({"secagg_num_shares": 5, "secagg_reconstruction_threshold": 5}, "must be below"),
+    ({"secagg_num_shares": 6}, "odd count"),
     ({"secagg_modulus_range": 3000000}, "power of two"),
     ({"round_exchange": "message", "secure_aggregation": True, "secagg_num_shares": 2.5}, "whole number"),
 ])  # fmt: skip

@@ -40,6 +40,9 @@ def check_secagg(cfg: RunConfig) -> list[str]:
     if _count(shares) and (shares != int(shares) or shares <= 2):
         problems.append(f"secagg-num-shares={shares:g}: a count must be a whole number above 2 (Flower's rule), or "
                         "give a fraction <= 1 of the sampled clients")  # fmt: skip
+    elif _count(shares) and int(shares) % 2 == 0:
+        problems.append(f"secagg-num-shares={shares:g}: use an odd count (Flower 1.42 halts every round in share keys "
+                        "with an even count below the number of sampled clients)")  # fmt: skip
     if _count(threshold) and threshold != int(threshold):
         problems.append(f"secagg-reconstruction-threshold={threshold:g}: a count must be a whole number")
     if _count(shares) and _count(threshold) and threshold >= shares:
