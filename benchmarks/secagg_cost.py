@@ -306,13 +306,15 @@ def write(payload: dict[str, Any], out: Path, name: str) -> None:
         "",
         f"Plan: {payload['plan']}",
         "",
-        "| clients | MLP (parameters) | plain s/round | SecAgg+ s/round | ratio (paired) | train exchange plain / "
-        "SecAgg+ s (ratio) | MB/client/round plain down / up | SecAgg+ down / up | max abs error (bound) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| clients | shares / threshold | MLP (parameters) | plain s/round | SecAgg+ s/round | ratio (paired) | "
+        "train exchange plain / SecAgg+ s (ratio) | MB/client/round plain down / up | SecAgg+ down / up | "
+        "max abs error (bound) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['clients']} | {r['hidden_sizes']} ({r['parameters']:,}) | {r['plain_round_s']:.3f} | "
+            f"| {r['clients']} | {r['secagg_shares']} / {r['secagg_threshold']} | {r['hidden_sizes']} "
+            f"({r['parameters']:,}) | {r['plain_round_s']:.3f} | "
             f"{r['secagg_round_s']:.3f} | **{r['ratio_round']:.2f}x** ({r['ratio_round_paired_median']:.2f}x) | "
             f"{r['plain_train_s']:.3f} / {r['secagg_train_s']:.3f} ({r['ratio_train']:.2f}x) | "
             f"{_mb(r['plain_down_bytes'])} / {_mb(r['plain_up_bytes'])} | "
@@ -415,7 +417,7 @@ def main() -> None:
             f"digits, MLP, defaults otherwise (FedAvg, every client each round, Dirichlet 0.5, batch 32, momentum "
             f"SGD 0.05), local-epochs=1, fraction-evaluate=0; {args.rounds} rounds x {args.repeats} interleaved "
             "repetitions per arm, round 1 of each run left out, medians of the rest; SecAgg+ on its defaults "
-            "(shares = every client, threshold = half, automatic clipping range, quantisation 2^22, modulus 2^32)"
+            "(shares and threshold as in the table, automatic clipping range, quantisation 2^22, modulus 2^32)"
             + (f" except `{args.secagg_config}`. " if args.secagg_config else ". ")
             + "s/round: the round's `seconds` in metrics.jsonl; train exchange: the exchange's train call and "
             "aggregation. Ratio: of the pooled medians (in brackets: the median of the per-repetition ratios). "
