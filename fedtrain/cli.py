@@ -77,6 +77,12 @@ def _print_summary(run_dir: Path) -> None:
     if "user" in privacy:
         u = privacy["user"]
         rows.append(("user-level privacy", f"(ε = {u['epsilon']:.2f}, δ = {u['delta']:g})", ""))
+    secagg = summary.get("secure_aggregation")
+    if secagg:
+        halted = len(secagg.get("halted_rounds", []))
+        text = (f"SecAgg+, {secagg['shares']} shares / threshold {secagg['threshold']}, {secagg['clipped']} values "
+                f"clipped, {secagg['retried_rounds']} rounds retried, {halted} halted")  # fmt: skip
+        rows.append(("secure aggregation", text, alert if halted or secagg["clipped"] else ""))
     for i, item in enumerate(privacy.get("outside_budget", [])):  # one row per statistic, labelled once
         rows.append(("outside the privacy budget" if i == 0 else "", str(item), alert))
     rows.append(("report", str(run_dir / "report.html"), ""))
