@@ -23,7 +23,8 @@ def build_client_app() -> ClientApp:
     """The ClientApp: local pretraining and fine-tuning (with DP when asked), and local evaluation."""
     app = ClientApp()
 
-    # SecAgg+ outermost, so that user-level clipping happens before masking; each acts only when asked.
+    # Each acts only when asked. Under SecAgg+ the user-level clipping is done before masking by the handler's
+    # legacy-layout reply (fedtrain.federation.secagg_client.as_fitres), not by the clipping mod.
     @app.train(mods=[secagg_mod, user_dp_clipping_mod])
     def train(msg: Message, context: Context) -> Message:
         """Train the global model on this node's local data."""

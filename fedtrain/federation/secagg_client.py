@@ -76,8 +76,9 @@ def as_fitres(request: RecordDict, reply: RecordDict) -> RecordDict:
     weight = 1 if wire.USER_DP_WEIGHT in metrics else int(metrics.get(wire.NUM_EXAMPLES, 0))
     clip, max_weight = float(config[wire.SECAGG_CLIPPING_RANGE]), float(config[wire.SECAGG_MAX_WEIGHT])
     ratio = weight / max_weight  # the mod scales by it, then clips
-    metrics[wire.SECAGG_CLIPPED] = int(sum(int((np.abs(u * ratio) > clip).sum()) for u in update))
-    metrics[wire.SECAGG_VALUES] = int(sum(u.size for u in update))
+    if not isinstance(norm, int | float):  # under user-level DP the count would be outside its budget, and is 0
+        metrics[wire.SECAGG_CLIPPED] = int(sum(int((np.abs(u * ratio) > clip).sum()) for u in update))
+        metrics[wire.SECAGG_VALUES] = int(sum(u.size for u in update))
     history = reply.config_records.get(wire.DP_HISTORY)
     if history is not None:  # the DP evidence travels in the legacy metrics, as JSON
         metrics[wire.DP_HISTORY] = json.dumps(dict(history))

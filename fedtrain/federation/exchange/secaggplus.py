@@ -73,6 +73,10 @@ class _RecordingGrid(Grid):
             if stage == "setup":
                 self.attempt.shares = int(cast(int, config[Key.SHARE_NUMBER]))
                 self.attempt.threshold = int(cast(int, config[Key.THRESHOLD]))
+        if stage == "collect" and any(st in ("setup", "share-keys") for st in self.attempt.lost.values()):
+            # Flower would go on and have every client train, then halt in unmask for want of the lost nodes'
+            # shares: stop before anyone trains (and spends budget) in a round that cannot be unmasked.
+            raise _AttemptAbortedError
         replies = list(self.grid.send_and_receive(sent, timeout=timeout))
         answered = {m.metadata.src_node_id for m in replies if not m.has_error()}
         for m in sent:
@@ -114,6 +118,10 @@ def _report(content: RecordDict) -> dict[str, Any]:
     return metrics
 
 
+class _AttemptAbortedError(Exception):
+    """Raised by the recording grid to end an attempt that can no longer be unmasked."""
+
+
 @dataclass
 class _Proxy:
     node_id: int
@@ -152,21 +160,25 @@ class _Shim(LegacyStrategy):
         return None
 
 
-def auto_clipping_range(cfg: RunConfig, lr: float, local_steps: int) -> float:
+def auto_clipping_range(cfg: RunConfig, lr: float, local_steps: int, phase: str = "finetune") -> float:
     """A bound on any coordinate of a client's update, from the round's learning rate and gradient clipping.
 
     SGD moves a coordinate by at most ``lr * g`` per step (``g`` the gradient norm bound: ``dp-max-grad-norm``
     under DP-SGD plus room for its noise, ``clip-grad-norm`` if set, else 10), momentum amplifies that by up
     to ``1 / (1 - momentum)``; adaptive optimizers move about ``lr`` per step. Twice that over the local steps.
+    Pretraining stages use their own optimizer. Under user-level DP a client clips its whole update to norm ``C``
+    first, so no coordinate exceeds ``C``: the range is ``C`` and nothing is ever clipped.
     """
     t, p = cfg.train, cfg.privacy
+    if cfg.user_dp:
+        return float(p.dp_user_clipping_norm)
     if cfg.sample_dp:
         g = p.dp_max_grad_norm * 2.0
     elif t.clip_grad_norm > 0:
         g = t.clip_grad_norm
     else:
         g = 10.0
-    optimizer = t.optimizer
+    optimizer = cfg.pretrain.pretrain_optimizer if phase == "pretrain" else t.optimizer
     per_step = lr if optimizer in ("adam", "adamw", "adagrad", "rmsprop") else lr * g
     if optimizer in ("momentum", "nesterov") and t.momentum < 1:
         per_step /= 1 - t.momentum
@@ -185,7 +197,8 @@ class SecAggPlusExchange(MessageExchange):
         weights = [r.arrays[k].numpy() for k in keys]
         lr = config.get(wire.LR, 0.0)
         lr = float(lr) if isinstance(lr, int | float) else 0.0
-        clip = s.secagg_clipping_range or auto_clipping_range(self.cfg, lr, self.steps)
+        phase = str(config.get(wire.PHASE, "finetune"))
+        clip = s.secagg_clipping_range or auto_clipping_range(self.cfg, lr, self.steps(phase), phase)
         config.update({wire.SECAGG_KEYS: json.dumps(keys), wire.SECAGG_CLIPPING_RANGE: clip,
                        wire.SECAGG_MAX_WEIGHT: self.max_weight})  # fmt: skip
         attempts: list[ProtocolAttempt] = []
@@ -200,19 +213,33 @@ class SecAggPlusExchange(MessageExchange):
             # Losses in a later stage may only follow from the first one (shares that never came): retry without
             # the nodes lost first.
             first = min(attempt.lost.values(), key=_STAGE_ORDER.index)
-            live = [n for n in live if attempt.lost.get(n) != first]
+            early = {"setup", "share-keys"} & set(attempt.lost.values())
+            dropped = early or {first}  # before training: every such node; else the first lost
+            live = [n for n in live if attempt.lost.get(n) not in dropped]
             if len(live) < max(2, self.cfg.strategy.min_clients):
                 break
             log.warning("SecAgg+ round %d halted in %s; retrying without the nodes lost in %s", r.server_round,
                         attempt.halted_in, first)  # fmt: skip
         return self._replies(r, attempts, keys, weights, len(messages), clip)
 
+    def steps(self, phase: str) -> int:
+        """Local steps of the largest client in one call of ``phase`` (for the automatic clipping range)."""
+        if phase == "pretrain":
+            epochs, batch = self.cfg.pretrain.pretrain_epochs, self.cfg.pretrain.pretrain_batch_size
+        else:
+            epochs, batch = self.cfg.train.local_epochs, self.cfg.train.batch_size
+        records = self.largest_client
+        return int(epochs * math.ceil(records / max(batch or records, 1)))
+
     @property
-    def steps(self) -> int:
-        """Local steps of the largest client in one call (for the automatic clipping range)."""
-        t = self.cfg.train
-        batch = t.batch_size or self.max_weight
-        return int(t.local_epochs * math.ceil(self.max_weight / max(batch, 1)))
+    def largest_client(self) -> float:
+        """Training records of the largest client (simulation), else ``secagg-max-weight`` or 1000."""
+        if self.cfg.data.data_source == "partition":
+            from fedtrain.data import build_federated_data
+
+            data = build_federated_data(self.cfg.data, self.cfg.partition, self.cfg.runtime.seed)
+            return float(max(len(c.train.y) for c in data.clients))
+        return float(self.cfg.secagg.secagg_max_weight or 1000.0)
 
     @property
     def max_weight(self) -> float:
@@ -243,21 +270,31 @@ class SecAggPlusExchange(MessageExchange):
         legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
             ndarrays_to_parameters(weights), True
         )
-        workflow = SecAggPlusWorkflow(
-            num_shares=shares_for(s.secagg_num_shares, len(nodes)), reconstruction_threshold=_count_or_fraction(
-                s.secagg_reconstruction_threshold), max_weight=self.max_weight, clipping_range=clip,
-            quantization_range=s.secagg_quantization_range, modulus_range=s.secagg_modulus_range,
-            timeout=s.secagg_timeout or r.timeout,
-        )  # fmt: skip
+        try:
+            workflow = SecAggPlusWorkflow(
+                num_shares=shares_for(s.secagg_num_shares, len(nodes)), reconstruction_threshold=_count_or_fraction(
+                    s.secagg_reconstruction_threshold), max_weight=self.max_weight, clipping_range=clip,
+                quantization_range=s.secagg_quantization_range, modulus_range=s.secagg_modulus_range,
+                timeout=s.secagg_timeout or r.timeout,
+            )  # fmt: skip
+        except ValueError as err:  # e.g. a threshold count not below the shares of this round's cohort
+            attempt.halted_in = f"setup ({err}; {len(nodes)} clients this round)"
+            return attempt
         state = random.getstate()
         try:
             workflow(_RecordingGrid(r.grid, attempt), legacy)
-        except (ArithmeticError, ValueError) as err:  # e.g. every client declined: a zero total weight
+        except _AttemptAbortedError:
+            pass
+        except (ArithmeticError, ValueError) as err:
             attempt.halted_in = f"unmask ({type(err).__name__}: {err})"
         finally:
             random.setstate(state)  # the workflow shuffles neighbours with `random`: keep client sampling's stream
-        if shim.mean is not None:
-            attempt.mean_update = parameters_to_ndarrays(shim.mean)
+        mean = parameters_to_ndarrays(shim.mean) if shim.mean is not None else None
+        if mean is not None and not all(np.isfinite(a).all() for a in mean):  # e.g. every weight was 0
+            attempt.halted_in = "unmask (no client weight: every client declined)"
+            mean = None
+        if mean is not None:
+            attempt.mean_update = mean
         elif not attempt.halted_in:
             # The first stage with losses: later stages may fail only for want of the lost nodes' shares.
             first = min(attempt.lost.values(), key=_STAGE_ORDER.index) if attempt.lost else ""
@@ -273,7 +310,9 @@ class SecAggPlusExchange(MessageExchange):
         for attempt in attempts:  # a client that trained in a halted attempt spent budget there too
             spent.update(attempt.reports)
         reports = list(spent.values())
-        trained = [rep for rep in final.reports.values() if not rep.get(wire.DP_DECLINED)]
+        skipped = final.mean_update is None and self.cfg.secagg.secagg_halt_policy == "skip"
+        # A skipped round aggregated nothing: nobody trained for the model (the budget spent is in `spent`).
+        trained = [] if skipped else [rep for rep in final.reports.values() if not rep.get(wire.DP_DECLINED)]
         declined = [rep for rep in reports if rep.get(wire.DP_DECLINED)]
         failures = [f"node {n}: lost in SecAgg+ {stage or 'stage'} (attempt {i + 1})"
                     for i, a in enumerate(attempts) for n, stage in a.lost.items()]  # fmt: skip
@@ -312,8 +351,14 @@ class SecAggPlusExchange(MessageExchange):
                 return r.arrays  # the round is skipped: the model stays (metrics say so)
             if final.mean_update is None or refused or not trained:
                 return None
+            update = final.mean_update
+            cohort = list(final.reports.values())
+            if self.cfg.user_dp and len(cohort) < sent:
+                # Lost clients count as zero updates: the sum over K sampled has sensitivity C / K, the noise scale.
+                update = [u * (len(cohort) / sent) for u in update]
+                cohort += [{}] * (sent - len(cohort))
             # The unmasked mean comes back as float64: cast to the model's dtypes before it is stored or sent.
-            mean = {k: Array((w + u).astype(w.dtype)) for k, w, u in zip(keys, weights, final.mean_update, strict=True)}
+            mean = {k: Array((w + u).astype(w.dtype)) for k, w, u in zip(keys, weights, update, strict=True)}
             # One reply per client in the sum, each holding the mean with that client's weight: the strategy's
             # (weighted) average is the mean itself, and Flower's DP wrappers see the cohort they scaled noise for.
             record = ArrayRecord(mean)
@@ -322,7 +367,7 @@ class SecAggPlusExchange(MessageExchange):
                 Message(RecordDict({wire.ARRAYS: record, wire.METRICS: MetricRecord({
                     wire.NUM_EXAMPLES: float(rep.get(wire.NUM_EXAMPLES, 0)), wire.USER_DP_WEIGHT: 1.0})}),
                         reply_to=origin)
-                for rep in final.reports.values()
+                for rep in cohort
             ]  # fmt: skip
             arrays, _ = r.strategy.aggregate_train(r.server_round, replies)
             return arrays
