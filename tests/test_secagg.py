@@ -90,6 +90,9 @@ def test_beyond_the_threshold_the_policy_applies(small_config, policy, status):
         assert "unmask" in records[0]["secagg_halted"][0]
     else:
         assert "halted in unmask" in summary["reason"]
+        last = _records(run_dir)[-1]  # the round that stopped the run is in metrics.jsonl, with its stage
+        assert "halted in unmask" in last["halted"] and "unmask" in last["secagg_halted"][0]
+        assert _summary(run_dir)["secure_aggregation"]["halted_rounds"]
 
 
 def test_secagg_with_sample_level_dp_accounts_as_without(small_config):

@@ -136,6 +136,8 @@ class FederatedStage(Stage):
         if stop is not None:
             return stop
         if replies.stop:
+            ctx.bookkeeper.record_halted(self.label, phase_round, global_round, replies.metrics,
+                                         len(replies.failures), replies.stop)  # fmt: skip
             return StageResult(self.label, arrays, 0, "stopped", replies.stop)
         new_arrays = replies.aggregate()
         failures = list(replies.failures)

@@ -97,6 +97,16 @@ class RoundBookkeeper:
             self.progress.advance(test_acc, val_acc, record.get("epsilon_max"))
         return self.selector.stop_reason() if outcome.supervised else None
 
+    def record_halted(self, phase: str, phase_round: int, global_round: int, figures: dict[str, Any],
+                      failures: int, reason: str) -> None:  # fmt: skip
+        """A metrics line for a round that ended the run before aggregation (e.g. a halted SecAgg+ round).
+
+        The run state is not advanced: a resume runs the round again, and truncates this line.
+        """
+        record = {"phase": phase, "round": phase_round, "global_round": global_round, "failures": failures,
+                  "halted": reason, **figures}  # fmt: skip
+        self.folder.append_metrics(record)
+
     def _log(self, outcome: RoundOutcome, record: dict[str, Any], scores: CentralScores) -> None:
         if not outcome.supervised:
             detail = f"layer {record.get('layer')} reconstruction error {_fmt(record.get('recon_error'))}"
