@@ -10,6 +10,17 @@ from fedtrain.runtime.flwr_run import flwr_run, local_superlink_pids
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _run_small(tmp_path, **run_config):
+    """`flwr run .` with 4 SuperNodes, its own FLWR_HOME, and a small plan; every process it started is stopped."""
+    home = tmp_path / "flwr-home"
+    config = {"out-dir": str(tmp_path / "runs"), "num-clients": 4, "hidden-sizes": "16", "progress": False,
+              "report": False, **run_config}  # fmt: skip
+    result = flwr_run(ROOT, flwr_home=home, num_supernodes=4, run_config=config, timeout=480)
+    assert local_superlink_pids(home) == []
+    assert result.returncode == 0, result.output[-3000:]
+    return result
+
+
 @pytest.mark.slow
 def test_flwr_run_completes_and_writes_the_same_run_folder(tmp_path):
     # Prepare
@@ -37,26 +48,8 @@ def test_flwr_run_completes_and_writes_the_same_run_folder(tmp_path):
 def test_flwr_run_keeps_each_clients_accountant_across_phases(tmp_path):
     # Pretraining (1 layer, 1 round) then 2 fine-tuning rounds under DP, on Ray: the accountant
     # lives in each SuperNode's Context.state, so its steps must add up over all three rounds.
-    home = tmp_path / "flwr-home"
-    result = flwr_run(
-        ROOT,
-        flwr_home=home,
-        num_supernodes=4,
-        run_config={
-            "out-dir": str(tmp_path / "runs"),
-            "num-clients": 4,
-            "plan": "pretrain,finetune",
-            "hidden-sizes": "16",
-            "pretrain-rounds": 1,
-            "num-rounds": 2,
-            "dp-level": "sample",
-            "progress": False,
-            "report": False,
-        },
-        timeout=480,
-    )
-    assert local_superlink_pids(home) == []
-    assert result.returncode == 0, result.output[-3000:]
+    result = _run_small(tmp_path, plan="pretrain,finetune", **{"pretrain-rounds": 1, "num-rounds": 2,
+                                                               "dp-level": "sample"})  # fmt: skip
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds"] == 3
     records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -70,26 +63,8 @@ def test_flwr_run_keeps_each_clients_accountant_across_phases(tmp_path):
 @pytest.mark.slow
 def test_flwr_run_with_secagg_plus(tmp_path):
     # SecAgg+ on Ray: Flower's mod on every SuperNode, pretraining and fine-tuning both masked.
-    home = tmp_path / "flwr-home"
-    result = flwr_run(
-        ROOT,
-        flwr_home=home,
-        num_supernodes=4,
-        run_config={
-            "out-dir": str(tmp_path / "runs"),
-            "num-clients": 4,
-            "plan": "pretrain,finetune",
-            "hidden-sizes": "16",
-            "pretrain-rounds": 1,
-            "num-rounds": 2,
-            "secure-aggregation": True,
-            "progress": False,
-            "report": False,
-        },
-        timeout=480,
-    )
-    assert local_superlink_pids(home) == []
-    assert result.returncode == 0, result.output[-3000:]
+    result = _run_small(tmp_path, plan="pretrain,finetune", **{"pretrain-rounds": 1, "num-rounds": 2,
+                                                               "secure-aggregation": True})  # fmt: skip
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds"] == 3
     records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -18,8 +18,7 @@ from torch import nn
 from fedtrain import wire
 from fedtrain.config import RunConfig
 from fedtrain.data import ClientData, data_source, received_spec
-from fedtrain.errors import ConfigError
-from fedtrain.federation.client_tasks import LocalCall, client_task
+from fedtrain.federation.client_tasks import LocalCall, client_task, config_number
 from fedtrain.federation.context import config_from_run_config
 from fedtrain.federation.dp_plan import planned_segments
 from fedtrain.federation.secagg_client import as_fitres, from_fitins, is_secagg
@@ -35,14 +34,6 @@ from fedtrain.train import evaluate
 __all__ = ["handle_evaluate", "handle_train"]
 
 log = get_logger()
-
-
-def _number(config: ConfigRecord, key: str, default: float | None = None) -> float:
-    """A numeric entry of the server's config (the server always sends it; ``default`` for older servers)."""
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"the server's config has {key}={value!r}, expected a number")
-    return float(value)
 
 
 @dataclass
@@ -86,7 +77,7 @@ def train(content: RecordDict, context: Context) -> RecordDict:
     cfg, client, pid, model, aux = local.cfg, local.client, local.pid, local.model, local.aux
     config = content.config_records[wire.CONFIG]
     task = client_task(str(config.get(wire.PHASE, "finetune")))
-    global_round = int(_number(config, wire.GLOBAL_ROUND, _number(config, wire.SERVER_ROUND, 1)))
+    global_round = int(config_number(config, wire.GLOBAL_ROUND, config_number(config, wire.SERVER_ROUND, 1)))
     seed = cfg.runtime.seed * 1_000_003 + global_round * 1_009 + pid
     data = task.records(client)
     metrics: dict[str, Any] = {wire.PARTITION_ID: pid}
@@ -103,10 +94,9 @@ def train(content: RecordDict, context: Context) -> RecordDict:
             if train_loss_shared(cfg):
                 metrics[wire.TRAIN_LOSS] = 0.0
             return _reply({**model.state_dict(), **aux}, metrics, acc)
-    call = LocalCall(
-        cfg, model, aux, config, lr=_number(config, wire.LR), proximal_mu=_number(config, wire.PROXIMAL_MU, 0.0),
-        seed=seed, noise_multiplier=sigma,
-    )  # fmt: skip
+    mu = config_number(config, wire.PROXIMAL_MU, 0.0)
+    lr = config_number(config, wire.LR)
+    call = LocalCall(cfg, model, aux, config, lr=lr, proximal_mu=mu, seed=seed, noise_multiplier=sigma)
     arrays, result = task.train(call, data)
     if acc is not None and sigma is not None:
         acc.record(sigma, plan.sample_rate, plan.steps_per_call)

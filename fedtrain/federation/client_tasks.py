@@ -26,7 +26,7 @@ from fedtrain.privacy.dp_sgd import DPPlan, dp_train_local, plan_steps
 from fedtrain.registry import Registry
 from fedtrain.train import TrainResult, train_local
 
-__all__ = ["CLIENT_TASKS", "ClientTask", "FinetuneTask", "LocalCall", "PretrainTask", "client_task"]
+__all__ = ["CLIENT_TASKS", "ClientTask", "FinetuneTask", "LocalCall", "PretrainTask", "client_task", "config_number"]
 
 
 @dataclass
@@ -72,11 +72,12 @@ def client_task(phase: str) -> ClientTask:
     return CLIENT_TASKS.get(phase)
 
 
-def _int(config: Mapping[str, Any], key: str, default: int = 0) -> int:
+def config_number(config: Mapping[str, Any], key: str, default: float | None = None) -> float:
+    """A numeric entry of the server's config (the server always sends it; ``default`` for older servers)."""
     value = config.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"the server's config has {key}={value!r}, expected a number")
-    return int(value)
+    return float(value)
 
 
 class PretrainTask(ClientTask):
@@ -92,7 +93,7 @@ class PretrainTask(ClientTask):
     def train(self, call: LocalCall, data: ArrayDataset) -> tuple[dict[str, torch.Tensor], TrainResult]:
         if not isinstance(call.model, MLP):  # the loader refuses such a plan; a server of another version may not
             raise ModelError(f"layer-wise pretraining needs model='mlp', got {type(call.model).__name__}")
-        layer = _int(call.config, wire.LAYER)
+        layer = int(config_number(call.config, wire.LAYER, 0))
         return pretrain_local(
             call.model, layer, call.aux, data, call.cfg, seed=call.seed, lr=call.lr,
             noise_multiplier=call.noise_multiplier, proximal_mu=call.proximal_mu,
@@ -109,7 +110,7 @@ class FinetuneTask(ClientTask):
         return plan_steps(num_records, cfg.train.batch_size, cfg.train.local_epochs)
 
     def train(self, call: LocalCall, data: ArrayDataset) -> tuple[dict[str, torch.Tensor], TrainResult]:
-        model, depth = call.model, _int(call.config, wire.FREEZE_DEPTH)
+        model, depth = call.model, int(config_number(call.config, wire.FREEZE_DEPTH, 0))
         hidden: list[nn.Module] = list(model.hidden) if isinstance(model, MLP) else []
         for block in hidden[:depth]:  # linear probe: pretrained layers stay as they are
             for p in block.parameters():

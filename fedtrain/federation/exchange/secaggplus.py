@@ -234,12 +234,16 @@ class SecAggPlusExchange(MessageExchange):
     @property
     def largest_client(self) -> float:
         """Training records of the largest client (simulation), else ``secagg-max-weight`` or 1000."""
-        if self.cfg.data.data_source == "partition":
-            from fedtrain.data import build_federated_data
+        return self._largest_partition() or float(self.cfg.secagg.secagg_max_weight or 1000.0)
 
-            data = build_federated_data(self.cfg.data, self.cfg.partition, self.cfg.runtime.seed)
-            return float(max(len(c.train.y) for c in data.clients))
-        return float(self.cfg.secagg.secagg_max_weight or 1000.0)
+    def _largest_partition(self) -> float | None:
+        """Training records of the largest partition in a simulation; None when nodes hold their own files."""
+        if self.cfg.data.data_source != "partition":
+            return None
+        from fedtrain.data import build_federated_data
+
+        data = build_federated_data(self.cfg.data, self.cfg.partition, self.cfg.runtime.seed)
+        return float(max(len(c.train.y) for c in data.clients))
 
     @property
     def max_weight(self) -> float:
@@ -248,12 +252,7 @@ class SecAggPlusExchange(MessageExchange):
             return 1.0  # equal weights (one per client), as user-level DP's accounting needs
         if self.cfg.secagg.secagg_max_weight > 0:
             return float(self.cfg.secagg.secagg_max_weight)
-        if self.cfg.data.data_source == "partition":
-            from fedtrain.data import build_federated_data
-
-            data = build_federated_data(self.cfg.data, self.cfg.partition, self.cfg.runtime.seed)
-            return float(max(len(c.train.y) for c in data.clients))
-        return 1000.0
+        return self._largest_partition() or 1000.0
 
     def _attempt(
         self, r: RoundRequest, nodes: list[int], weights: list[np.ndarray], config: dict[str, Any], clip: float
