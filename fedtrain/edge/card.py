@@ -52,7 +52,7 @@ class ModelCard:
 
 def card_to_props(card: ModelCard) -> dict[str, str]:
     """The card as ``metadata_props`` entries: ``fedtrain.<field>`` -> JSON text."""
-    return {CARD_PREFIX + key: json.dumps(value) for key, value in asdict(card).items()}
+    return {CARD_PREFIX + key: json.dumps(value, separators=(",", ":")) for key, value in asdict(card).items()}
 
 
 def card_from_props(props: Mapping[str, str]) -> ModelCard | None:
