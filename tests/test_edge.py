@@ -643,3 +643,15 @@ def test_documented_edge_install_in_a_fresh_venv(mlp, tmp_path: Path) -> None:
     assert [line.split()[1] for line in proc.stdout.splitlines()] == [
         LABELS[i] for i in reference_logits(x, mlp[1]).argmax(axis=1)
     ]
+
+
+def test_bench_measures_single_sample_latency(mlp, capsys) -> None:
+    from fedtrain.edge.__main__ import main
+    from fedtrain.edge.bench import measure_latency
+
+    stats = measure_latency(EdgeModel.load(mlp[0]), calls=20, warmup=2)
+    assert 0 < stats["min_s"] <= stats["median_s"] <= stats["p90_s"] < 1.0
+    assert main(["bench", str(mlp[0]), "--calls", "10"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["calls"] == 10 and out["median_us"] > 0
+    assert main(["bench", str(mlp[0]) + ".missing"]) == 4

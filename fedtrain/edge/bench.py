@@ -53,5 +53,6 @@ def add_bench_parser(subparsers: Any) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     model = EdgeModel.load(args.model, threads=args.threads)
     stats = measure_latency(model, args.calls)
-    print(json.dumps({"model": str(args.model), "threads": args.threads, **stats}))
+    micro = {k.replace("_s", "_us"): round(v * 1e6, 1) for k, v in stats.items() if k.endswith("_s")}
+    print(json.dumps({"model": str(args.model), "threads": args.threads, "calls": args.calls, **micro}))
     return 0
