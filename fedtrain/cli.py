@@ -1,7 +1,8 @@
 """The ``fedtrain`` command.
 
 ``fedtrain run`` runs a whole federation in-process and prints the run folder as its last
-line; ``fedtrain split`` writes one data file per device for a deployment; ``fedtrain config``
+line; ``fedtrain split`` writes one data file per device for a deployment; ``fedtrain export`` writes a run's
+model as ONNX files for devices; ``fedtrain config``
 shows the resolved configuration or renders the reference docs.
 Errors caused by input end in one line, ``error: ...``, and a non-zero exit code.
 """
@@ -83,6 +84,12 @@ def _print_summary(run_dir: Path) -> None:
         text = (f"SecAgg+, {secagg['shares']} shares / threshold {secagg['threshold']}, {secagg['clipped']} values "
                 f"clipped, {secagg['retried_rounds']} rounds retried, {halted} halted")  # fmt: skip
         rows.append(("secure aggregation", text, alert if halted or secagg["clipped"] else ""))
+    export = summary.get("export")
+    if export:
+        files = [r for r in export["rows"] if r["written"] and not r["format"].endswith("(.ort)")]
+        text = ", ".join(f"{r['format']} {r['bytes'] / 1000:.1f} kB" + (f" acc {r['accuracy']:.4f}" if r["accuracy"]
+                         is not None else "") for r in files)  # fmt: skip
+        rows.append(("exported (export/)", text, alert if export.get("refused") else ""))
     for i, item in enumerate(privacy.get("outside_budget", [])):  # one row per statistic, labelled once
         rows.append(("outside the privacy budget" if i == 0 else "", str(item), alert))
     rows.append(("report", str(run_dir / "report.html"), ""))
@@ -264,6 +271,34 @@ def _server_normalize(cfg: RunConfig, raw: RawSplits, *, server_file: bool) -> t
     return f"normalize=range input-max={max_value:g}", note
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from fedtrain.config import load_config
+    from fedtrain.export import export_run
+    from fedtrain.federation.outputs import refresh_outputs
+    from fedtrain.results import RunFolder
+
+    folder = RunFolder.open(args.run_dir)
+    cfg = load_config(file=folder.path / "config.toml")
+    given = {"export-formats": args.formats, "export-checkpoint": args.checkpoint, "export-calibration":
+             args.calibration, "export-max-accuracy-drop": args.max_accuracy_drop, "export-force": args.force or None,
+             "export-ort": False if args.no_ort else None, "export-latency-calls": args.latency_calls}  # fmt: skip
+    overrides = {k: v for k, v in given.items() if v is not None}
+    settings = load_config(base=cfg.to_flat(), overrides=overrides).export if overrides else cfg.export
+    out, report = export_run(folder.path, settings)
+    refresh_outputs(folder, dataclasses.replace(cfg, export=settings))
+    for row in report.rows:
+        acc = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
+        lat = "" if row["latency_us"] is None else f"  {row['latency_us']:.1f} us"
+        status = row["file"] or "refused"
+        print(f"{row['format']:<22} {row['bytes'] / 1000:8.1f} kB  test acc {acc}{lat}  {status}")
+    for problem in report.refused:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(out)
+    return 6 if any(not r["written"] for r in report.rows) else 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from fedtrain.config import dump_toml
     from fedtrain.config.reference import render_app_table, render_markdown
@@ -312,6 +347,19 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--server-test", action="store_true", help="also write the test split as server-test.npz")
     split.add_argument("--force", action="store_true", help="replace files already in OUT_DIR")
     split.set_defaults(func=cmd_split)
+
+    export = sub.add_parser("export", help="export a run's model as validated ONNX files for devices (docs/export.md)")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a run folder that `fedtrain run` printed")
+    export.add_argument("--formats", help="comma-separated: fp32,fp16,int8-static,int8-dynamic (export-formats)")
+    export.add_argument("--checkpoint", choices=("best", "latest"), help="weights to export (export-checkpoint)")
+    export.add_argument(
+        "--calibration", choices=("server", "input-range"), help="int8-static ranges (export-calibration)"
+    )
+    export.add_argument("--max-accuracy-drop", type=float, help="points a format may lose (export-max-accuracy-drop)")
+    export.add_argument("--force", action="store_true", help="write formats even over the accuracy-drop threshold")
+    export.add_argument("--no-ort", action="store_true", help="do not write .ort files (export-ort=false)")
+    export.add_argument("--latency-calls", type=int, help="timed single-sample calls; 0 skips (export-latency-calls)")
+    export.set_defaults(func=cmd_export)
 
     config = sub.add_parser("config", help="print the resolved config, or render its reference")
     _add_config_args(config)

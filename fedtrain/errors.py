@@ -10,6 +10,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "ExportError",
     "FedtrainError",
     "ModelError",
 ]
@@ -47,3 +48,9 @@ class CheckpointError(FedtrainError, ValueError):
     """A checkpoint or run folder is missing, corrupt or does not match the config."""
 
     exit_code = 5
+
+
+class ExportError(FedtrainError, ValueError):
+    """A model cannot be exported, calibrated or validated, or a format lost too much accuracy."""
+
+    exit_code = 6

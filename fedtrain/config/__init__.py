@@ -13,6 +13,7 @@ from fedtrain.config.loader import (
 )
 from fedtrain.config.schema import (
     DataConfig,
+    ExportConfig,
     ModelConfig,
     OutputConfig,
     PartitionConfig,
@@ -27,6 +28,7 @@ from fedtrain.config.schema import (
 __all__ = [
     "KNOWN_STAGES",
     "DataConfig",
+    "ExportConfig",
     "ModelConfig",
     "OutputConfig",
     "PartitionConfig",

@@ -17,6 +17,7 @@ from typing import Any
 
 from fedtrain.config.data_source import check_data_source
 from fedtrain.config.dp_defaults import NONE_APPLIED, apply_dp_defaults, table_keys
+from fedtrain.config.export import check_export
 from fedtrain.config.schema import SECTIONS, RunConfig
 from fedtrain.config.secagg import check_secagg
 from fedtrain.errors import ConfigError
@@ -234,6 +235,7 @@ def _cross_checks(cfg: RunConfig) -> list[str]:
     problems.extend(_unaccounted_checks(cfg))
     problems.extend(check_data_source(cfg))
     problems.extend(check_secagg(cfg))
+    problems.extend(check_export(cfg))
     if cfg.strategy.early_stopping_patience > 0 and cfg.data.val_fraction == 0:
         problems.append(
             f"early-stopping-patience={cfg.strategy.early_stopping_patience} needs a validation split: set "

@@ -17,6 +17,7 @@ from fedtrain.registry import names_of
 
 __all__ = [
     "DataConfig",
+    "ExportConfig",
     "ModelConfig",
     "OutputConfig",
     "PartitionConfig",
@@ -529,6 +530,43 @@ class SecAggConfig:
     )
 
 
+@dataclass(frozen=True)
+class ExportConfig:
+    """ONNX export for devices: the `export` stage of the plan and `fedtrain export` (see docs/export.md)."""
+
+    export_formats: str = setting(
+        "fp32,fp16,int8-static,int8-dynamic",
+        "Comma-separated formats to write: `fp32`, `fp16` (fp32 inputs and outputs kept), `int8-static` (QDQ, "
+        "activation ranges from `export-calibration`), `int8-dynamic` (weights only).",
+    )
+    export_ort: bool = setting(True, "Also write each format in ORT format (`.ort`, for minimal ONNX Runtime builds).")
+    export_checkpoint: str = setting(
+        "best",
+        "Weights to export: `best` (the round selected by validation; the last round without a validation split) "
+        "or `latest`.",
+        choices=("best", "latest"),
+    )
+    export_calibration: str = setting(
+        "server",
+        "Where int8-static takes its activation ranges: `server` (the server's own validation split: no client "
+        "data, nothing outside the DP budget) or `input-range` (samples drawn uniformly from the declared raw "
+        "input range: data-independent, usually less accurate).",
+        choices=("server", "input-range"),
+    )
+    export_calibration_samples: int = setting(
+        200, "Calibration samples for int8-static (at most; at least 16 must be available).", low=16
+    )
+    export_max_accuracy_drop: float = setting(
+        1.0,
+        "Refuse to write a quantised or fp16 model whose test accuracy is more than this many points below fp32's.",
+        low=0.0,
+    )
+    export_force: bool = setting(False, "Write every format even when its accuracy drop is over the threshold.")
+    export_latency_calls: int = setting(
+        1000, "Single-sample calls (1 thread) whose median is each format's latency; 0 skips the timing.", low=0
+    )
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "partition": PartitionConfig,
@@ -540,6 +578,7 @@ SECTIONS: dict[str, type] = {
     "runtime": RuntimeConfig,
     "output": OutputConfig,
     "secagg": SecAggConfig,
+    "export": ExportConfig,
 }
 
 
@@ -557,6 +596,7 @@ class RunConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     @property
     def exchange(self) -> str:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedtrain.config import RunConfig
+from fedtrain.export import EXPORT_DIR
 from fedtrain.federation.run_state import RunState
 from fedtrain.privacy.ledger import PrivacyLedger
 from fedtrain.privacy.unaccounted import label_counts_allowed
-from fedtrain.results import RunFolder, plot_curves, plot_label_distribution, write_report
+from fedtrain.results import RunFolder, plot_curves, plot_export, plot_label_distribution, write_report
 from fedtrain.results.report import SELECTED_BY_LAST_ROUND, SELECTED_BY_VALIDATION
 
-__all__ = ["secagg_summary", "summary", "write_outputs", "write_privacy"]
+__all__ = ["refresh_outputs", "secagg_summary", "summary", "write_outputs", "write_privacy"]
 
 
 def _nan_if_none(value: Any) -> float:
@@ -87,6 +90,7 @@ def write_outputs(
     secagg = secagg_summary(folder.read_metrics())
     if secagg is not None:
         payload["secure_aggregation"] = secagg
+    _attach_export(folder, payload)
     folder.write_json("summary.json", payload)
     if not cfg.output.report:
         return
@@ -94,8 +98,34 @@ def write_outputs(
     # Each client's label counts are private: under DP only when opted in; unknown without the clients' data.
     if label_counts is not None and label_counts_allowed(cfg):
         images.append(plot_label_distribution(label_counts, classes, folder.path))
-    if (folder.path / "filters.png").is_file():
-        images.append(folder.path / "filters.png")
+    images.extend(_existing(folder, "filters.png"))
+    if payload.get("export"):
+        images.append(plot_export(payload["export"]["rows"], folder.path))
+    write_report(folder.path / "report.html", payload, images)
+
+
+def _existing(folder: RunFolder, *names: str) -> list[Path]:
+    return [folder.path / n for n in names if (folder.path / n).is_file()]
+
+
+def _attach_export(folder: RunFolder, payload: dict[str, Any]) -> None:
+    """``export/export.json`` (written by the export stage or ``fedtrain export``) as the summary's export section."""
+    path = folder.path / EXPORT_DIR / "export.json"
+    if path.is_file():
+        payload["export"] = json.loads(path.read_text(encoding="utf-8"))
+
+
+def refresh_outputs(folder: RunFolder, cfg: RunConfig) -> None:
+    """After ``fedtrain export``: the summary gets the export section, the report is drawn again."""
+    payload = json.loads((folder.path / "summary.json").read_text(encoding="utf-8"))
+    _attach_export(folder, payload)
+    folder.write_json("summary.json", payload)
+    if not cfg.output.report:
+        return
+    images = plot_curves(folder.read_metrics(), folder.path)
+    images.extend(_existing(folder, "label_distribution.png", "filters.png"))
+    if payload.get("export"):
+        images.append(plot_export(payload["export"]["rows"], folder.path))
     write_report(folder.path / "report.html", payload, images)
 
 

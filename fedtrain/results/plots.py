@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_curves", "plot_filters", "plot_label_distribution", "pyplot"]
+__all__ = ["plot_curves", "plot_export", "plot_filters", "plot_label_distribution", "pyplot"]
 
 
 def pyplot() -> ModuleType:
@@ -126,6 +126,29 @@ def plot_label_distribution(counts: np.ndarray, classes: tuple[str, ...], out_di
         ax.legend(title="class", fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     path = out_dir / "label_distribution.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_export(rows: list[dict[str, Any]], out_dir: Path) -> Path:
+    """``export_size_accuracy.png``: file size against test accuracy, one point per exported file."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        if row.get("accuracy") is None:
+            continue
+        marker = "s" if row["format"].endswith("(.ort)") else "o"
+        ax.scatter(row["bytes"] / 1000, 100 * row["accuracy"], marker=marker, alpha=0.8 if row["written"] else 0.3)
+        label = row["format"] + ("" if row["written"] else " (refused)")
+        point = (row["bytes"] / 1000, 100 * row["accuracy"])
+        ax.annotate(label, point, fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.set_xlabel("file size (kB)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Exported models: size against accuracy")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out_dir / "export_size_accuracy.png"
     fig.savefig(path)
     plt.close(fig)
     return path

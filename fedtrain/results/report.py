@@ -69,6 +69,30 @@ def _secagg_rows(secagg: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
+def _number(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _export_html(export: dict[str, Any]) -> str:
+    """The export section: one row per file (format, size, accuracy, drop, agreement, Δlogit, latency)."""
+    head = "".join(f"<th>{h}</th>" for h in ("format", "file", "size (kB)", "test accuracy", "drop (points)",
+                   "argmax agreement", "max |Δlogit|", "latency (µs, 1 thread)"))  # fmt: skip
+    body = ""
+    for r in export.get("rows", []):
+        cells = (r["format"], r["file"] or "refused", _number(r["bytes"] / 1000, ".1f"), _number(r["accuracy"], ".4f"),
+                 _number(r["accuracy_drop_points"], ".2f"), _number(r["agreement"], ".4f"),
+                 _number(r["max_abs_logit_diff"], ".2g"), _number(r["latency_us"], ".1f"))  # fmt: skip
+        body += "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
+    calibration = export.get("calibration") or {}
+    notes = [
+        ("weights exported", f"{export.get('checkpoint')} checkpoint (global round {export.get('rounds')})"),
+        ("torch eager latency (µs, 1 thread)", _number(export.get("torch_latency_us"), ".1f")),
+        ("int8-static calibration", calibration.get("source", "not used")),
+    ]
+    refused = _notice("Export: formats not written or forced", export.get("refused", []))
+    return f"<h2>Export</h2>{_table(notes)}<table><tr>{head}</tr>{body}</table>{refused}"
+
+
 def _table(rows: list[tuple[str, Any]]) -> str:
     body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
@@ -111,6 +135,7 @@ def write_report(path: Path, summary: dict[str, Any], images: list[Path]) -> Pat
     )
     secagg = summary.get("secure_aggregation")
     secagg_html = f"<h2>Secure aggregation</h2>{_table(_secagg_rows(secagg))}" if secagg else ""
+    export_html = _export_html(summary["export"]) if summary.get("export") else ""
     figs = "".join(
         f'<figure><img alt="{img.stem}" src="{png_data_uri(img)}"></figure>' for img in images if img.is_file()
     )
@@ -120,7 +145,7 @@ def write_report(path: Path, summary: dict[str, Any], images: list[Path]) -> Pat
 <h1>fedtrain run <code>{name}</code></h1>{warnings}
 <h2>Summary</h2>{_table(overview)}
 <h2>Privacy</h2>{_table(_privacy_rows(privacy))}{outside}{secagg_html}
-<h2>Phases</h2><table><tr><th>phase</th><th>rounds</th><th>status</th></tr>{phases}</table>
+<h2>Phases</h2><table><tr><th>phase</th><th>rounds</th><th>status</th></tr>{phases}</table>{export_html}
 <h2>Plots</h2><div class="grid">{figs}</div>
 <h2>Configuration</h2>{_table(sorted(summary.get("config", {}).items()))}
 </body></html>

@@ -6,12 +6,14 @@ several stages (``pretrain`` gives one per hidden layer). See docs/extending.md 
 
 from fedtrain.config import RunConfig
 from fedtrain.federation.stages.base import STAGES, OneShotStage, Stage, StageFactory, StageResult
+from fedtrain.federation.stages.export import ExportStage
 from fedtrain.federation.stages.federated import FederatedStage
 from fedtrain.federation.stages.finetune import FinetuneStage
 from fedtrain.federation.stages.pretrain import PretrainLayerStage
 
 __all__ = [
     "STAGES",
+    "ExportStage",
     "FederatedStage",
     "FinetuneStage",
     "OneShotStage",
