@@ -110,7 +110,7 @@ class EdgeModel:
     @property
     def labels(self) -> list[str]:
         """Class label of each logit, in order."""
-        return list(self.card.class_labels)
+        return [str(label) for label in self.card.class_labels]
 
     def check_input(self, x: Any) -> np.ndarray:
         """``x`` (one sample or a batch) checked and cast, as a batch; see :func:`fedtrain.edge.check_input`."""
