@@ -655,3 +655,25 @@ def test_bench_measures_single_sample_latency(mlp, capsys) -> None:
     out = json.loads(capsys.readouterr().out)
     assert out["calls"] == 10 and out["median_us"] > 0
     assert main(["bench", str(mlp[0]) + ".missing"]) == 4
+
+
+def test_quantized_and_fp16_variants_run_like_fp32(mlp, tmp_path: Path) -> None:
+    from onnxconverter_common import float16
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path, w = mlp
+    x = samples(6)
+    ref = reference_logits(x, w)
+    q8 = tmp_path / "mlp-int8-dynamic.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(path, q8, weight_type=QuantType.QInt8)
+        half = float16.convert_float_to_float16(onnx.load(path), keep_io_types=True)
+    onnx.save(half, tmp_path / "mlp-fp16.onnx")
+    assert any(n.op_type.startswith(("MatMulInteger", "DynamicQuantize")) for n in onnx.load(q8).graph.node)
+    for file, tol in ((q8, 0.5), (tmp_path / "mlp-fp16.onnx", 0.05)):
+        model = EdgeModel.load(file)
+        assert model.has_card and model.labels == LABELS  # the quantizer and the converter keep metadata_props
+        logits = model.predict(x)
+        assert logits.dtype == np.float32
+        np.testing.assert_allclose(logits, ref, atol=tol * float(np.abs(ref).max()))
