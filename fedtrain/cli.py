@@ -361,6 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--latency-calls", type=int, help="timed single-sample calls; 0 skips (export-latency-calls)")
     export.set_defaults(func=cmd_export)
 
+    from fedtrain.edge.cli import add_predict_parser  # numpy and onnxruntime only: runs on a device without torch
+
+    add_predict_parser(sub)
+
     config = sub.add_parser("config", help="print the resolved config, or render its reference")
     _add_config_args(config)
     config.add_argument("--markdown", action="store_true", help="print docs/configuration.md")

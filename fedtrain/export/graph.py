@@ -9,6 +9,7 @@ large part of a small model's file and say where the training machine keeps its 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import warnings
 from collections.abc import Iterator
@@ -43,11 +44,12 @@ _CLIP_LOW, _CLIP_HIGH = "fedtrain_clip_low", "fedtrain_clip_high"
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silence the exporter's noise: a warning per skipped torchvision op (none apply), and deprecations."""
-    logger = logging.getLogger("torch.onnx")
+    logger = logging.getLogger("torch")  # torch.onnx, torch.export and dynamo
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        # A failed torch.export prints the traced graph; the error names the layer instead.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
@@ -94,8 +96,15 @@ def _failing_layer(model: nn.Module, example: torch.Tensor) -> str:
         try:
             _dynamo_export(modules[name].eval(), x, "x")
         except Exception as err:
-            return f"layer {name!r} ({type(modules[name]).__name__}: {str(err).splitlines()[0][:160]})"
+            return f"layer {name!r} ({type(modules[name]).__name__}): {_root_cause(err)}"
     return ""
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost cause's first line: torch wraps the real reason (e.g. data-dependent control flow) twice."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
 
 
 def _strip(model: onnx.ModelProto) -> None:
@@ -161,7 +170,7 @@ def export_graph(model: nn.Module, input_shape: tuple[int, ...], normalizer: Nor
     try:
         proto = _dynamo_export(model, example, _INNER_INPUT)
     except Exception as err:
-        culprit = _failing_layer(model, example) or f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        culprit = _failing_layer(model, example) or _root_cause(err)
         raise ExportError(
             f"{type(model).__name__} cannot be exported to ONNX: {culprit}; replace that layer with one ONNX "
             f"supports (opset {OPSET}), or export its checkpoint yourself"
