@@ -184,7 +184,7 @@ def build_federated_data(data: DataConfig, part: PartitionConfig, seed: int) -> 
     norm = Normalizer.fit(raw.train.x, data.normalize, raw.full.max_value)
 
     def scaled(ds: ArrayDataset) -> ArrayDataset:
-        return ArrayDataset(norm(ds.x), ds.y, classes)
+        return ArrayDataset(norm(ds.x), ds.y, classes, raw.full.max_value)  # the raw format's range, for export
 
     test = scaled(raw.test)
     val = scaled(raw.val) if raw.val is not None else test

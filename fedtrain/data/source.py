@@ -273,7 +273,7 @@ def _node_server_data(d: DataConfig, seed: int) -> ServerData:
         raise DataError(f"server-data-path {path}: inputs have shape {raw.input_shape} but input-shape={d.input_shape}")
     # The server's own records, no client data: standard/minmax are fitted on them.
     norm = Normalizer.fit(raw.x, d.normalize, raw.max_value or d.input_max or None)
-    scaled = ArrayDataset(norm(raw.x), raw.y, classes)
+    scaled = ArrayDataset(norm(raw.x), raw.y, classes, raw.max_value)
     if d.val_fraction > 0:
         test_idx, val_idx = _split(scaled, d.val_fraction, seed + 1)
         test, val = scaled.subset(np.sort(test_idx)), scaled.subset(np.sort(val_idx))
