@@ -125,6 +125,7 @@ def test_no_source_paths_or_stack_traces_ship(exported_run):
     for path in (exported_run / "export").glob("*.onnx"):
         model = onnx.load(path)
         assert all(len(n.metadata_props) == 0 for n in model.graph.node), path.name
+        assert len(model.graph.metadata_props) == 0 and not model.graph.value_info, path.name
         assert b"/work/" not in path.read_bytes() and b".py" not in path.read_bytes(), path.name
 
 

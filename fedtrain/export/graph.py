@@ -108,11 +108,12 @@ def _root_cause(err: BaseException) -> str:
 
 
 def _strip(model: onnx.ModelProto) -> None:
-    """Drop per-node metadata, doc strings and intermediate shape annotations (re-inferred at load)."""
+    """Drop node and graph metadata, doc strings and intermediate shape annotations (re-inferred at load)."""
     for node in model.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
     del model.graph.value_info[:]
+    del model.graph.metadata_props[:]  # torch.export's graph signature and range constraints
     del model.metadata_props[:]
     model.graph.doc_string = ""
     model.doc_string = ""
