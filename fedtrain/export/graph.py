@@ -182,11 +182,39 @@ def export_graph(model: nn.Module, input_shape: tuple[int, ...], normalizer: Nor
     return proto
 
 
+# Attribute values that are the ONNX spec's defaults (opset 20): writing them out costs bytes and changes nothing.
+_ALL_ONES, _ALL_ZEROS = "ones", "zeros"
+_DEFAULTS: dict[str, object] = {
+    "auto_pad": b"NOTSET",
+    "ceil_mode": 0,
+    "storage_order": 0,
+    "group": 1,
+    "allowzero": 0,
+    "dilations": _ALL_ONES,
+    "strides": _ALL_ONES,
+    "pads": _ALL_ZEROS,
+}
+_DEFAULTS_OF = {"Conv", "MaxPool", "AveragePool", "Reshape", "ConvInteger", "QLinearConv"}
+
+
+def _is_default(attr: onnx.AttributeProto) -> bool:
+    want = _DEFAULTS.get(attr.name)
+    if want is None:
+        return False
+    value = helper.get_attribute_value(attr)
+    if want == _ALL_ONES:
+        return isinstance(value, list) and all(v == 1 for v in value)
+    if want == _ALL_ZEROS:
+        return isinstance(value, list) and all(v == 0 for v in value)
+    return bool(value == want)
+
+
 def compact(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy with short tensor and node names, no shape annotations and only the opsets its nodes use.
 
     Names like ``hidden.0.linear.weight_DequantizeLinear_Output`` are stored at every use; in a small int8
-    model they are a tenth of the file. The graph's input and output keep their names.
+    model they are a tenth of the file. Attributes equal to the spec's defaults are dropped. The graph's input
+    and output keep their names.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -203,6 +231,10 @@ def compact(model: onnx.ModelProto) -> onnx.ModelProto:
         init.name = short(init.name)
     for i, node in enumerate(graph.node):
         node.name = f"n{i}"
+        if node.op_type in _DEFAULTS_OF and node.domain in ("", "ai.onnx"):
+            kept_attrs = [a for a in node.attribute if not _is_default(a)]
+            del node.attribute[:]
+            node.attribute.extend(kept_attrs)
         node.input[:] = [short(n) for n in node.input]
         node.output[:] = [short(n) for n in node.output]
     del graph.value_info[:]
