@@ -43,7 +43,7 @@ def weight_stats_stage() -> Iterator[None]:
 
 
 def test_unknown_stage_is_refused_by_the_config(small_config):
-    with pytest.raises(ConfigError, match="known stages: pretrain, finetune"):
+    with pytest.raises(ConfigError, match="known stages: pretrain, finetune, export"):
         small_config(plan="finetune,weight-stats")
 
 

@@ -146,4 +146,4 @@ def test_every_strategy_by_name_runs(small_config, name):
 
 
 def test_stage_registry_matches_config():
-    assert tuple(KNOWN_STAGES) == STAGES.names() == ("pretrain", "finetune")
+    assert tuple(KNOWN_STAGES) == STAGES.names() == ("pretrain", "finetune", "export")

@@ -6,10 +6,13 @@ several stages (``pretrain`` gives one per hidden layer). See docs/extending.md 
 
 from fedtrain.config import RunConfig
 from fedtrain.federation.stages.base import STAGES, OneShotStage, Stage, StageFactory, StageResult
-from fedtrain.federation.stages.export import ExportStage
 from fedtrain.federation.stages.federated import FederatedStage
 from fedtrain.federation.stages.finetune import FinetuneStage
 from fedtrain.federation.stages.pretrain import PretrainLayerStage
+
+# isort: off
+from fedtrain.federation.stages.export import ExportStage  # registered last: the choices read in plan order
+# isort: on
 
 __all__ = [
     "STAGES",
