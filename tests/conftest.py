@@ -29,3 +29,11 @@ def small_config(tmp_path: Path):
         return load_config(overrides=values)
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_data_cache(tmp_path_factory):
+    """Parsed node files are cached under FEDTRAIN_CACHE_DIR: the tests keep theirs out of the home folder."""
+    import os
+
+    os.environ.setdefault("FEDTRAIN_CACHE_DIR", str(tmp_path_factory.mktemp("fedtrain-cache")))

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from fedtrain.config import DataConfig, PartitionConfig, RunConfig, parse_class_keep
 from fedtrain.data.dataset import ArrayDataset, Normalizer
@@ -96,6 +95,8 @@ def _split(ds: ArrayDataset, fraction: float, seed: int) -> tuple[np.ndarray, np
     idx = np.arange(len(ds.y))
     counts = np.bincount(ds.y)
     stratify = ds.y if counts[counts > 0].min() >= 2 else None
+    from sklearn.model_selection import train_test_split  # here, not at the top: a second of every client start
+
     try:
         return train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
     except ValueError as err:

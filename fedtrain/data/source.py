@@ -27,6 +27,7 @@ import numpy as np
 from fedtrain import wire
 from fedtrain.config import DataConfig, PartitionConfig, RunConfig
 from fedtrain.config.data_source import parse_classes, parse_input_shape
+from fedtrain.data.cache import cached
 from fedtrain.data.dataset import ArrayDataset, Normalizer, normalizer_from_config, normalizer_to_config
 from fedtrain.data.federated import ClientData, FederatedData, _split, build_federated_data, client_split, scale_client
 from fedtrain.data.loaders import load_dataset
@@ -204,7 +205,9 @@ def _node_records(
     seed: int,
     pid: int,
 ) -> ClientData:
-    ds = _onto_classes(load_dataset(path, data_format, label_column, min_classes=1), classes, path)
+    parsed = cached(Path(path), f"{data_format}\0{label_column}",
+                    lambda: load_dataset(path, data_format, label_column, min_classes=1))  # fmt: skip
+    ds = _onto_classes(parsed, classes, path)
     if ds.input_shape != input_shape:
         raise DataError(
             f"{path}: inputs have shape {ds.input_shape} but the federation's model takes {input_shape}; write the "

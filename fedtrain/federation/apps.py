@@ -13,7 +13,6 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedtrain.federation.client import handle_evaluate, handle_train
 from fedtrain.federation.secagg_client import secagg_mod
-from fedtrain.federation.server import run_server
 from fedtrain.privacy.client_mods import user_dp_clipping_mod
 
 __all__ = ["build_client_app", "build_server_app"]
@@ -45,6 +44,8 @@ def build_server_app() -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         """Run the plan on ``grid``."""
+        from fedtrain.federation.server import run_server  # not on the clients, which start once per message
+
         run_server(grid, context)
 
     return app

@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from opacus.accountants import PRVAccountant, RDPAccountant
-
 from fedtrain.registry import Registry
 
 __all__ = ["ACCOUNTANTS", "RDP_ORDERS", "Accountant", "ClientAccountant", "epsilon_of"]
@@ -42,6 +40,8 @@ def _loose_orders_ok() -> Iterator[None]:
 @ACCOUNTANTS.register("rdp")
 def _rdp(history: list[tuple[float, float, int]], delta: float) -> float:
     """Renyi DP (Mironov 2017) at :data:`RDP_ORDERS`."""
+    from fedtrain.privacy.opacus_api import RDPAccountant  # Opacus only when an epsilon is asked for
+
     acc = RDPAccountant()
     acc.history = list(history)
     with _loose_orders_ok():
@@ -51,6 +51,8 @@ def _rdp(history: list[tuple[float, float, int]], delta: float) -> float:
 @ACCOUNTANTS.register("prv")
 def _prv(history: list[tuple[float, float, int]], delta: float) -> float:
     """Privacy random variables (Gopi et al. 2021): tighter than RDP, slower with many segments."""
+    from fedtrain.privacy.opacus_api import PRVAccountant
+
     acc = PRVAccountant()
     acc.history = list(history)
     with _loose_orders_ok():

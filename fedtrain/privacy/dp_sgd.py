@@ -15,12 +15,9 @@ import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from opacus import PrivacyEngine
-from opacus.optimizers import DPOptimizer
-from opacus.utils.batch_memory_manager import BatchMemoryManager
-from opacus.validators import ModuleValidator
 from torch import nn
 
 from fedtrain.config import RunConfig
@@ -29,6 +26,12 @@ from fedtrain.errors import ModelError
 from fedtrain.logging import get_logger
 from fedtrain.train.loop import Batch, Objective, Session, Supervised, TrainResult, run_local
 from fedtrain.train.losses import build_criterion
+
+if TYPE_CHECKING:
+    from opacus.optimizers import DPOptimizer
+
+# Opacus is imported where it is used (through fedtrain.privacy.opacus_api): a deployed client starts a fresh
+# process for every message, and a run without DP should not pay a second for it.
 
 __all__ = [
     "DPPlan",
@@ -67,6 +70,8 @@ def choose_grad_sample_mode(requested: str, model: str, batch_size: int) -> str:
 
 def check_model(model: nn.Module, *, fix: bool) -> nn.Module:
     """Return ``model`` if Opacus supports it, a fixed copy if ``fix``, else raise naming the layers."""
+    from fedtrain.privacy.opacus_api import ModuleValidator
+
     errors = ModuleValidator.validate(model, strict=False)
     if not errors:
         return model
@@ -130,6 +135,8 @@ class PrivateTraining:
             # first layer's inputs need no gradient, which Opacus' backward hooks warn about.
             warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
             warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
+            from fedtrain.privacy.opacus_api import PrivacyEngine
+
             engine = PrivacyEngine(accountant="rdp")  # fedtrain's ClientAccountant does the accounting
             kwargs = {"criterion": criterion} if criterion is not None else {}
             wrapped = engine.make_private(
@@ -155,6 +162,8 @@ class _PrivateSession(Session):
 
     def epoch(self) -> AbstractContextManager[Iterable[Batch]]:
         if self.max_physical_batch_size > 0:
+            from fedtrain.privacy.opacus_api import BatchMemoryManager
+
             manager: AbstractContextManager[Iterable[Batch]] = BatchMemoryManager(
                 data_loader=self.loader, max_physical_batch_size=self.max_physical_batch_size, optimizer=self._dp
             )
@@ -166,6 +175,8 @@ class _PrivateSession(Session):
 
     @property
     def _dp(self) -> DPOptimizer:
+        from fedtrain.privacy.opacus_api import DPOptimizer
+
         assert isinstance(self.optimizer, DPOptimizer)
         return self.optimizer
 

@@ -13,7 +13,6 @@ from typing import cast
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
-from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 from fedtrain.config import TrainConfig
@@ -100,6 +99,8 @@ def class_weight_vector(cfg: TrainConfig, labels: np.ndarray, num_classes: int) 
         return None
     present = np.unique(labels)
     w = np.ones(num_classes, dtype=np.float32)
+    from sklearn.utils.class_weight import compute_class_weight  # only for class-weights=balanced
+
     w[present] = compute_class_weight("balanced", classes=present, y=labels)
     return torch.from_numpy(w)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from flwr.app import ArrayRecord
 
 from fedtrain.config import RunConfig
-from fedtrain.export import EXPORT_DIR, export_model, subject_for_run
 from fedtrain.federation.run_context import RunContext
 from fedtrain.federation.stages.base import STAGES, OneShotStage, Stage
 from fedtrain.logging import get_logger
@@ -28,6 +27,9 @@ class ExportStage(OneShotStage):
         return f"export ({self.cfg.export.export_formats}{', .ort' if self.cfg.export.export_ort else ''})"
 
     def apply(self, ctx: RunContext) -> ArrayRecord:
+        # Here, not at the top: clients read the plan (for their DP spend) and must not pay for ONNX on each message
+        from fedtrain.export import EXPORT_DIR, export_model, subject_for_run
+
         which = self.cfg.export.export_checkpoint
         arrays, rounds = ctx.arrays, ctx.state.global_round
         if which == "best" and ctx.folder.best_checkpoint.is_file():
