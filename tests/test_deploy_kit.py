@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import itertools
 import json
 import re
 import shlex
@@ -135,7 +136,7 @@ def test_init_refuses_bad_input(tmp_path, hosts, devices, match):
 def test_init_refuses_non_empty_dir_without_force(tmp_path):
     out = tmp_path / "out"
     first = init_deployment(out, ["link"], ["a", "b"])
-    with pytest.raises(DeployError, match="not empty.*--force"):
+    with pytest.raises(DeployError, match=r"not empty.*--force"):
         init_deployment(out, ["link"], 1)
     old_ca = first.ca_cert.read_bytes()
     again = init_deployment(out, ["link"], ["c"], force=True)
@@ -144,7 +145,7 @@ def test_init_refuses_non_empty_dir_without_force(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(DeployError, match="holds no deployment.json"):
+    with pytest.raises(DeployError, match=r"holds no deployment\.json"):
         init_deployment(other, ["link"], 1, force=True)
     assert (other / "notes.txt").read_text() == "mine"
 
@@ -166,7 +167,7 @@ def test_renew_keeps_ca_and_device_keys(tmp_path):
 
 
 def _flags(cmd: list[str]) -> dict[str, str]:
-    return {a: b for a, b in zip(cmd, cmd[1:], strict=False) if a.startswith("--") and not b.startswith("--")}
+    return {a: b for a, b in itertools.pairwise(cmd) if a.startswith("--") and not b.startswith("--")}
 
 
 def test_superlink_command(kit):
@@ -240,7 +241,8 @@ def test_cli_print_and_errors(kit, tmp_path, capsys):
     assert deploy_main(["deploy", "init", str(tmp_path / "k"), "--superlink-host", "h", "--devices", "0"]) == 7
     assert "at least one device" in capsys.readouterr().err
     out = tmp_path / "named"
-    assert deploy_main(["deploy", "init", str(out), "--superlink-host", "h", "--device", "pi-a", "--device", "pi-b"]) == 0
+    named = ["deploy", "init", str(out), "--superlink-host", "h", "--device", "pi-a", "--device", "pi-b"]
+    assert deploy_main(named) == 0
     assert sorted(p.name for p in (out / "devices").iterdir()) == ["pi-a", "pi-b"]
 
 
@@ -381,17 +383,17 @@ def test_status_parses_flwr_json(tmp_path):
             nodes = [{"node-id": "1", "status": "online", "online-at": "2026-12-01 10:00:00Z"},
                      {"node-id": "2", "status": "registered"}]  # fmt: skip
             return "Using SuperLink...\n" + json.dumps({"success": True, "nodes": nodes})
-        runs = [{"run-id": "5", "status": "finished:completed", "pending-at": "2026-12-01 09:00:00Z"},
-                {"run-id": "6", "status": "running", "pending-at": "2026-12-01 10:00:00Z", "fab-name": "fedtrain"}]  # fmt: skip
+        runs = [
+            {"run-id": "5", "status": "finished:completed", "pending-at": "2026-12-01 09:00:00Z"},
+            {"run-id": "6", "status": "running", "pending-at": "2026-12-01 10:00:00Z", "fab-name": "fedtrain"},
+        ]
         return json.dumps({"success": True, "runs": runs})
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     assert current_round(run_dir) is None
-    (run_dir / "metrics.jsonl").write_text(
-        json.dumps({"phase": "finetune", "round": 1}) + "\n" + json.dumps({"phase": "finetune", "round": 2,
-                   "test_accuracy": 0.5}) + "\n"  # fmt: skip
-    )
+    lines = [{"phase": "finetune", "round": 1}, {"phase": "finetune", "round": 2, "test_accuracy": 0.5}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     status = query_status("mylink", run_dir=run_dir, runner=runner)
     assert [c[0][1:] for c in calls] == [["supernode", "list", "mylink", "--format", "json"],
                                          ["ls", "mylink", "--format", "json"]]  # fmt: skip
