@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fedtrain.edge.cli import add_predict_parser  # numpy and onnxruntime only: runs on a device without torch
 
     add_predict_parser(sub)
+    from fedtrain.deploy.cli import add_deploy_parser  # stdlib only at import; each command imports lazily
+
+    add_deploy_parser(sub)
 
     config = sub.add_parser("config", help="print the resolved config, or render its reference")
     _add_config_args(config)

@@ -147,3 +147,14 @@ def test_every_strategy_by_name_runs(small_config, name):
 
 def test_stage_registry_matches_config():
     assert tuple(KNOWN_STAGES) == STAGES.names() == ("pretrain", "finetune", "export")
+
+
+def test_the_summary_and_report_say_which_clients_took_part(small_config):
+    run_dir = run_inprocess(small_config(report=True, **{"fraction-train": 0.67}))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    per_round = [r["trained_partitions"] for r in records]
+    assert all(len(p) == 2 and set(p) <= {0, 1, 2} for p in per_round)  # 2 of 3 sampled each round
+    summary = json.loads((run_dir / "summary.json").read_text())
+    expected = {str(pid): sum(pid in p for p in per_round) for pid in range(3) if any(pid in p for p in per_round)}
+    assert summary["participants"] == expected and sum(expected.values()) == 4
+    assert "clients that took part" in (run_dir / "report.html").read_text()

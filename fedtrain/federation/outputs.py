@@ -16,7 +16,7 @@ from fedtrain.privacy.unaccounted import label_counts_allowed
 from fedtrain.results import RunFolder, plot_curves, plot_export, plot_label_distribution, write_report
 from fedtrain.results.report import SELECTED_BY_LAST_ROUND, SELECTED_BY_VALIDATION
 
-__all__ = ["refresh_outputs", "secagg_summary", "summary", "write_outputs", "write_privacy"]
+__all__ = ["participants", "refresh_outputs", "secagg_summary", "summary", "write_outputs", "write_privacy"]
 
 
 def _nan_if_none(value: Any) -> float:
@@ -79,6 +79,18 @@ def secagg_summary(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+def participants(records: list[dict[str, Any]]) -> dict[str, int] | None:
+    """Rounds each partition (a deployment's device index) took part in, by the aggregated updates."""
+    counts: dict[int, int] = {}
+    seen = False
+    for r in records:
+        if "trained_partitions" in r:
+            seen = True
+            for pid in r["trained_partitions"]:
+                counts[int(pid)] = counts.get(int(pid), 0) + 1
+    return {str(k): counts[k] for k in sorted(counts)} if seen else None
+
+
 def write_outputs(
     folder: RunFolder,
     cfg: RunConfig,
@@ -87,9 +99,13 @@ def write_outputs(
     classes: tuple[str, ...],
 ) -> None:
     """summary.json, then (unless ``report=false``) the plots and report.html."""
-    secagg = secagg_summary(folder.read_metrics())
+    records = folder.read_metrics()
+    secagg = secagg_summary(records)
     if secagg is not None:
         payload["secure_aggregation"] = secagg
+    took_part = participants(records)
+    if took_part is not None:
+        payload["participants"] = took_part
     _attach_export(folder, payload)
     folder.write_json("summary.json", payload)
     if not cfg.output.report:

@@ -120,6 +120,9 @@ def write_report(path: Path, summary: dict[str, Any], images: list[Path]) -> Pat
         ("test accuracy at best round", f"{best.get('accuracy', float('nan')):.4f}"),
         ("wall time (s)", f"{summary.get('wall_seconds', 0):.1f}"),
     ]
+    if summary.get("participants"):
+        took_part = ", ".join(f"{pid} ({n} rounds)" for pid, n in summary["participants"].items())
+        overview.append(("clients that took part (partition id: rounds aggregated)", took_part))
     if summary.get("reason"):
         overview.insert(1, ("reason", summary["reason"]))
     warnings = _notice("Warnings", summary.get("warnings", []))

@@ -29,6 +29,11 @@ def _train_loss(reports: list[dict[str, Any]]) -> float | None:
     return sum(loss * w for loss, w in pairs) / total if total > 0 else None
 
 
+def _partitions(replies: TrainReplies) -> list[int]:
+    """Partition ids (a deployment's device indices) whose updates this round aggregated: who took part."""
+    return sorted(int(r[wire.PARTITION_ID]) for r in replies.trained if wire.PARTITION_ID in r)
+
+
 def _get(record: MetricRecord | ConfigRecord | None, key: str) -> float | None:
     value = record.get(key) if record is not None else None
     return float(value) if isinstance(value, int | float) else None
@@ -170,6 +175,10 @@ class FederatedStage(Stage):
             seconds=time.perf_counter() - t0,
             declined=len(replies.declined),
             supervised=self.supervised,
-            extra={**replies.metrics, **self.central_metrics(ctx, new_arrays)},
+            extra={
+                **replies.metrics,
+                **self.central_metrics(ctx, new_arrays),
+                "trained_partitions": _partitions(replies),
+            },
             strategy_state=strategy_state(strategy),
         )
