@@ -361,9 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--latency-calls", type=int, help="timed single-sample calls; 0 skips (export-latency-calls)")
     export.set_defaults(func=cmd_export)
 
-    from fedtrain.edge.cli import add_predict_parser  # numpy and onnxruntime only: runs on a device without torch
+    from fedtrain.edge.cli import add_fetch_parser, add_predict_parser  # numpy, onnxruntime: no torch needed
 
     add_predict_parser(sub)
+    add_fetch_parser(sub)
     from fedtrain.deploy.cli import add_deploy_parser  # stdlib only at import; each command imports lazily
 
     add_deploy_parser(sub)

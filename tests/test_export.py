@@ -157,7 +157,7 @@ def test_fedtrain_export_rewrites_a_finished_run(exported_run, tmp_path, capsys)
     out = capsys.readouterr().out
     assert out.strip().splitlines()[-1] == str(run / "export")
     assert sorted(p.name for p in (run / "export").iterdir()) == [
-        "export.json", "model-fp32.onnx", "model-int8-dynamic.onnx"
+        "export.json", "manifest.json", "model-fp32.onnx", "model-int8-dynamic.onnx"
     ]  # fmt: skip
     summary = json.loads((run / "summary.json").read_text())
     assert [r["format"] for r in summary["export"]["rows"]] == ["fp32", "int8-dynamic"]
@@ -309,3 +309,35 @@ def test_predict_without_torch_gives_the_labels_the_card_promises(exported_run, 
     card = _card(model)
     assert len(result["out"]["predictions"]) == len(raw.y) == card.test_samples
     assert result["out"]["accuracy"] == pytest.approx(card.test_accuracy, abs=1.01 / len(raw.y))
+
+
+def test_published_models_are_fetched_and_verified_by_checksum(exported_run, tmp_path, capsys):
+    import functools
+    import http.server
+    import threading
+
+    from fedtrain.edge.manifest import MANIFEST_NAME, fetch, verify
+
+    export = exported_run / "export"
+    manifest = json.loads((export / MANIFEST_NAME).read_text())
+    written = sorted(r["file"] for r in json.loads((export / "export.json").read_text())["rows"] if r["written"])
+    assert sorted(e["file"] for e in manifest["files"]) == written
+    assert len(verify(export)) == len(written)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(export))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        got = fetch(url, tmp_path / "device", ["int8-static"])
+        assert sorted(p.name for p in got) == ["model-int8-static.onnx", "model-int8-static.ort"]
+        assert main(["fetch", url, str(tmp_path / "device2"), "--formats", "fp32"]) == 0
+        assert "verified" in capsys.readouterr().out
+    finally:
+        server.shutdown()
+        server.server_close()
+    damaged = tmp_path / "device" / "model-int8-static.onnx"
+    damaged.write_bytes(damaged.read_bytes()[:-10] + b"0123456789")
+    assert main(["verify", str(tmp_path / "device")]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "does not match its checksum" in err

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from fedtrain.edge.bench import add_bench_parser
-from fedtrain.edge.cli import add_predict_parser
+from fedtrain.edge.cli import add_fetch_parser, add_predict_parser
 from fedtrain.errors import FedtrainError
 
 
@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedtrain.edge", description="Run exported fedtrain models.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_predict_parser(sub)
+    add_fetch_parser(sub)
     add_bench_parser(sub)
     args = parser.parse_args(argv)
     try:

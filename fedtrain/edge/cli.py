@@ -16,7 +16,43 @@ from fedtrain.edge.errors import EdgeInputError
 from fedtrain.edge.inputs import read_input
 from fedtrain.edge.runtime import EdgeModel
 
-__all__ = ["add_predict_parser", "cmd_predict"]
+__all__ = ["add_fetch_parser", "add_predict_parser", "cmd_fetch", "cmd_predict"]
+
+
+def add_fetch_parser(subparsers: Any) -> None:
+    """Register ``fetch`` (copy a run's published models, verified) and ``verify`` (check a folder of them)."""
+    p = subparsers.add_parser(
+        "fetch",
+        help="copy a run's published models (a folder or its http(s) URL) to this device, checked against the manifest",
+    )
+    p.add_argument("source", metavar="SOURCE", help="the run's export/ folder, or its URL (served over http(s))")
+    p.add_argument("dest", metavar="DEST", help="folder on this device for the models and the manifest")
+    p.add_argument("--formats", default="", help="comma-separated variants to keep, e.g. int8-static (default all)")
+    p.set_defaults(func=cmd_fetch)
+    v = subparsers.add_parser("verify", help="check every model of a folder against its manifest.json")
+    v.add_argument("folder", metavar="FOLDER", help="a folder with manifest.json (an export/ or a fetched copy)")
+    v.set_defaults(func=cmd_verify)
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedtrain.edge.manifest import fetch
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    for path in fetch(args.source, Path(args.dest), formats):
+        print(f"verified {path}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedtrain.edge.manifest import verify
+
+    for path in verify(Path(args.folder)):
+        print(f"verified {path}")
+    return 0
 
 
 def add_predict_parser(subparsers: Any) -> None:

@@ -24,6 +24,7 @@ from fedtrain.config import ExportConfig
 from fedtrain.config.export import parse_export_formats
 from fedtrain.data import ArrayDataset, Normalizer
 from fedtrain.edge.card import ModelCard, card_to_props
+from fedtrain.edge.manifest import MANIFEST_NAME, manifest_for
 from fedtrain.export.calibration import Calibration
 from fedtrain.export.compress import to_fp16, to_int8_dynamic, to_int8_static, to_ort
 from fedtrain.export.graph import INPUT_NAME, OUTPUT_NAME, compact, export_graph
@@ -181,6 +182,8 @@ def export_model(subject: ExportSubject, settings: ExportConfig, out_dir: Path) 
     raw_val = None if subject.val is None else denormalize(subject.normalizer, subject.val.x)
     calibration = Calibration(subject, raw_val, settings.export_calibration, settings.export_calibration_samples)
     report = ExportReport(checkpoint=subject.checkpoint, rounds=subject.rounds)
+    published: list[Path] = []
+    cards: dict[str, dict[str, Any]] = {}
     if settings.export_latency_calls:
         normalized = torch.from_numpy(subject.test.x[:1] if subject.test is not None else sample)
         report.torch_latency_us = torch_latency_us(model, normalized.numpy(), settings.export_latency_calls)
@@ -204,14 +207,20 @@ def export_model(subject: ExportSubject, settings: ExportConfig, out_dir: Path) 
         if not written:
             path.unlink()
         else:
-            _save(variant, path, _card(subject, name, quantization, checked))
+            card = _card(subject, name, quantization, checked)
+            _save(variant, path, card)
             checked.bytes = path.stat().st_size
+            published.append(path)
+            cards[path.name] = cards[path.with_suffix(".ort").name] = dataclasses.asdict(card)
         report.rows.append(_row(name, path, checked, report.fp32_accuracy, written))
         if written and settings.export_ort:
             ort_path = to_ort(path)
             ort_checked = validate(ort_path, raw_x, y, reference, sample=sample,
                                    latency_calls=settings.export_latency_calls, check=False)  # fmt: skip
             report.rows.append(_row(f"{name} (.ort)", ort_path, ort_checked, report.fp32_accuracy, True))
+            published.append(ort_path)
+    manifest = manifest_for(out_dir, published, cards)  # what devices fetch and verify (fedtrain fetch)
+    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     (out_dir / "export.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     return report
 
