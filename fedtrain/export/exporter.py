@@ -172,6 +172,8 @@ def export_model(subject: ExportSubject, settings: ExportConfig, out_dir: Path) 
         The model cannot be exported, calibration data is missing or too small, or a file fails validation.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*out_dir.glob("model-*.onnx"), *out_dir.glob("model-*.ort"), out_dir / MANIFEST_NAME]:
+        old.unlink(missing_ok=True)  # a re-export replaces the last one: no file the records do not describe
     model = subject.model.eval()
     raw_x = y = reference = None
     if subject.test is not None and len(subject.test.y):
