@@ -14,6 +14,7 @@ from fedtrain.federation.run_state import RunState
 from fedtrain.privacy.ledger import PrivacyLedger
 from fedtrain.privacy.unaccounted import label_counts_allowed
 from fedtrain.results import RunFolder, plot_curves, plot_export, plot_label_distribution, write_report
+from fedtrain.results.provenance import provenance
 from fedtrain.results.report import SELECTED_BY_LAST_ROUND, SELECTED_BY_VALIDATION
 
 __all__ = ["participants", "refresh_outputs", "secagg_summary", "summary", "write_outputs", "write_privacy"]
@@ -52,6 +53,7 @@ def summary(
         "phases": [vars(s) for s in state.stages],
         "config": cfg.to_flat(),
         "privacy": privacy.summary(),
+        "provenance": provenance(),
     }
     if reason:
         payload["reason"] = reason

@@ -15,6 +15,13 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 th{background:#f3f3f3}img{max-width:100%;margin:.5em 0}.grid{display:flex;flex-wrap:wrap;gap:1em}
 .notice{border:2px solid #c62828;background:#fdecea;padding:.4em 1em;margin:1em 0}
 .notice h2{margin:.3em 0;color:#c62828}
+.headline{display:flex;flex-wrap:wrap;gap:1.5em;border:1px solid #ccc;padding:.6em 1em;margin:1em 0}
+.headline div{min-width:9em}.headline b{display:block;font-size:1.5em}
+.statement{border-left:4px solid #1565c0;padding:.2em 1em;margin:1em 0}
+details summary{cursor:pointer;margin:.5em 0}
+@media print{body{max-width:none;margin:0;font-size:10pt}img{max-width:48%;page-break-inside:avoid}
+ h2{page-break-after:avoid}table{page-break-inside:avoid}details{display:block}details>*{display:block}
+ .grid{display:block}}
 """
 
 SELECTED_BY_VALIDATION = "validation"  # summary["best"]["selected_by"] (docs/results.md)
@@ -93,6 +100,135 @@ def _export_html(export: dict[str, Any]) -> str:
     return f"<h2>Export</h2>{_table(notes)}<table><tr>{head}</tr>{body}</table>{refused}"
 
 
+def _headline(summary: dict[str, Any]) -> str:
+    """Test accuracy, ε and δ per DP level, model size per exported format: what the run comes to."""
+    final, privacy = summary.get("final", {}), summary.get("privacy", {})
+    cells = [("final test accuracy", f"{final.get('accuracy', float('nan')):.4f}")]
+    if "sample" in privacy:
+        s = privacy["sample"]
+        cells.append(("sample-level DP", f"ε {s['epsilon_max']:.2f}, δ {s['delta']:g}"))
+    if "user" in privacy:
+        u = privacy["user"]
+        cells.append(("user-level DP", f"ε {u['epsilon']:.2f}, δ {u['delta']:g}"))
+    if privacy.get("level", "none") == "none":
+        cells.append(("differential privacy", "none"))
+    if summary.get("secure_aggregation"):
+        cells.append(("aggregation", "SecAgg+"))
+    for row in (summary.get("export") or {}).get("rows", []):
+        if row["written"] and not row["format"].endswith("(.ort)"):
+            cells.append((f"{row['format']} ONNX", f"{row['bytes'] / 1000:.1f} kB"))
+    body = "".join(f"<div>{html.escape(k)}<b>{html.escape(v)}</b></div>" for k, v in cells)
+    return f'<div class="headline">{body}</div>'
+
+
+def _privacy_statement(summary: dict[str, Any]) -> str:
+    """What the run's DP guarantee is and is not, in sentences and a per-client table."""
+    privacy = summary.get("privacy", {})
+    config = summary.get("config", {})
+    level = privacy.get("level", "none")
+    if level == "none":
+        return (
+            '<div class="statement"><p><b>No differential privacy.</b> This run trained without DP '
+            "(<code>dp-level = none</code>): the global model and every client update may reveal individual "
+            "training records. Nothing in this report bounds what can be learnt about them.</p></div>"
+        )
+    parts = []
+    if "sample" in privacy:
+        s = privacy["sample"]
+        per_client = s.get("per_client", {})
+        segments = [seg for c in per_client.values() for seg in c.get("segments", [])]
+        sigmas = sorted({round(float(seg[0]), 4) for seg in segments})
+        rates = sorted({round(float(seg[1]), 5) for seg in segments})
+        parts.append(
+            f"<p><b>Sample-level DP</b> (DP-SGD, Opacus): each client's records are protected by "
+            f"(ε = {s['epsilon_max']:.3f}, δ = {s['delta']:g}) at most over the whole run (mean ε "
+            f"{s['epsilon_mean']:.3f}, min {s['epsilon_min']:.3f}), accountant "
+            f"<code>{html.escape(str(s['accountant']))}</code>, per-sample clipping norm C = {s.get('max_grad_norm')}, "
+            "noise multiplier σ = "
+            f"{', '.join(map(str, sigmas)) or 'n/a'}, sampling rate q = {', '.join(map(str, rates)) or 'n/a'}, "
+            f"{len(per_client)} clients. Each client's full history is in <code>privacy.json</code>, from which "
+            "every ε can be recomputed (docs/privacy.md).</p>"
+        )
+        rows = "".join(
+            f"<tr><td>{html.escape(pid)}</td><td>{float(c.get('epsilon', 0)):.3f}</td><td>{int(c.get('steps', 0))}"
+            f"</td><td>{len(c.get('segments', []))}</td></tr>"
+            for pid, c in per_client.items()
+        )
+        if rows:
+            parts.append(
+                "<details><summary>per-client spread (ε, steps, history segments)</summary><table><tr><th>client"
+                f"</th><th>ε</th><th>steps</th><th>segments</th></tr>{rows}</table></details>"
+            )
+    if "user" in privacy:
+        u = privacy["user"]
+        parts.append(
+            f"<p><b>User-level DP</b> (Flower's DP wrappers): each client's whole data is protected by "
+            f"(ε = {u['epsilon']:.3f}, δ = {u['delta']:g}) after {u['rounds']} releases, {u['clipping']} clipping "
+            f"at norm {u.get('clipping_norm')}, noise multiplier {u.get('noise_multiplier')}, accountant "
+            f"{html.escape(str(u.get('accountant')))}.</p>"
+        )
+    outside = privacy.get("outside_budget", [])
+    norm = config.get("normalize", "?")
+    inside = not any("normalize" in str(o) for o in outside)
+    parts.append(
+        f"<p><b>Normalisation</b> (<code>normalize = {html.escape(str(norm))}</code>): its statistics are "
+        + (
+            "read from no private data, or inside the budget."
+            if inside
+            else "<b>outside the budget</b>: see the red box below."
+        )
+        + "</p>"
+    )
+    parts.append(
+        "<p><b>Randomness:</b> Opacus' <code>secure_mode</code> is off (it needs torchcsprng): the DP noise comes "
+        "from torch's pseudo-random generator, seeded per client and round. The guarantee holds against anyone "
+        "who cannot predict that generator; a party that knows the seeds could remove the noise. "
+        f"<code>dp-noise-seed = {html.escape(str(config.get('dp-noise-seed', '?')))}</code> (docs/privacy.md).</p>"
+    )
+    secagg = summary.get("secure_aggregation")
+    parts.append(
+        "<p><b>Secure aggregation:</b> "
+        + (
+            f"SecAgg+ with {secagg.get('shares')} shares and threshold {secagg.get('threshold')}: the server saw only "
+            "each round's aggregate of the clients' updates (table below)."
+            if secagg
+            else "none: the server saw every client's update."
+        )
+        + "</p>"
+    )
+    return f'<div class="statement">{"".join(parts)}</div>'
+
+
+def _provenance_rows(prov: dict[str, Any]) -> list[tuple[str, Any]]:
+    versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
+    return [
+        ("versions", f"{versions}, Python {prov.get('python', '?')}"),
+        ("git commit", prov.get("git_commit") or "not a git checkout"),
+        ("date", prov.get("date")),
+        ("host", f"{prov.get('host')} ({prov.get('platform')})"),
+        ("command line", prov.get("command")),
+    ]
+
+
+def _config_html(config: dict[str, Any]) -> str:
+    """The keys that differ from the defaults first, then the whole table folded."""
+    from fedtrain.config import RunConfig  # the defaults
+
+    defaults = RunConfig().to_flat()
+    changed = sorted((k, v) for k, v in config.items() if k in defaults and defaults[k] != v)
+    first = _table(changed) if changed else "<p>Every key has its default value.</p>"
+    return (f"<h3>Keys that differ from the defaults</h3>{first}<details><summary>every key ({len(config)})"
+            f"</summary>{_table(sorted(config.items()))}</details>")  # fmt: skip
+
+
+def _figures(images: list[Path], stems: tuple[str, ...]) -> str:
+    return "".join(
+        f'<figure><img alt="{img.stem}" src="{png_data_uri(img)}"></figure>'
+        for img in images
+        if img.is_file() and img.stem in stems
+    )
+
+
 def _table(rows: list[tuple[str, Any]]) -> str:
     body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
@@ -139,18 +275,34 @@ def write_report(path: Path, summary: dict[str, Any], images: list[Path]) -> Pat
     secagg = summary.get("secure_aggregation")
     secagg_html = f"<h2>Secure aggregation</h2>{_table(_secagg_rows(secagg))}" if secagg else ""
     export_html = _export_html(summary["export"]) if summary.get("export") else ""
-    figs = "".join(
-        f'<figure><img alt="{img.stem}" src="{png_data_uri(img)}"></figure>' for img in images if img.is_file()
-    )
+    sections = [
+        ("Data", ("label_distribution",)),
+        ("Pretraining", ("reconstruction", "filters")),
+        ("Training", ("accuracy", "loss", "epsilon")),
+    ]
+    known = {stem for _, stems in sections for stem in stems} | {"export_size_accuracy"}
+    plots = ""
+    for title, stems in sections:
+        figs = _figures(images, stems)
+        if figs:
+            plots += f'<h2>{title}</h2><div class="grid">{figs}</div>'
+    others = _figures(images, tuple(img.stem for img in images if img.stem not in known))
+    if others:
+        plots += f'<h2>Other plots</h2><div class="grid">{others}</div>'
+    if export_html:
+        export_html += f'<div class="grid">{_figures(images, ("export_size_accuracy",))}</div>'
+    provenance = summary.get("provenance")
+    provenance_html = f"<h2>Provenance</h2>{_table(_provenance_rows(provenance))}" if provenance else ""
     name = html.escape(path.parent.name)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>fedtrain run {name}</title>
 <style>{_STYLE}</style></head><body>
-<h1>fedtrain run <code>{name}</code></h1>{warnings}
+<h1>fedtrain run <code>{name}</code></h1>{_headline(summary)}{warnings}
+<h2>Privacy statement</h2>{_privacy_statement(summary)}{_table(_privacy_rows(privacy))}{outside}
+{provenance_html}
 <h2>Summary</h2>{_table(overview)}
-<h2>Privacy</h2>{_table(_privacy_rows(privacy))}{outside}{secagg_html}
-<h2>Phases</h2><table><tr><th>phase</th><th>rounds</th><th>status</th></tr>{phases}</table>{export_html}
-<h2>Plots</h2><div class="grid">{figs}</div>
-<h2>Configuration</h2>{_table(sorted(summary.get("config", {}).items()))}
+<h2>Phases</h2><table><tr><th>phase</th><th>rounds</th><th>status</th></tr>{phases}</table>
+{plots}{secagg_html}{export_html}
+<h2>Configuration</h2>{_config_html(summary.get("config", {}))}
 </body></html>
 """
     path.write_text(page, encoding="utf-8")
