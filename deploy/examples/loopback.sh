@@ -30,14 +30,17 @@ start() {
   echo $! >"$WORK/pids/$name.pid"
 }
 
-# Wait until a process's log shows a line, or fail (with its last lines) if it exits or takes too long.
+# Wait until a process's log shows a line; if it exits or takes too long, say why in one line and fail.
 wait_for() {
-  local name=$1 pattern=$2 pid deadline=$((SECONDS + WAIT_S))
+  local name=$1 pattern=$2 log=$WORK/logs/$1.log pid why deadline=$((SECONDS + WAIT_S))
   pid=$(cat "$WORK/pids/$name.pid")
-  until grep -q "$pattern" "$WORK/logs/$name.log"; do
+  until grep -q "$pattern" "$log"; do
     if ! kill -0 "$pid" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
-      echo "error: $name did not come up (no '$pattern' in $WORK/logs/$name.log):" >&2
-      tail -5 "$WORK/logs/$name.log" >&2
+      if grep -q "code: 2004" "$log"; then why="the SuperLink refused its key (not registered)"
+      elif grep -q "CERTIFICATE_VERIFY_FAILED" "$log"; then why="TLS: the SuperLink's certificate does not match"
+      elif grep -q "Exit Code: 305" "$log"; then why="no connection to the SuperLink (address, port or TLS)"
+      else why="no '$pattern' in its log after ${WAIT_S} s or it exited"; fi
+      echo "error: $name did not come up: $why; see $log" >&2
       return 1
     fi
     sleep 1
