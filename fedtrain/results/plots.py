@@ -22,7 +22,10 @@ def pyplot() -> ModuleType:
 
 
 def _save_line_plot(plt, fig, ax, path: Path, ylabel: str, title: str, xlabel: str = "round (all phases)") -> Path:
-    """Label, grid, legend and save a line plot; close the figure."""
+    """Label, grid, legend and save a line plot (integer round ticks); close the figure."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -121,6 +121,13 @@ def _headline(summary: dict[str, Any]) -> str:
     return f'<div class="headline">{body}</div>'
 
 
+def _spread(values: list[float], spec: str) -> str:
+    if not values:
+        return "n/a"
+    low, high = min(values), max(values)
+    return format(low, spec) if format(low, spec) == format(high, spec) else f"{low:{spec}} to {high:{spec}}"
+
+
 def _privacy_statement(summary: dict[str, Any]) -> str:
     """What the run's DP guarantee is and is not, in sentences and a per-client table."""
     privacy = summary.get("privacy", {})
@@ -137,15 +144,14 @@ def _privacy_statement(summary: dict[str, Any]) -> str:
         s = privacy["sample"]
         per_client = s.get("per_client", {})
         segments = [seg for c in per_client.values() for seg in c.get("segments", [])]
-        sigmas = sorted({round(float(seg[0]), 4) for seg in segments})
-        rates = sorted({round(float(seg[1]), 5) for seg in segments})
+        sigmas = _spread([float(seg[0]) for seg in segments], ".3f")
+        rates = _spread([float(seg[1]) for seg in segments], ".4g")
         parts.append(
             f"<p><b>Sample-level DP</b> (DP-SGD, Opacus): each client's records are protected by "
             f"(ε = {s['epsilon_max']:.3f}, δ = {s['delta']:g}) at most over the whole run (mean ε "
             f"{s['epsilon_mean']:.3f}, min {s['epsilon_min']:.3f}), accountant "
             f"<code>{html.escape(str(s['accountant']))}</code>, per-sample clipping norm C = {s.get('max_grad_norm')}, "
-            "noise multiplier σ = "
-            f"{', '.join(map(str, sigmas)) or 'n/a'}, sampling rate q = {', '.join(map(str, rates)) or 'n/a'}, "
+            f"noise multiplier σ = {sigmas}, sampling rate q = {rates} (over clients and stages), "
             f"{len(per_client)} clients. Each client's full history is in <code>privacy.json</code>, from which "
             "every ε can be recomputed (docs/privacy.md).</p>"
         )
