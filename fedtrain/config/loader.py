@@ -66,12 +66,25 @@ def parse_overrides(text: str) -> dict[str, Any]:
             "e.g. \"num-rounds=5 model='cnn'\""
         )
     out: dict[str, Any] = {}
+    twice: dict[str, list[str]] = {}
     for key, raw in pairs:
+        if key in out:  # the last value would win silently: a typo or a copied line, never what was meant
+            twice.setdefault(key, [_show(out[key])]).append(raw)
         try:
             out[key] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
+        except (tomllib.TOMLDecodeError, RecursionError):
             out[key] = raw
+    if twice:
+        raise ConfigError(
+            [f"--run-config sets {key} {len(values)} times ({', '.join(values)}); give each key once" for key, values in
+             twice.items()]
+        )  # fmt: skip
     return out
+
+
+def _show(value: Any) -> str:
+    """A parsed override as the user wrote it (near enough for a message)."""
+    return toml_value(value) if isinstance(value, (bool, int, float, str)) else repr(value)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -82,20 +95,40 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
     # Accept a whole pyproject.toml as well as a flat file of keys.
-    table = data.get("tool", {}).get("flwr", {}).get("app", {}).get("config")
-    if table is not None:
+    table: Any = data
+    for name in ("tool", "flwr", "app", "config"):
+        table = table.get(name) if isinstance(table, dict) else None
+    if isinstance(table, dict):
         data = table
+    where = f"config file {str(path)!r}"
+    keys = flat_keys()
     flat: dict[str, Any] = {}
+    places: dict[str, str] = {}
+    problems: list[str] = []
+
+    def put(key: str, value: Any, place: str) -> None:
+        if key in flat:
+            problems.append(f"{where} sets {key} twice ({places[key]} and {place}); keep one")
+        flat[key], places[key] = value, place
+
     for key, value in data.items():
-        if isinstance(value, dict):
-            if key not in SECTIONS:
-                raise ConfigError(
-                    f"config file {str(path)!r}: table [{key}] is not a section; use flat keys "
-                    f"or one of the sections {', '.join(SECTIONS)}"
+        if not isinstance(value, dict):
+            put(key, value, "as a flat key")
+            continue
+        if key not in SECTIONS:
+            raise ConfigError(
+                f"{where}: table [{key}] is not a section; use flat keys or one of the sections {', '.join(SECTIONS)}"
+            )
+        for inner, inner_value in value.items():
+            # A key under the wrong heading would otherwise load silently (keys are unique across sections).
+            if inner in keys and keys[inner][0] != key:
+                problems.append(
+                    f"{where}: {inner} is not a key of [{key}]; it belongs in [{keys[inner][0]}] (or write it as a "
+                    "flat key above the first table)"
                 )
-            flat.update(value)
-        else:
-            flat[key] = value
+            put(inner, inner_value, f"in [{key}]")
+    if problems:
+        raise ConfigError(problems)
     return flat
 
 
@@ -114,9 +147,13 @@ def _check_value(key: str, f: dataclasses.Field[Any], value: Any) -> tuple[Any, 
     elif kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return value, f"{key}={value!r} must be a number"
-        value = float(value)
-        if math.isnan(value):
-            return value, f"{key}=nan is not allowed"
+        try:
+            value = float(value)
+        except OverflowError:  # an integer too large for a float
+            return value, f"{key}={value} is too large for a number; give a finite value"
+        if not math.isfinite(value):
+            # inf or nan would run to the end with a NaN loss in every round
+            return value, f"{key}={value!r} is not a finite number; give a finite value"
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)  # `hidden-sizes=32` arrives as a TOML integer
     elif not isinstance(value, str):
@@ -193,6 +230,7 @@ def _cross_checks(cfg: RunConfig) -> list[str]:
         problems.append(
             f"plan={cfg.strategy.plan!r} has unknown stages {unknown}; known stages: {', '.join(KNOWN_STAGES)}"
         )
+    problems.extend(_plan_order(cfg.strategy.plan, phases))
     if "pretrain" in phases and cfg.model.model != "mlp":
         problems.append(
             f"plan={cfg.strategy.plan!r}: layer-wise pretraining needs model='mlp' (got {cfg.model.model!r})"
@@ -248,6 +286,40 @@ def _cross_checks(cfg: RunConfig) -> list[str]:
         )
     if cfg.output.run_name and not re.fullmatch(r"[A-Za-z0-9_-]+", cfg.output.run_name):
         problems.append(f"run-name={cfg.output.run_name!r} may only hold letters, digits, '-' and '_'")
+    return problems
+
+
+# Stages by name (config must not import the federation layer): once-only stages, and the stage that must end a plan.
+_ONCE = ("pretrain", "export")
+_LAST = "export"
+
+
+def _plan_order(plan: str, phases: list[str]) -> list[str]:
+    """Plans whose order makes no sense: a stage that would undo or miss the work of another.
+
+    ``finetune`` may repeat (it continues training the same model); extension stages are not judged.
+    """
+    problems: list[str] = []
+    for name in _ONCE:
+        if phases.count(name) > 1:
+            what = "pretraining again would overwrite the trained layers" if name == "pretrain" else (
+                "the second export would replace the first one's files")  # fmt: skip
+            problems.append(f"plan={plan!r} names {name} {phases.count(name)} times: {what}; name it once")
+    if "pretrain" in phases and "finetune" in phases[: phases.index("pretrain")]:
+        problems.append(
+            f"plan={plan!r} runs pretrain after finetune: layer-wise pretraining would overwrite the fine-tuned "
+            "model's hidden layers; put pretrain first, e.g. plan='pretrain,finetune'"
+        )
+    if _LAST in phases[:-1]:
+        problems.append(
+            f"plan={plan!r} has stages after {_LAST}: the exported files would not hold the final model; "
+            f"put {_LAST} last, e.g. plan='finetune,{_LAST}'"
+        )
+    elif phases == [_LAST]:
+        problems.append(
+            f"plan={plan!r} exports the untrained initial model; train first, e.g. plan='finetune,{_LAST}' (or use "
+            "`fedtrain export RUN_DIR` on a finished run)"
+        )
     return problems
 
 
