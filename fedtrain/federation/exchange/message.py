@@ -9,6 +9,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fedtrain import wire
 from fedtrain.federation.exchange.base import EXCHANGES, RoundExchange, RoundRequest, TrainReplies
+from fedtrain.federation.exchange.faults import Fault, count_kinds, one_line, screen_update
 from fedtrain.federation.reply_metrics import canonical_metrics, reply_metrics
 from fedtrain.logging import get_logger
 from fedtrain.privacy.composition import select_replies
@@ -20,8 +21,17 @@ log = get_logger()
 
 
 def errors(replies: Iterable[Message]) -> list[str]:
-    """One line per error reply, naming the node."""
-    return [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()]
+    """One line per error reply, naming the node (a runtime's traceback cut to its exception line)."""
+    return [f"node {m.metadata.src_node_id}: {one_line(m.error.reason or '')}" for m in replies if m.has_error()]
+
+
+def _faults(messages: list[Message], replies: list[Message]) -> list[Fault]:
+    """Error replies and sampled nodes without a reply, as faults."""
+    faults = [Fault("error", m.metadata.src_node_id, one_line(m.error.reason or "")) for m in replies if m.has_error()]
+    answered = {m.metadata.src_node_id for m in replies}
+    faults += [Fault("timeout", m.metadata.dst_node_id, "no reply before round-timeout") for m in messages
+               if m.metadata.dst_node_id not in answered]  # fmt: skip
+    return faults
 
 
 def client_report(reply: Message) -> dict[str, Any]:
@@ -33,27 +43,32 @@ def client_report(reply: Message) -> dict[str, Any]:
     return report
 
 
-def _missing(messages: list[Message], replies: list[Message]) -> list[str]:
-    """One line per sampled node that sent no reply before the round timed out (Flower drops them silently)."""
-    answered = {m.metadata.src_node_id for m in replies}
-    return [f"node {m.metadata.dst_node_id}: no reply before round-timeout" for m in messages
-            if m.metadata.dst_node_id not in answered]  # fmt: skip
-
-
 class MessageExchange(RoundExchange):
     """Every sampled client gets the global arrays and replies with its new ones, in the clear."""
 
     def train(self, request: RoundRequest) -> TrainReplies:
         r = request
         messages = list(r.strategy.configure_train(r.server_round, r.arrays, r.config, r.grid))
-        replies = list(r.grid.send_and_receive(messages, timeout=r.timeout))
+        received = list(r.grid.send_and_receive(messages, timeout=r.timeout))
         shared = train_loss_shared(self.cfg)
-        canonical_metrics(replies, "train", withheld=() if shared else (wire.TRAIN_LOSS,))
+        canonical_metrics(received, "train", withheld=() if shared else (wire.TRAIN_LOSS,))
+        faults = _faults(messages, received)
+        replies = []
+        for m in received:  # an update the server cannot aggregate safely is left out, as if the client failed
+            fault = None if m.has_error() else screen_update(m, reply_metrics(m), r.arrays)
+            if fault is None:
+                replies.append(m)
+            else:
+                faults.append(fault)
         reports = [client_report(m) for m in replies]
         chosen = select_replies(self.cfg, replies, reports, r.arrays)
         report_of = {id(m): rep for m, rep in zip(replies, reports, strict=True)}
         for reason in chosen.refused:
             log.warning("refused: %s", reason)
+        faults += [Fault("refused", 0, reason) for reason in chosen.refused]
+        for fault in faults:
+            if fault.kind != "refused":  # logged above
+                log.warning("round %d: %s (%s); left out of the aggregate", r.server_round, fault.line(), fault.kind)
 
         def aggregate() -> ArrayRecord | None:
             arrays, _ = r.strategy.aggregate_train(r.server_round, chosen.aggregate)
@@ -64,8 +79,9 @@ class MessageExchange(RoundExchange):
             trained=[report_of[id(m)] for m in chosen.trained],
             declined=[report_of[id(m)] for m in chosen.declined],
             refused=chosen.refused,
-            failures=errors(replies) + chosen.refused + _missing(messages, replies),
+            failures=[f.detail if f.kind == "refused" else f.line() for f in faults],
             aggregate=aggregate,
+            metrics={"failures_by_kind": count_kinds(faults)} if faults else {},
         )
 
     def evaluate(self, request: RoundRequest) -> tuple[MetricRecord | None, int, list[str]]:

@@ -13,6 +13,7 @@ from flwr.serverapp.strategy import Strategy
 from fedtrain import wire
 from fedtrain.aggregation.state import load_strategy_state, strategy_state
 from fedtrain.federation.exchange import RoundRequest, TrainReplies
+from fedtrain.federation.exchange.faults import non_finite_arrays
 from fedtrain.federation.rounds import RoundOutcome
 from fedtrain.federation.run_context import RunContext
 from fedtrain.federation.stages.base import Stage, StageResult
@@ -119,6 +120,18 @@ class FederatedStage(Stage):
             return StageResult(self.label, ArrayRecord(), 0, "stopped", reason)
         return None
 
+    def _too_many_faults(self, replies: TrainReplies, phase_round: int) -> StageResult | None:
+        """Fail the stage when client faults leave fewer usable updates than ``min-clients``."""
+        usable, min_clients = len(replies.trained), min(self.cfg.strategy.min_clients, replies.sent)
+        if "failures_by_kind" not in replies.metrics or usable >= max(min_clients, 1) or replies.declined:
+            return None  # only exchanges that screen faults (SecAgg+ has its own policy)
+        more = f" (+{len(replies.failures) - 1} more, see the log)" if len(replies.failures) > 1 else ""
+        lost = f"{len(replies.failures)} of {replies.sent} clients failed, leaving {usable} usable updates"
+        reason = (
+            f"round {phase_round}: {lost} (< min-clients={self.cfg.strategy.min_clients}): {replies.failures[0]}{more}"
+        )
+        return StageResult(self.label, ArrayRecord(), 0, "failed", reason)
+
     def _round(
         self, ctx: RunContext, strategy: Strategy, arrays: ArrayRecord, phase_round: int, global_round: int
     ) -> RoundOutcome | StageResult:
@@ -144,13 +157,23 @@ class FederatedStage(Stage):
             ctx.bookkeeper.record_halted(self.label, phase_round, global_round, replies.metrics,
                                          len(replies.failures), replies.stop)  # fmt: skip
             return StageResult(self.label, arrays, 0, "stopped", replies.stop)
+        stop = self._too_many_faults(replies, phase_round)
+        if stop is not None:
+            return stop
         new_arrays = replies.aggregate()
         failures = list(replies.failures)
         if new_arrays is None:
             reason = f"round {phase_round}: no usable client update" + (f" ({failures[0]})" if failures else "")
             return StageResult(self.label, arrays, 0, "failed", reason)
+        bad = non_finite_arrays(new_arrays)
+        if bad:  # each update was finite, their aggregate overflowed: the global model must never hold NaN/inf
+            reason = (f"round {phase_round}: the aggregated model is not finite ({sum(bad.values())} NaN/inf values "
+                      f"in {', '.join(sorted(bad)[:3])}) from the updates of partitions {_partitions(replies)}; "
+                      "lower learning-rate or set clip-grad-norm")  # fmt: skip
+            return StageResult(self.label, arrays, 0, "failed", reason)
         for key in self.frozen_keys(phase_round, arrays):
             new_arrays[key] = arrays[key]  # exact: averaging equal floats may round, DP noise would move them
+        kinds: dict[str, int] = dict(replies.metrics.get("failures_by_kind", {}))
         eval_metrics, evaluated = None, 0
         if self.supervised:
             eval_cfg = self.evaluate_config(phase_round, global_round)
@@ -158,6 +181,8 @@ class FederatedStage(Stage):
             eval_request = RoundRequest(strategy, ctx.grid, global_round, new_arrays, eval_cfg, request.timeout)
             eval_metrics, evaluated, eval_failures = ctx.exchange.evaluate(eval_request)
             failures += eval_failures
+            if eval_failures:
+                kinds["evaluate"] = kinds.get("evaluate", 0) + len(eval_failures)
         shared = train_loss_shared(self.cfg)
         return RoundOutcome(
             phase=self.label,
@@ -177,6 +202,7 @@ class FederatedStage(Stage):
             supervised=self.supervised,
             extra={
                 **replies.metrics,
+                "failures_by_kind": kinds,
                 **self.central_metrics(ctx, new_arrays),
                 "trained_partitions": _partitions(replies),
             },

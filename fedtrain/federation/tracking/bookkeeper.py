@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedtrain.config import RunConfig
+from fedtrain.federation.exchange.faults import non_finite_arrays
 from fedtrain.federation.progress import RoundProgress
 from fedtrain.federation.rounds import RoundOutcome
 from fedtrain.federation.run_state import RunState
@@ -85,7 +86,7 @@ class RoundBookkeeper:
         s = self.state
         test_acc = scores.test.accuracy if scores.test else None
         val_acc = scores.val.accuracy if scores.val else None
-        if outcome.supervised:
+        if outcome.supervised and not non_finite_arrays(outcome.arrays):  # a NaN model is never the best
             self.selector.observe(outcome.global_round, outcome.phase, test_acc, val_acc)
         s.stage_index, s.stage_round, s.global_round = stage_index, outcome.phase_round, outcome.global_round
         s.records += 1
