@@ -29,7 +29,7 @@ class ArrayDataset:
         if self.y.ndim != 1 or len(self.y) != len(self.x):
             raise DataError(f"labels must be one per sample: {len(self.x)} inputs but labels of shape {self.y.shape}")
         if len(self.x) == 0:
-            raise DataError("the data set is empty")
+            raise DataError("the data set is empty (no samples); give a file with labelled samples of each class")
 
     @property
     def input_shape(self) -> tuple[int, ...]:

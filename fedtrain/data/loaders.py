@@ -31,6 +31,12 @@ def _labels_to_ints(raw: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
     return y.astype(np.int64), tuple(str(v) for v in values)
 
 
+def _float32(x: np.ndarray) -> np.ndarray:
+    """``x`` as float32; values beyond its range become inf, which :func:`load_dataset` then refuses (no warning)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return x.astype(np.float32)
+
+
 def load_digits() -> ArrayDataset:
     """Scikit-learn's 8x8 digits (1,797 images, 10 classes) as ``(N, 1, 8, 8)`` floats in [0, 16]."""
     from sklearn.datasets import load_digits as sk_digits
@@ -55,19 +61,28 @@ def load_npz(path: Path) -> ArrayDataset:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from None
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"{path}: 'x' must be numeric, got dtype {x.dtype}")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise DataError(f"{path}: 'x' must be real numbers, got dtype {x.dtype}")
+    if x.ndim < 2 or y.ndim < 1:
+        raise DataError(
+            f"{path}: 'x' must have shape (samples, features...) and 'y' (samples,); got {x.shape} and {y.shape}"
+        )
     if x.ndim == 3:  # (N, H, W) grey images
         x = x[:, None]
     if len(x) != len(y):
         raise DataError(f"{path}: 'x' has {len(x)} samples but 'y' has {len(y)}")
+    if y.size != len(y):
+        raise DataError(f"{path}: 'y' must hold one label per sample, shape ({len(y)},); got shape {y.shape}")
+    if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
+        bad = int(np.count_nonzero(~np.isfinite(y)))
+        raise DataError(f"{path}: 'y' holds {bad} NaN or infinite labels; remove those samples or fix their labels")
     if names is None:
         labels, classes = _labels_to_ints(np.asarray(y).reshape(len(y)))
-        return ArrayDataset(x.astype(np.float32), labels, classes)
+        return ArrayDataset(_float32(x), labels, classes)
     y = np.asarray(y).reshape(len(y))
     if not np.issubdtype(y.dtype, np.integer) or (len(y) and (y.min() < 0 or y.max() >= len(names))):
         raise DataError(f"{path}: with a 'classes' array, 'y' must hold integers in 0..{len(names) - 1}")
-    return ArrayDataset(x.astype(np.float32), y.astype(np.int64), names, max_value=max_value)
+    return ArrayDataset(_float32(x), y.astype(np.int64), names, max_value=max_value)
 
 
 def load_csv(path: Path, label_column: str) -> ArrayDataset:
@@ -86,6 +101,8 @@ def load_csv(path: Path, label_column: str) -> ArrayDataset:
     bad = next((i for i, r in enumerate(body, start=2) if len(r) != len(header)), None)
     if bad is not None:
         raise DataError(f"{path}: line {bad} has {len(body[bad - 2])} fields, the header has {len(header)}")
+    if len(header) < 2:
+        raise DataError(f"{path}: the CSV has only the label column {label_column!r}; it needs feature columns too")
     try:
         x = np.array([[float(v) for j, v in enumerate(r) if j != li] for r in body], dtype=np.float32)
     except ValueError as err:
@@ -106,6 +123,8 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
     ndim = raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes, a {ndim}-d header needs {header})")
     dims = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = int(np.prod(dims)) * dtype.itemsize
@@ -133,7 +152,7 @@ def load_idx(path: Path) -> ArrayDataset:
         pixels = pixels and x.dtype == np.uint8
         if len(x) != len(y):
             raise DataError(f"{img.name} has {len(x)} images but {lab.name} has {len(y)} labels")
-        xs.append(x.astype(np.float32))
+        xs.append(_float32(x))
         ys.append(y.astype(np.int64))
     x = np.concatenate(xs)
     if x.ndim == 3:
@@ -151,9 +170,11 @@ def load_image_folder(path: Path, min_classes: int = 2) -> ArrayDataset:
         raise DataError(
             f"{path}: an image folder needs one subfolder per class (at least {min_classes}); found {len(class_dirs)}"
         )
-    xs, ys = [], []
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
     size = None
     for label, cdir in enumerate(class_dirs):
+        before = len(ys)
         for img_path in sorted(cdir.iterdir()):
             if img_path.suffix.lower() not in _IMAGE_SUFFIXES:
                 continue
@@ -171,6 +192,8 @@ def load_image_folder(path: Path, min_classes: int = 2) -> ArrayDataset:
                 )
             xs.append(arr)
             ys.append(label)
+        if len(ys) == before:  # its label would be a class the model is trained to predict but never sees
+            raise DataError(f"{cdir}: class folder without images; add images or remove the folder")
     if not xs:
         raise DataError(f"{path}: no images found (looked for {sorted(_IMAGE_SUFFIXES)})")
     labels = np.array(ys, dtype=np.int64)
@@ -221,7 +244,27 @@ def load_dataset(
         raise DataError(f"data-path {str(path)!r} must be a folder for data-format={fmt!r}")
     if not reader.folder and not path.is_file():
         raise DataError(f"data-path {str(path)!r} must be a file for data-format={fmt!r}")
-    ds = reader.load(path, label_column, min_classes)
+    try:
+        ds = reader.load(path, label_column, min_classes)
+    except DataError as err:
+        if str(path) in str(err):
+            raise
+        raise DataError(f"{path}: {err}") from None  # the container's checks do not know the file
     if ds.num_classes < min_classes:
-        raise DataError(f"{path}: found {ds.num_classes} class; classification needs at least {min_classes}")
+        raise DataError(
+            f"{path}: found {ds.num_classes} class; classification needs at least {min_classes} (labels of "
+            "another class are missing from the file)"
+        )
+    _check_finite(path, ds.x)
     return ds
+
+
+def _check_finite(path: Path, x: np.ndarray) -> None:
+    """Refuse NaN or infinite inputs: training on them runs to the end with a NaN loss in every round."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        rows = int(np.count_nonzero(bad.reshape(len(x), -1).any(axis=1)))
+        raise DataError(
+            f"{path}: {int(np.count_nonzero(bad))} input values are NaN or infinite (in {rows} of {len(x)} samples; "
+            "values beyond float32's range count as infinite); remove or impute them before training"
+        )

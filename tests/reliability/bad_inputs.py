@@ -63,15 +63,19 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     """Run ``fedtrain ARGV`` in this process; return (exit code, stdout, stderr)."""
     import contextlib
     import io
+    import warnings
 
     from fedtrain.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", RuntimeWarning)  # numpy's would print file:line lines on the terminal
         try:
             code = main(argv)
         except SystemExit as exc:  # argparse
             code = exc.code if isinstance(exc.code, int) else 1
+    runtime = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
+    assert not runtime, f"RuntimeWarning on the way to the error: {runtime}"
     return code, out.getvalue(), err.getvalue()
 
 
