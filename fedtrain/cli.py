@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from fedtrain.errors import FedtrainError
+from fedtrain.errors import ConfigError, FedtrainError
 
 if TYPE_CHECKING:
     from fedtrain.config import RunConfig
@@ -160,6 +162,55 @@ def _node_configs(texts: list[str] | None, cfg: RunConfig) -> list[dict[str, Any
     return configs
 
 
+def check_out_dir(path: str | Path, option: str) -> Path:
+    """Make sure ``path`` is a folder this process can write, creating it if missing; return it.
+
+    Run before any data is read or process started, so a bad ``--out`` costs one line, not a traceback
+    after the first rounds. The write is tried for real: ``os.access`` says yes to root on a read-only mount.
+    """
+    folder = Path(path).expanduser()
+    where = f"{option} {str(folder)!r}"
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{where} is a file, not a folder; pass a folder for run folders (made if missing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{where} cannot be created ({err.strerror}); pass a folder you can write to") from None
+    try:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        why = "permission denied" if isinstance(err, PermissionError) else err.strerror
+        raise ConfigError(f"{where} cannot be written ({why}); pass a folder you can write to") from None
+    return folder
+
+
+def _entries(folder: Path) -> set[str]:
+    try:
+        return {p.name for p in folder.iterdir() if p.is_dir()}
+    except OSError:
+        return set()
+
+
+def _interrupted(out_dir: Path, before: set[str], resume: str | None) -> str:
+    """What an interrupt leaves: the run folder made by this command (if any) and whether it can be resumed."""
+    if resume:
+        made = [Path(resume)]
+    else:  # the runner returns the folder only at the end: find the one that appeared during this command
+        made = sorted((out_dir / n for n in _entries(out_dir) - before), key=lambda p: p.stat().st_mtime)[-1:]
+    if not made:
+        return "interrupted before the run folder was made: there is nothing to resume; start the run again"
+    run_dir = made[0]
+    if not (run_dir / "checkpoints" / "latest.pt").is_file():
+        return (
+            f"interrupted before the first round finished: {run_dir} holds no checkpoint, so there is nothing to "
+            "resume; start the run again (and delete that folder)"
+        )
+    return f"interrupted; {run_dir} keeps every finished round: resume with fedtrain run --resume {run_dir}"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     extra = {}
     if args.out:
@@ -173,9 +224,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             "from the repository root (see README, 'Flower Simulation Engine')"
         )
     node_configs = _node_configs(args.node_config, cfg)
+    if args.resume:  # the resumed run writes into its own folder
+        out_dir = check_out_dir(args.resume, "--resume")
+    else:
+        out_dir = check_out_dir(cfg.output.out_dir, "--out" if args.out else "out-dir")
     from fedtrain.runtime import run_inprocess
 
-    run_dir = run_inprocess(cfg, node_configs=node_configs)
+    before = _entries(out_dir)
+    try:
+        run_dir = run_inprocess(cfg, node_configs=node_configs)
+    except KeyboardInterrupt:
+        print(f"error: {_interrupted(out_dir, before, args.resume)}", file=sys.stderr)
+        return 130
     _print_summary(run_dir)
     print(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -189,7 +249,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise FedtrainError(f"--seeds={args.seeds} must be >= 1")
     cfg = _resolve(args)
-    folder = run_sweep(cfg, epsilons, args.seeds, Path(args.out or cfg.output.out_dir), jobs=args.jobs)
+    out_dir = check_out_dir(args.out or cfg.output.out_dir, "--out" if args.out else "out-dir")
+    folder = run_sweep(cfg, epsilons, args.seeds, out_dir, jobs=args.jobs)
     rows = json.loads((folder / "sweep.json").read_text())["rows"]
     from rich.console import Console
     from rich.table import Table
@@ -312,8 +373,16 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (its default prints the whole usage first); exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedtrain", description=__doc__.splitlines()[0])
+    # Subcommands, those of fedtrain.edge and fedtrain.deploy included, are made with the parser's own class.
+    parser = _Parser(prog="fedtrain", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a simulated federation in this process")
@@ -384,8 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     except FedtrainError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; the run folder keeps every finished round (resume with --resume)", file=sys.stderr)
+    except KeyboardInterrupt:  # `run` reports its own once its run may have started (cmd_run)
+        what = " before the run folder was made: there is nothing to resume" if args.command == "run" else ""
+        print(f"error: interrupted{what}", file=sys.stderr)
         return 130
 
 

@@ -65,7 +65,8 @@ def load_npz(path: Path) -> ArrayDataset:
         raise DataError(f"{path}: 'x' must be real numbers, got dtype {x.dtype}")
     if x.ndim < 2 or y.ndim < 1:
         raise DataError(
-            f"{path}: 'x' must have shape (samples, features...) and 'y' (samples,); got {x.shape} and {y.shape}"
+            f"{path}: inputs must have shape (samples, features...) in 'x', labels (samples,) in 'y'; got {x.shape} "
+            f"and {y.shape}"
         )
     if x.ndim == 3:  # (N, H, W) grey images
         x = x[:, None]

@@ -181,7 +181,8 @@ CASES = [
         D,
         "1-D inputs",
         _split(_npz(x=X[:, 0], y=Y)),
-        r"d\.npz: 'x' must have shape \(samples, features\.\.\.\) and 'y' \(samples,\); got \(40,\) and \(40,\)",
+        r"d\.npz: inputs must have shape \(samples, features\.\.\.\) in 'x', labels \(samples,\) in 'y'; "
+        r"got \(40,\) and \(40,\)",
     ),
     Case(
         "npz-2d-labels",
@@ -195,7 +196,7 @@ CASES = [
         D,
         "a scalar as labels",
         _split(_npz(x=X, y=np.int64(3))),
-        r"d\.npz: 'x' must have shape .* got \(40, 6\) and \(\)",
+        r"d\.npz: inputs must have shape .* got \(40, 6\) and \(\)",
     ),
     Case(
         "npz-strings",
