@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bad_inputs import TINY, Case, Ctx, check, run_cli
+from bad_inputs import TINY, Case, Ctx, check, params, run_cli
 
 import fedtrain.runtime
 
@@ -214,7 +214,7 @@ if Path("/sys").is_dir():  # a folder no one may write, root included (os.access
     )
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", params(CASES))
 def test_cli_misuse_is_one_clear_line(case: Case, tmp_path: Path):
     check(case, Ctx(tmp_path))
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # no run folder

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bad_inputs import Case, Ctx, check
+from bad_inputs import Case, Ctx, check, params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -469,7 +469,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", params(CASES))
 def test_bad_config_is_one_clear_line(case: Case, tmp_path: Path):
     check(case, Ctx(tmp_path))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bad_inputs import TINY, Case, Ctx, check, run_cli
+from bad_inputs import TINY, Case, Ctx, check, params, run_cli
 
 from fedtrain.data.loaders import load_dataset
 
@@ -401,7 +401,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", params(CASES))
 def test_bad_data_file_is_one_clear_line(case: Case, tmp_path: Path):
     check(case, Ctx(tmp_path))
     assert not (tmp_path / "nodes").exists()  # nothing written
