@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import torch
@@ -55,3 +56,45 @@ def test_a_nan_global_model_is_never_selected_as_best(small_config, tmp_path):
     assert tracker.state.best.round == 1
     best = RunFolder(tracker.folder.path).load_checkpoint("best")["arrays"]
     assert all(bool(torch.isfinite(v).all()) for v in best.values())
+
+
+def test_run_folders_created_at_once_never_collide(tmp_path):
+    made: list[Path] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(16)
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            for _ in range(8):
+                made.append(RunFolder.create(tmp_path / "runs", "arm").path)
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=create) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(made) == 128 == len(set(made)) == len(list((tmp_path / "runs").iterdir()))
+
+
+def test_a_torn_last_metrics_line_is_skipped_and_repaired_on_resume(small_config):
+    run_dir = run_inprocess(small_config(num_rounds=2))
+    with (run_dir / "metrics.jsonl").open("a") as fh:
+        fh.write('{"phase": "finetune", "round": 3, "test_acc')  # killed while appending
+    assert [r["round"] for r in RunFolder(run_dir).read_metrics()] == [1, 2]
+    resumed = run_inprocess(small_config(num_rounds=3, resume_dir=str(run_dir)))
+    assert [r["round"] for r in RunFolder(resumed).read_metrics()] == [1, 2, 3]
+
+
+def test_run_folder_files_are_written_through_a_temporary_file(tmp_path, monkeypatch):
+    import os
+
+    folder = RunFolder.create(tmp_path)
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    folder.write_json("summary.json", {"status": "completed"})
+    folder.save_checkpoint({"state": {}})
+    assert len(synced) >= 2 and sorted(p.name for p in folder.path.iterdir()) == ["checkpoints", "summary.json"]

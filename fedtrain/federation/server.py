@@ -25,6 +25,7 @@ from fedtrain.errors import CheckpointError, FedtrainError
 from fedtrain.federation.context import config_from_run_config
 from fedtrain.federation.dp_plan import planned_segments
 from fedtrain.federation.exchange import build_exchange
+from fedtrain.federation.exchange.faults import one_line
 from fedtrain.federation.outputs import summary, write_outputs, write_privacy
 from fedtrain.federation.progress import RoundProgress
 from fedtrain.federation.run_context import RunContext
@@ -74,6 +75,7 @@ def run_server(grid: Grid, context: Context) -> Path:
     folder, state = start.folder, start.state
     if start.arrays is not None:  # before config.toml is overwritten: a mismatch must leave the folder as it was
         check_architecture(start.arrays, initial, folder.path)
+    start.begin()
     context.state[RUN_DIR_STATE_KEY] = ConfigRecord({"run-dir": str(folder.path.resolve())})
     folder.write_config(cfg)
     warnings = RunWarnings(state)
@@ -108,7 +110,7 @@ def run_server(grid: Grid, context: Context) -> Path:
     log.info("fedtrain run %s: %s", folder.path, "; ".join(s.summary() for s in plan))
 
     def finish(status: str, reason: str) -> None:
-        checkpointer.update_wall_time()
+        checkpointer.persist_privacy()  # also the wall time: a resume goes on from this session's total
         payload = summary(cfg, state, bookkeeper.last or _last_record(folder), status, reason, privacy,
                           has_val=evaluator.has_val)  # fmt: skip
         write_privacy(folder, cfg, privacy)
@@ -125,12 +127,20 @@ def run_server(grid: Grid, context: Context) -> Path:
         ):
             bookkeeper.progress = bar
             status, reason = run_plan(plan, ctx)
+    except KeyboardInterrupt:  # Ctrl-C: every finished round is kept, and --resume goes on from the last
+        finish("stopped", "interrupted")
+        raise
     except BaseException as err:
-        checkpointer.persist_privacy()
-        finish("failed", str(err) if isinstance(err, FedtrainError) else f"{type(err).__name__}: {err}")
+        finish("failed", failure_reason(err))
         raise
     finish(status, reason)
     return folder.path
+
+
+def failure_reason(err: BaseException) -> str:
+    """The one line of a failure that matters, for summary.json (no traceback, no ANSI colours)."""
+    text = str(err) if isinstance(err, FedtrainError) else f"{type(err).__name__}: {err}"
+    return one_line(text) or type(err).__name__
 
 
 def run_plan(plan: list[Stage], ctx: RunContext) -> tuple[str, str]:

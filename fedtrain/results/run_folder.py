@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,34 @@ CHECKPOINT_FORMAT = "fedtrain-checkpoint-v1"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write via a temporary file, fsync and rename, so a crash (or power loss) never leaves half a file.
+
+    The temporary name is unique per process and thread: two writers never share one half-written file.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -34,13 +59,17 @@ class RunFolder:
 
     @classmethod
     def create(cls, out_dir: str | Path, name: str = "") -> RunFolder:
+        """A new, empty folder; atomic: runs started at once in ``out_dir`` each get their own (suffix ``-1``, ...)."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = Path(out_dir) / (f"{stamp}-{name}" if name else stamp)
+        base.parent.mkdir(parents=True, exist_ok=True)
         path, i = base, 1
-        while path.exists():  # two runs in the same second
-            path, i = base.with_name(f"{base.name}-{i}"), i + 1
-        path.mkdir(parents=True)
-        return cls(path)
+        while True:  # mkdir either creates the folder or fails: no window between a check and the creation
+            try:
+                path.mkdir(exist_ok=False)
+                return cls(path)
+            except FileExistsError:  # another run took this name (same second, same name)
+                path, i = base.with_name(f"{base.name}-{i}"), i + 1
 
     @classmethod
     def open(cls, path: str | Path) -> RunFolder:
@@ -69,13 +98,31 @@ class RunFolder:
         _atomic_write(self.path / "config.toml", dump_toml(cfg).encode())
 
     def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one line, fsynced. A crash mid-write leaves at most a torn last line, which reads skip."""
         with self.metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """Every complete record; a torn last line (a run killed while appending it) is skipped."""
         if not self.metrics_path.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
+        records = []
+        lines = text.split("\n")
+        for index, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if index < len(lines) - 1 and any(rest.strip() for rest in lines[index + 1 :]):
+                    raise CheckpointError(
+                        f"{str(self.metrics_path)!r} line {index + 1} is not JSON; the file was edited or damaged"
+                    ) from None
+                # the last line, cut off by a crash: the round it belonged to is run again on resume
+        return records
 
     def truncate_metrics(self, keep: int) -> None:
         """Keep the first ``keep`` records (those covered by the checkpoint being resumed)."""
@@ -97,7 +144,31 @@ class RunFolder:
 
     def load_checkpoint(self, which: str = "latest") -> dict[str, Any]:
         path = self.latest_checkpoint if which == "latest" else self.best_checkpoint
+        if which == "latest" and not path.is_file():
+            raise CheckpointError(self._missing_latest())
         return load_checkpoint_file(path)
+
+    def _missing_latest(self) -> str:
+        """What is missing when ``latest.pt`` is, and what can be done about it."""
+        latest, best = self.latest_checkpoint, self.best_checkpoint
+        rounds = len(self.read_metrics())
+        if best.is_file():
+            try:
+                best_round = int(load_checkpoint_file(best)["state"]["global_round"])
+            except (CheckpointError, KeyError, TypeError, ValueError):
+                best_round = -1
+            after = f"after global round {best_round}" if best_round >= 0 else "from the best round"
+            return (
+                f"no checkpoint at {str(latest)!r} (deleted?), though metrics.jsonl records {rounds} rounds; "
+                f"checkpoints/best.pt exists ({after}): to resume from it, run "
+                f"`cp {best} {latest}` and resume again (rounds after it run again)"
+            )
+        if rounds:
+            return (
+                f"no checkpoint at {str(latest)!r} nor best.pt, though metrics.jsonl records {rounds} rounds: the "
+                "checkpoints were deleted and this run cannot be resumed; start a new run"
+            )
+        return f"no checkpoint at {str(latest)!r}: the run stopped before its first round finished; start a new run"
 
 
 def _to_bytes(obj: Any) -> bytes:

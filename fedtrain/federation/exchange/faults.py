@@ -36,13 +36,12 @@ def one_line(text: str) -> str:
     reason and a failure line keep only the last ``SomeError: message`` line, or the first line otherwise.
     """
     lines = [ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()]
-    if not lines:
-        return ""
-    if len(lines) == 1:
-        return lines[0]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    if not any(ln.startswith("Traceback") for ln in lines):
+        return "; ".join(lines)  # a message on several lines (e.g. a list of problems): all of it, on one
     exceptions = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
-    fedtrain_lines = [ln for ln in exceptions if "FedtrainError" in ln or "Error: " in ln]
-    return (fedtrain_lines or exceptions or lines)[-1]
+    return exceptions[-1] if exceptions else lines[-1]
 
 
 @dataclass(frozen=True)

@@ -14,17 +14,47 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord
 
-from fedtrain.config import RunConfig
+from fedtrain.config import RunConfig, load_config, toml_value
 from fedtrain.data import Normalizer
-from fedtrain.errors import CheckpointError
+from fedtrain.errors import CheckpointError, FedtrainError
 from fedtrain.federation.run_state import RunState
 from fedtrain.logging import get_logger
 from fedtrain.privacy.ledger import PrivacyLedger
 from fedtrain.results import RunFolder
 
-__all__ = ["Checkpointer", "ResumePoint", "open_run", "seed_generators"]
+__all__ = ["RESUMABLE_KEYS", "Checkpointer", "ResumePoint", "check_resume_config", "open_run", "seed_generators"]
 
 log = get_logger()
+
+# The only keys ``--resume`` may change: how long the run goes on, when it stops, its budget ceiling, how long it
+# waits, and what it writes. Every other key shapes the model, the data, the partitions or the training, so a
+# change would make the resumed run another run (or crash loading the checkpoint).
+RESUMABLE_KEYS = (
+    "num-rounds",
+    "early-stopping-patience",
+    "early-stopping-min-delta",
+    "dp-target-epsilon",
+    "dp-user-max-epsilon",
+    "round-timeout",
+    "secagg-timeout",
+    "fraction-evaluate",
+    "torch-threads",
+    "runtime",
+    "out-dir",
+    "run-name",
+    "resume-dir",
+    "progress",
+    "report",
+    "export-formats",
+    "export-ort",
+    "export-checkpoint",
+    "export-calibration",
+    "export-calibration-samples",
+    "export-max-accuracy-drop",
+    "export-force",
+    "export-latency-calls",
+)
+_DERIVED_KEYS = ("dp-defaults-applied",)  # recomputed by the loader from the keys above
 
 
 @dataclass
@@ -34,6 +64,12 @@ class ResumePoint:
     folder: RunFolder
     state: RunState
     arrays: ArrayRecord | None
+
+    def begin(self) -> None:
+        """The resumed run really starts: drop the metrics lines of the round the checkpoint does not cover."""
+        if self.arrays is not None:
+            self.folder.truncate_metrics(self.state.records)
+            log.info("Resuming %s after global round %d", self.folder.path, self.state.global_round)
 
 
 class Checkpointer:
@@ -75,25 +111,50 @@ class Checkpointer:
         self.folder.save_checkpoint(self.payload(arrays), best=best)
 
     def persist_privacy(self) -> None:
-        """Put the ledger's latest state into the latest checkpoint, keeping its position in the plan.
+        """Put the ledger's latest state and the wall time into the latest checkpoint, keeping its position.
 
-        A round that ends the run (budget, failure) may have spent budget after the last save, and a user-level
-        release may have been made in it.
+        A round that ends the run (budget, failure, interrupt) may have spent budget after the last save, and a
+        user-level release may have been made in it. The wall time of this session after the last round is kept
+        too: a resumed run adds its own to the total in summary.json, not to the last round's.
         """
         self.privacy.sync_user_releases()
+        self.update_wall_time()
         if not self.folder.latest_checkpoint.is_file():
             return
         ckpt = self.folder.load_checkpoint("latest")
-        ckpt["state"] = {**ckpt["state"], "privacy": self.state.privacy}
+        ckpt["state"] = {**ckpt["state"], "privacy": self.state.privacy, "wall_seconds": self.state.wall_seconds}
         ckpt.pop("format", None)
         self.folder.save_checkpoint(ckpt)
 
 
+def check_resume_config(cfg: RunConfig, folder: RunFolder) -> None:
+    """Refuse a resume whose config changes a key outside :data:`RESUMABLE_KEYS`, naming each changed key."""
+    try:
+        saved = load_config(file=folder.path / "config.toml").to_flat()
+    except FedtrainError as err:
+        raise CheckpointError(f"the run folder's config.toml cannot be read ({err}); it cannot be resumed") from None
+    given = cfg.to_flat()
+    fixed = set(RESUMABLE_KEYS) | set(_DERIVED_KEYS)
+    changed = [k for k in given if k not in fixed and given.get(k) != saved.get(k)]
+    if changed:
+        pairs = ", ".join(f"{k} ({toml_value(saved.get(k))} -> {toml_value(given.get(k))})" for k in changed)
+        may = ", ".join(k for k in RESUMABLE_KEYS if k != "resume-dir")
+        raise CheckpointError(
+            f"--resume cannot change {pairs} in {str(folder.path)!r}: the checkpoint was trained with the run's own "
+            f"values. Only these keys may change on resume: {may}; drop the others, or start a new run"
+        )
+
+
 def open_run(cfg: RunConfig) -> ResumePoint:
-    """A new run folder, or the resumed one with its saved state, weights and generator states."""
+    """A new run folder, or the resumed one with its saved state, weights and generator states.
+
+    A resumed folder is only read here: the caller truncates metrics.jsonl (:meth:`ResumePoint.begin`) once every
+    check passed, so a refused resume leaves the folder as it was.
+    """
     if not cfg.output.resume_dir:
         return ResumePoint(RunFolder.create(cfg.output.out_dir, cfg.output.run_name), RunState(), None)
     folder = RunFolder.open(cfg.output.resume_dir)
+    check_resume_config(cfg, folder)
     ckpt = folder.load_checkpoint("latest")
     try:
         state, arrays = RunState.from_dict(ckpt["state"]), ArrayRecord(ckpt["arrays"])
@@ -103,8 +164,6 @@ def open_run(cfg: RunConfig) -> ResumePoint:
         raise CheckpointError(
             f"checkpoint in {str(folder.path)!r} lacks or has a bad {err}; it cannot be resumed"
         ) from None
-    folder.truncate_metrics(state.records)
-    log.info("Resuming %s after global round %d", folder.path, state.global_round)
     return ResumePoint(folder, state, arrays)
 
 
