@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -58,7 +59,14 @@ def test_a_nan_global_model_is_never_selected_as_best(small_config, tmp_path):
     assert all(bool(torch.isfinite(v).all()) for v in best.values())
 
 
-def test_run_folders_created_at_once_never_collide(tmp_path):
+def test_run_folders_created_at_once_never_collide(tmp_path, monkeypatch):
+    real_mkdir = Path.mkdir
+
+    def slow_mkdir(self: Path, *args: object, **kwargs: object) -> None:  # widens any check-then-create window
+        time.sleep(0.005)
+        real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", slow_mkdir)
     made: list[Path] = []
     errors: list[BaseException] = []
     barrier = threading.Barrier(16)
