@@ -7,12 +7,16 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from flwr.app import ArrayRecord
 from test_selection import _outcome, _tracker
 
 from fedtrain.results import RunFolder
 from fedtrain.runtime import run_inprocess
+from fedtrain.runtime.flwr_run import flwr_run, local_superlink_pids
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _summary(run_dir: Path) -> dict:
@@ -106,3 +110,15 @@ def test_run_folder_files_are_written_through_a_temporary_file(tmp_path, monkeyp
     folder.write_json("summary.json", {"status": "completed"})
     folder.save_checkpoint({"state": {}})
     assert len(synced) >= 2 and sorted(p.name for p in folder.path.iterdir()) == ["checkpoints", "summary.json"]
+
+
+@pytest.mark.slow
+def test_flwr_run_with_the_wrong_num_supernodes_fails_visibly(tmp_path):
+    # 6 SuperNodes for num-clients=4: the ServerApp refuses; `flwr run` itself exits 0, fedtrain's driver does not.
+    home = tmp_path / "flwr-home"
+    config = {"out-dir": str(tmp_path / "runs"), "num-clients": 4, "hidden-sizes": "16", "progress": False}
+    result = flwr_run(ROOT, flwr_home=home, num_supernodes=6, run_config=config, timeout=300)
+    assert local_superlink_pids(home) == []
+    assert result.returncode != 0 and result.flwr_returncode == 0, result.output[-3000:]
+    assert "the federation has 6 SuperNodes but num-clients=4" in result.failure
+    assert "\x1b[" not in result.failure and "\n" not in result.failure

@@ -8,6 +8,7 @@ that run started, found by process id through that ``FLWR_HOME`` (never by name)
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -23,14 +24,37 @@ from fedtrain.config import toml_value
 __all__ = ["FlwrRunResult", "flwr_run", "local_superlink_pids", "stop_local_superlink"]
 
 _RUN_DIR = re.compile(r"fedtrain run (\S+): ")
+# What `flwr run --stream` prints when the ServerApp raised (Flower 1.42's Simulation Engine); it still exits 0.
+_SERVERAPP_FAILED = ("Simulation raised an exception", "An error was encountered. Ending simulation.",
+                     "ServerApp raised an exception")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class FlwrRunResult:
+    """``returncode`` is non-zero when the ServerApp failed, though ``flwr run`` exited 0 (``flwr_returncode``)."""
+
     returncode: int
     output: str
     run_dir: Path | None
     seconds: float
+    flwr_returncode: int = 0
+    failure: str = ""  # why the run failed, in one line ("" when it did not)
+
+
+def _failure(code: int, output: str, run_dir: Path | None) -> str:
+    """Why the run failed: summary.json's reason, or the streamed log's sign of a failed ServerApp."""
+    summary = run_dir / "summary.json" if run_dir is not None else None
+    if summary is not None and summary.is_file():
+        try:
+            payload = json.loads(summary.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            payload = {}
+        if payload.get("status") == "failed":
+            return str(payload.get("reason", "the run failed"))
+    if any(marker in output for marker in _SERVERAPP_FAILED):
+        lines = [ln for ln in output.splitlines() if "FedtrainError" in ln or "Error:" in ln]
+        return lines[-1].strip() if lines else "the ServerApp raised an exception (see the output)"
+    return f"flwr run exited with code {code}" if code else ""
 
 
 def _text(stream: str | bytes | None) -> str:
@@ -133,4 +157,7 @@ def flwr_run(
         if stop_superlink:
             stop_local_superlink(flwr_home)
     match = _RUN_DIR.search(output if isinstance(output, str) else "")
-    return FlwrRunResult(code, output, Path(match.group(1)) if match else None, seconds)
+    run_dir = Path(match.group(1)) if match else None
+    failure = _failure(code, output, run_dir)
+    returncode = code or (1 if failure else 0)  # flwr run exits 0 after a failed ServerApp: make it visible
+    return FlwrRunResult(returncode, output, run_dir, seconds, flwr_returncode=code, failure=failure)
