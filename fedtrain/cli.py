@@ -219,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra["run-name"] = args.name
     cfg = _resolve(args, extra)
     if cfg.runtime.runtime != "inprocess":
-        raise FedtrainError(
+        raise ConfigError(
             f"runtime={cfg.runtime.runtime!r} runs through Flower: use `flwr run . --run-config ...` "
             "from the repository root (see README, 'Flower Simulation Engine')"
         )
@@ -247,7 +247,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     epsilons = parse_epsilons(args.epsilons)
     if args.seeds < 1:
-        raise FedtrainError(f"--seeds={args.seeds} must be >= 1")
+        raise ConfigError(f"--seeds={args.seeds} must be >= 1 (runs per epsilon)")
     cfg = _resolve(args)
     out_dir = check_out_dir(args.out or cfg.output.out_dir, "--out" if args.out else "out-dir")
     folder = run_sweep(cfg, epsilons, args.seeds, out_dir, jobs=args.jobs)

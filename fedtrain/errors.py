@@ -1,7 +1,12 @@
 """Typed errors that reach the user as one clear line and an exit code.
 
 Every error raised for bad input derives from :class:`FedtrainError`; the CLI prints
-``error: <message>`` and exits with ``exit_code``. Messages name the bad value and the fix.
+``error: <message>`` and exits with ``exit_code``. Messages name the bad value, where it is, and the fix.
+
+The exit codes tell the families apart and are part of the interface (docs/errors.md, generated from the
+bad-input suite in tests/reliability): 1 other (environment), 2 config (argparse misuse too), 3 data,
+4 model, 5 checkpoint or run folder, 6 export, 7 deployment (:mod:`fedtrain.deploy.errors`). The device
+runtime's errors (:mod:`fedtrain.edge.errors`) are data (3) or model (4) errors.
 """
 
 from __future__ import annotations

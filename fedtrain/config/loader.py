@@ -150,7 +150,10 @@ def _check_value(key: str, f: dataclasses.Field[Any], value: Any) -> tuple[Any, 
         try:
             value = float(value)
         except OverflowError:  # an integer too large for a float
-            return value, f"{key}={value} is too large for a number; give a finite value"
+            return (
+                value,
+                f"{key}={str(value)[:12]}... ({len(str(value))} digits) is too large for a number; give a finite value",
+            )
         if not math.isfinite(value):
             # inf or nan would run to the end with a NaN loss in every round
             return value, f"{key}={value!r} is not a finite number; give a finite value"

@@ -414,7 +414,9 @@ class StrategyConfig:
 
     plan: str = setting(
         "finetune",
-        "Stages to run in order, comma-separated: `pretrain` (one federated stage per hidden layer), `finetune`.",
+        "Stages to run in order, comma-separated: `pretrain` (one federated stage per hidden layer), `finetune`, "
+        "`export`. `pretrain` comes before any `finetune`, `export` last; each of the two at most once (`finetune` "
+        "may repeat: it continues training).",
     )
     round_exchange: str = setting(
         "message",

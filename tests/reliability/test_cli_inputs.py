@@ -119,8 +119,7 @@ CASES = [
         L,
         "--seeds 0",
         _argv("sweep", "--epsilons", "1", "--seeds", "0"),
-        r"--seeds=0 must be >= 1",
-        code=1,
+        r"--seeds=0 must be >= 1 \(runs per epsilon\)",
     ),
     Case(
         "out-is-file",
@@ -177,7 +176,6 @@ CASES = [
         "runtime=simulation with fedtrain run",
         _argv("run", "--run-config", "runtime=simulation"),
         r"runtime='simulation' runs through Flower: use `flwr run \. --run-config \.\.\.`",
-        code=1,
     ),
     Case(
         "model-cnn-tabular",
