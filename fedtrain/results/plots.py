@@ -11,6 +11,17 @@ import numpy as np
 __all__ = ["plot_curves", "plot_export", "plot_filters", "plot_label_distribution", "pyplot"]
 
 
+def _savefig(fig: Any, path: Path) -> None:
+    """PNG bytes first, then one atomic write: a killed run never leaves half an image."""
+    import io
+
+    from fedtrain.results.run_folder import atomic_write
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write(path, buf.getvalue())
+
+
 def pyplot() -> ModuleType:
     """Matplotlib's pyplot on the headless Agg backend."""
     import matplotlib
@@ -32,7 +43,7 @@ def _save_line_plot(plt, fig, ax, path: Path, ylabel: str, title: str, xlabel: s
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    _savefig(fig, path)
     plt.close(fig)
     return path
 
@@ -97,7 +108,7 @@ def plot_filters(weight: np.ndarray, image_shape: tuple[int, int], out_dir: Path
     fig.suptitle("First-layer filters after pretraining", fontsize=9)
     fig.tight_layout()
     path = out_dir / "filters.png"
-    fig.savefig(path)
+    _savefig(fig, path)
     plt.close(fig)
     return path
 
@@ -129,7 +140,7 @@ def plot_label_distribution(counts: np.ndarray, classes: tuple[str, ...], out_di
         ax.legend(title="class", fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     path = out_dir / "label_distribution.png"
-    fig.savefig(path)
+    _savefig(fig, path)
     plt.close(fig)
     return path
 
@@ -152,6 +163,6 @@ def plot_export(rows: list[dict[str, Any]], out_dir: Path) -> Path:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = out_dir / "export_size_accuracy.png"
-    fig.savefig(path)
+    _savefig(fig, path)
     plt.close(fig)
     return path

@@ -311,5 +311,7 @@ def write_report(path: Path, summary: dict[str, Any], images: list[Path]) -> Pat
 <h2>Configuration</h2>{_config_html(summary.get("config", {}))}
 </body></html>
 """
-    path.write_text(page, encoding="utf-8")
+    from fedtrain.results.run_folder import atomic_write
+
+    atomic_write(path, page.encode("utf-8"))
     return path

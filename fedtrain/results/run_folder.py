@@ -15,12 +15,12 @@ import torch
 from fedtrain.config import RunConfig, dump_toml
 from fedtrain.errors import CheckpointError
 
-__all__ = ["CHECKPOINT_FORMAT", "RunFolder"]
+__all__ = ["CHECKPOINT_FORMAT", "RunFolder", "atomic_write"]
 
 CHECKPOINT_FORMAT = "fedtrain-checkpoint-v1"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write via a temporary file, fsync and rename, so a crash (or power loss) never leaves half a file.
 
     The temporary name is unique per process and thread: two writers never share one half-written file.
@@ -95,7 +95,7 @@ class RunFolder:
         return self.path / "checkpoints" / "best.pt"
 
     def write_config(self, cfg: RunConfig) -> None:
-        _atomic_write(self.path / "config.toml", dump_toml(cfg).encode())
+        atomic_write(self.path / "config.toml", dump_toml(cfg).encode())
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one line, fsynced. A crash mid-write leaves at most a torn last line, which reads skip."""
@@ -127,20 +127,20 @@ class RunFolder:
     def truncate_metrics(self, keep: int) -> None:
         """Keep the first ``keep`` records (those covered by the checkpoint being resumed)."""
         records = self.read_metrics()[:keep]
-        _atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records).encode())
+        atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records).encode())
 
     def write_json(self, name: str, payload: dict[str, Any]) -> Path:
         path = self.path / name
-        _atomic_write(path, (json.dumps(payload, indent=2) + "\n").encode())
+        atomic_write(path, (json.dumps(payload, indent=2) + "\n").encode())
         return path
 
     # --- checkpoints ---------------------------------------------------------
     def save_checkpoint(self, payload: dict[str, Any], *, best: bool = False) -> None:
         self.latest_checkpoint.parent.mkdir(exist_ok=True)
         blob = _to_bytes({"format": CHECKPOINT_FORMAT, **payload})
-        _atomic_write(self.latest_checkpoint, blob)
+        atomic_write(self.latest_checkpoint, blob)
         if best:
-            _atomic_write(self.best_checkpoint, blob)
+            atomic_write(self.best_checkpoint, blob)
 
     def load_checkpoint(self, which: str = "latest") -> dict[str, Any]:
         path = self.latest_checkpoint if which == "latest" else self.best_checkpoint
