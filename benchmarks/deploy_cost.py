@@ -215,9 +215,9 @@ def write_markdown(path: Path, meta: dict[str, Any], table: dict[str, dict[str, 
         "# Deployment Engine cost: seconds per round, fedtrain's ClientApp against a no-op ClientApp",
         "",
         f"`{meta['command']}` on {meta['machine']} ({meta['cpus']} CPUs, shared with other work), flwr "
-        f"{meta['flwr']}: 2 SuperNodes and the SuperLink on loopback, TLS and node authentication, "
-        f"{meta['rounds']} rounds per run, {meta['repeats']} repeats, arms interleaved. Medians over rounds 2.. of "
-        "all repeats (round 1 installs the app on the SuperNodes and is shown apart).",
+        f"{meta['flwr']}{meta.get('load', '')}: 2 SuperNodes and the SuperLink on loopback, TLS and node "
+        f"authentication, {meta['rounds']} rounds per run, {meta['repeats']} repeats, arms interleaved. Medians over "
+        "rounds 2.. of all repeats (round 1 installs the app on the SuperNodes and is shown apart).",
         "",
         "| arm | round 1 (s) | later rounds, median (s) | min-max (s) | rounds | x no-op |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -233,6 +233,9 @@ def write_markdown(path: Path, meta: dict[str, Any], table: dict[str, dict[str, 
         "`fedtrain`: the same model without DP. Their seconds are `metrics.jsonl`'s per round (train exchange and "
         "aggregation).",
         "- `inprocess-*`: the same configs and node files on fedtrain's in-process grid (no SuperLink, no processes).",
+        "- Where the difference goes: every message starts a fresh ClientApp process on its SuperNode, and the two "
+        "SuperNodes share the machine's cores with the SuperLink; fedtrain's import and data load per message are "
+        "measured in `benchmarks/results/client_cold_start.md`, the in-process rows are the training itself.",
         "",
     ]
     path.write_text("\n".join(lines))
@@ -262,7 +265,7 @@ def main() -> None:
         assert not _tagged(tag), "a process the benchmark started is still alive"
     meta = {"command": " ".join(["python benchmarks/deploy_cost.py", *sys.argv[1:]]), "machine": platform.machine(),
             "cpus": os.cpu_count(), "flwr": version("flwr"), "rounds": args.rounds,
-            "repeats": args.repeats}  # fmt: skip
+            "repeats": args.repeats, "load": f", load average {os.getloadavg()[0]:.2f} at the end"}  # fmt: skip
     table = summarise(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "table": table, "runs": results}, indent=1))

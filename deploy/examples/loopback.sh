@@ -49,19 +49,25 @@ wait_for() {
 
 # Stop every process this script started, by PID (each one's whole process group), on any exit.
 stop() {
-  local f pid deadline=$((SECONDS + 20))
+  local f pid p deadline=$((SECONDS + 20))
   for f in "$WORK"/pids/*.pid; do
-    [ -e "$f" ] && kill -TERM -- "-$(cat "$f")" 2>/dev/null || true
+    [ -e "$f" ] && { kill -TERM -- "-$(cat "$f")" || kill -TERM "$(cat "$f")" || true; } 2>/dev/null
   done
   for f in "$WORK"/pids/*.pid; do
     [ -e "$f" ] || continue
     pid=$(cat "$f")
     while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.5; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
+    { kill -KILL -- "-$pid" || kill -KILL "$pid" || true; } 2>/dev/null
     rm -f "$f"
+  done
+  # Flower's SuperExec and ServerApp leave the SuperLink's process group: find them by their FLWR_HOME.
+  for p in /proc/[0-9]*; do
+    grep -qzF "FLWR_HOME=$WORK/home/" "$p/environ" 2>/dev/null && kill -KILL "${p#/proc/}" 2>/dev/null || true
   done
 }
 trap stop EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM                            # Ctrl-C and kill run the EXIT trap too
 
 # 1. Credentials: a CA, the SuperLink's certificate for LINK_HOST, one key pair per device.
 fedtrain deploy init "$KIT" --superlink-host "$LINK_HOST" --devices 2 --port "$LINK_PORT"
@@ -99,6 +105,8 @@ FLWR_HOME=$CLI_HOME on_nodes flwr supernode list fedtrain
 cd "$REPO"
 FLWR_HOME=$CLI_HOME on_nodes flwr run . fedtrain --stream --run-config "data-source='node' num-clients=2 \
 server-data-path='$WORK/data/server-test.npz' normalize='range' dp-level='sample' num-rounds=$ROUNDS \
-out-dir='$WORK/runs' progress=false"
+out-dir='$WORK/runs' progress=false" &
+echo $! >"$WORK/pids/flwr-run.pid"
+wait $!                                         # a signal to this script ends the wait (and the run) at once
 
 # 7. Stopping is the EXIT trap: every PID in $WORK/pids, then this script's exit code.
