@@ -120,7 +120,7 @@ def _assert_completed_federation(result: subprocess.CompletedProcess[str], work:
     match = _RUN_DIR.search(result.stdout)
     assert match, result.stdout[-4000:]
     run_dir = Path(match.group(1))
-    assert run_dir.parent == work / "runs"
+    assert run_dir.parent == work / "runs" and f"run folder: {run_dir}/" in result.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     # the same contract as tests/test_inprocess_run.py

@@ -14,6 +14,7 @@ NETNS_LINK=${NETNS_LINK:-}                      # empty on loopback; network nam
 NETNS_NODES=${NETNS_NODES:-}
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1   # never install the app's dependencies per run
 
+[ ! -e "$WORK/kit" ] || { echo "error: $WORK holds an earlier walkthrough: remove it or set WORK" >&2; exit 1; }
 mkdir -p "$WORK"/{home,logs,pids}
 WORK=$(cd "$WORK" && pwd)                       # absolute: the SuperLink passes certificate paths on as given
 KIT=$WORK/kit
@@ -108,5 +109,10 @@ server-data-path='$WORK/data/server-test.npz' normalize='range' dp-level='sample
 out-dir='$WORK/runs' progress=false" &
 echo $! >"$WORK/pids/flwr-run.pid"
 wait $!                                         # a signal to this script ends the wait (and the run) at once
+
+# flwr run exits 0 even when the ServerApp failed: the run folder's summary says whether the run completed.
+RUN_DIR=$(ls -td "$WORK"/runs/*/ 2>/dev/null | head -1 || true)
+grep -qs '"status": "completed"' "${RUN_DIR}summary.json" || { echo "error: the run did not complete" >&2; exit 1; }
+echo "run folder: $RUN_DIR"
 
 # 7. Stopping is the EXIT trap: every PID in $WORK/pids, then this script's exit code.
