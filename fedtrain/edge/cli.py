@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 from fedtrain.edge.errors import EdgeInputError
@@ -85,7 +86,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         model = EdgeModel.load(args.model, threads=args.threads)
         samples = read_input(args.input, model.input_shape, model.labels, label_column=args.label_column)
-        top = model.top_k(samples.x, args.top_k)
+        try:
+            top = model.top_k(samples.x, args.top_k)
+        except EdgeInputError as err:  # the checks know the array, not the file it came from
+            raise EdgeInputError(f"{Path(args.input).name}: {err}") from None
     for w in caught:  # one line each, like the errors, not Python's file:line form
         print(f"warning: {w.message}", file=sys.stderr)
     truth = samples.truth

@@ -90,9 +90,12 @@ def export_run(run_dir: str | Path, settings: ExportConfig | None = None) -> tup
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
+        # torch's first line says only "Error(s) in loading state_dict"; the next ones name the tensors
+        lines = [ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()]
+        detail = lines[0] if lines else str(err).splitlines()[0]
         raise CheckpointError(
-            f"the checkpoint in {str(folder.path)!r} does not fit the model its config.toml builds: "
-            f"{str(err).splitlines()[0]}"
+            f"the checkpoint in {str(folder.path)!r} does not fit the model its config.toml builds: {detail}; "
+            "export the run with the config it was trained with (model, hidden-sizes, cnn-channels unchanged)"
         ) from None
     data = server_data(cfg)
     summary_path = folder.path / "summary.json"

@@ -182,7 +182,10 @@ def _to_bytes(obj: Any) -> bytes:
 def load_checkpoint_file(path: Path) -> dict[str, Any]:
     """Load and check a checkpoint written by :meth:`RunFolder.save_checkpoint`."""
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {str(path)!r}; the run stopped before its first round finished")
+        raise CheckpointError(
+            f"no checkpoint at {str(path)!r}: the run stopped before its first round finished, or the file was "
+            "deleted; start a new run"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a damaged file
@@ -191,5 +194,13 @@ def load_checkpoint_file(path: Path) -> dict[str, Any]:
             "start a new run, or resume from a run folder with an intact checkpoints/latest.pt"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a {CHECKPOINT_FORMAT} file")
+        if isinstance(payload, dict) and "format" in payload:
+            what = f"it is format {payload['format']!r}, from another fedtrain version"
+        else:
+            what = f"it holds a {type(payload).__name__}" + (" without a 'format' entry" if isinstance(payload, dict)
+                                                              else "")  # fmt: skip
+        raise CheckpointError(
+            f"{str(path)!r} is not a {CHECKPOINT_FORMAT} file ({what}); start a new run, or re-run the fedtrain "
+            "version that wrote it"
+        )
     return payload

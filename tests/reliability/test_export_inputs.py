@@ -110,10 +110,6 @@ def _csv(text: str):
 NAN = np.full((2, 1, 8, 8), 3.0, dtype=np.float32)
 NAN[1, 0, 2, 2] = np.nan
 K, IN = "checkpoint", "data"
-NOT_A_CHECKPOINT = (
-    "fedtrain/results/run_folder.py says only 'is not a fedtrain-checkpoint-v1 file': neither what the file is "
-    "(another version's format, not a dict) nor what to do"
-)
 CASES = [
     Case(
         "ckpt-truncated",
@@ -138,7 +134,6 @@ CASES = [
         _damaged(_replace("best.pt", {"weights": torch.ones(3)}), "export", *EXPORT),
         r"'.*best\.pt' is not a fedtrain-checkpoint-v1 file.*(start a new run|another version|re-run)",
         needs_run=True,
-        xfail=NOT_A_CHECKPOINT,
     ),
     Case(
         "ckpt-tensor",
@@ -147,7 +142,6 @@ CASES = [
         _damaged(_replace("best.pt", torch.ones(3)), "export", *EXPORT),
         r"'.*best\.pt' is not a fedtrain-checkpoint-v1 file.*(start a new run|another version|re-run)",
         needs_run=True,
-        xfail=NOT_A_CHECKPOINT,
     ),
     Case(
         "ckpt-other-version",
@@ -156,7 +150,6 @@ CASES = [
         _damaged(_replace("best.pt", _other_version), "export", *EXPORT),
         r"'.*best\.pt' is not a fedtrain-checkpoint-v1 file.*(start a new run|another version|re-run)",
         needs_run=True,
-        xfail=NOT_A_CHECKPOINT,
     ),
     Case(
         "ckpt-other-model",
@@ -165,8 +158,6 @@ CASES = [
         _damaged(_replace("best.pt", _other_model), "export", *EXPORT),
         r"does not fit the model its config\.toml builds: size mismatch for \S+",
         needs_run=True,
-        xfail="fedtrain/export/run_export.py keeps only torch's first line ('Error(s) in loading state_dict for "
-        "MLP:'): it names neither the tensor that does not fit nor the fix",
     ),
     Case(
         "ckpt-missing",
@@ -222,7 +213,6 @@ CASES = [
         _damaged(_replace("latest.pt", _other_version), "run", "--resume", "{run}"),
         r"'.*latest\.pt' is not a fedtrain-checkpoint-v1 file.*(start a new run|another version|re-run)",
         needs_run=True,
-        xfail=NOT_A_CHECKPOINT,
     ),
     Case(
         "onnx-missing",
@@ -268,7 +258,6 @@ CASES = [
         _predict(_good, _npz(np.zeros((3, 5), np.float32))),
         r"in\.npz: input shape \(3, 5\) does not match the model: expected \(1, 8, 8\)",
         needs_run=True,
-        xfail="fedtrain/edge/inputs.py: the message does not name the input file",
     ),
     Case(
         "input-nan",
@@ -278,7 +267,6 @@ CASES = [
         r"in\.npz: input holds 1 non-finite values \(1 NaN, 0 inf.*\); "
         r"first at index \(1, 0, 2, 2\); replace or drop",
         needs_run=True,
-        xfail="fedtrain/edge/inputs.py: the message does not name the input file",
     ),
     Case(
         "input-inf",
@@ -287,7 +275,6 @@ CASES = [
         _predict(_good, _npz(np.where(NAN == 3.0, np.inf, 0.0).astype(np.float32))),
         r"in\.npz: input holds 127 non-finite values \(0 NaN, 127 inf",
         needs_run=True,
-        xfail="fedtrain/edge/inputs.py: the message does not name the input file",
     ),
     Case(
         "input-missing",
@@ -323,7 +310,6 @@ CASES = [
         _predict(_good, _npz(np.array([["a"] * 64]))),
         r"in\.npz: input dtype <U1 is not a real number type; pass float32 values",
         needs_run=True,
-        xfail="fedtrain/edge/inputs.py: the message does not name the input file",
     ),
     Case(
         "predict-top-k",
