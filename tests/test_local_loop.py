@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedtrain.config import load_config
+from fedtrain.config import load_config, parse_overrides
 from fedtrain.data import ArrayDataset, build_federated_data
 from fedtrain.errors import ConfigError
 from fedtrain.models import build_model
@@ -26,7 +26,9 @@ def _data(cfg) -> ArrayDataset:
 def _train(entry: str, extra: str = "", *, lr: float | None = 0.05, mu: float = 0.0):
     """Run one entry point from the same start; return the weights before and after (pretraining: layer 0)."""
     dp = entry.startswith("dp_")
-    cfg = load_config(overrides=f"{SMALL} {'dp-level=sample ' if dp else ''}{extra}")
+    # the extra keys override SMALL's (one --run-config may not name a key twice)
+    overrides = {**parse_overrides(SMALL), **parse_overrides(f"{'dp-level=sample ' if dp else ''}{extra}")}
+    cfg = load_config(overrides=overrides)
     data = _data(cfg)
     model = build_model(cfg.model, data.input_shape, data.num_classes, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
