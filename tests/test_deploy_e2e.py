@@ -227,6 +227,11 @@ def test_unregistered_key_and_insecure_node_are_refused(tmp_path):
     # what tells the two apart (the walkthrough's one-line message keys on it)
     assert "Exit Code: 305" in outputs["insecure"] and "[code: 2004]" not in outputs["insecure"]
     assert "Exit Code: 305" not in logs.read_text()  # the SuperLink itself kept serving
+    # `fedtrain deploy supernode --supervise` turns exactly these outputs into one line each
+    from fedtrain.deploy.launch import explain_supernode_exit
+
+    assert "refused this device's key" in (explain_supernode_exit(outputs["stranger"]) or "")
+    assert "no connection to the SuperLink" in (explain_supernode_exit(outputs["insecure"]) or "")
 
 
 def test_the_walkthrough_states_an_unregistered_device_in_one_line(tmp_path):

@@ -416,3 +416,27 @@ def test_status_uses_a_deployment_folder_and_reports_flwr_errors(kit):
     assert "[superlink.fedtrain]" in seen["config"]
     with pytest.raises(DeployError, match="no JSON"):
         query_status("x", runner=lambda a, e: "Traceback ...")
+
+
+def test_a_supervised_supernode_ends_a_refusal_in_one_line(capsys):
+    from fedtrain.deploy.errors import DeployError
+    from fedtrain.deploy.launch import supervise_command
+
+    refused = ["sh", "-c", "echo 'ERROR: [code: 2004] Failed to activate SuperNode'; echo 'Exit Code: 305'; exit 1"]
+    with pytest.raises(DeployError) as err:
+        supervise_command(refused, "device-0")
+    message = str(err.value)
+    assert message.startswith("device-0: the SuperLink refused this device's key") and "\n" not in message
+    assert "[code: 2004]" in capsys.readouterr().out  # Flower's own output still reaches the operator
+    with pytest.raises(DeployError, match="exited with code 3"):
+        supervise_command(["sh", "-c", "exit 3"], "device-1")
+    assert supervise_command(["sh", "-c", "echo fine"], "device-2") == 0
+
+
+def test_retry_limits_reach_flower(kit):
+    from fedtrain.deploy.launch import supernode_command
+
+    dev = kit.root / "devices" / "device-0"
+    cmd = supernode_command(dev, "127.0.0.1:9400", dev / "data.npz", max_retries=2, max_wait_time=5.0)
+    assert cmd[cmd.index("--max-retries") + 1] == "2" and cmd[cmd.index("--max-wait-time") + 1] == "5.0"
+    assert "--max-retries" not in supernode_command(dev, "127.0.0.1:9400", dev / "data.npz")

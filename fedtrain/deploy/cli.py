@@ -72,10 +72,15 @@ def _supernode(args: argparse.Namespace) -> int:
     from fedtrain.deploy.launch import supernode_command
 
     cmd = supernode_command(
-        args.device_dir, args.superlink, args.data_path, local_port=args.local_port, node_config=args.node_config
-    )
+        args.device_dir, args.superlink, args.data_path, local_port=args.local_port, node_config=args.node_config,
+        max_retries=args.max_retries, max_wait_time=args.max_wait_time,
+    )  # fmt: skip
     if not args.print and not Path(args.data_path).expanduser().is_file():
         raise DeployError(f"--data-path {args.data_path} does not exist on this device: copy its data file there first")
+    if args.supervise and not args.print:
+        from fedtrain.deploy.launch import supervise_command
+
+        return supervise_command(cmd, Path(args.device_dir).name)
     return _launch(cmd, args.print)
 
 
@@ -150,6 +155,13 @@ def add_deploy_parser(subparsers: Any) -> None:
         default="",
         metavar="'k=v ...'",
         help="more node config; partition-id and num-partitions default to the device's",
+    )
+    node.add_argument("--max-retries", type=int, help="connection retries before giving up (default: for ever)")
+    node.add_argument("--max-wait-time", type=float, help="seconds of retrying before giving up (default: Flower's)")
+    node.add_argument(
+        "--supervise",
+        action="store_true",
+        help="run Flower as a child and end a refusal (unregistered key, TLS mismatch, no connection) in one line",
     )
     node.add_argument("--print", action="store_true", help="print the command line instead of running it")
     node.set_defaults(func=_supernode)

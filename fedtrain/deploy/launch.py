@@ -25,11 +25,13 @@ __all__ = [
     "NO_INSTALL_ENV",
     "deploy_env",
     "exec_command",
+    "explain_supernode_exit",
     "flower_tool",
     "parse_node_config",
     "parse_superlink_address",
     "superlink_command",
     "supernode_command",
+    "supervise_command",
 ]
 
 NO_INSTALL_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
@@ -135,6 +137,8 @@ def supernode_command(
     local_port: int = DEFAULT_LOCAL_PORT,
     node_config: str = "",
     venv: str | os.PathLike[str] | None = None,
+    max_retries: int | None = None,
+    max_wait_time: float | None = None,
 ) -> list[str]:
     """The ``flower-supernode`` command line of one device.
 
@@ -152,6 +156,8 @@ def supernode_command(
         More node-config pairs (``k=v ...``); ``partition-id`` and ``num-partitions`` default to device.json's.
     venv
         Virtual environment whose ``bin/flower-supernode`` to run (default: this interpreter's).
+    max_retries, max_wait_time
+        Flower's connection retries and their time limit (default: Flower's, which retries for ever).
     """
     dev_dir = Path(device_dir).expanduser().resolve()
     dev = DevicePaths.under(dev_dir.parent, dev_dir.name)
@@ -187,7 +193,54 @@ def supernode_command(
         "--superlink", superlink.strip(),
         "--port", str(local_port),
         "--node-config", " ".join(f"{k}={v}" for k, v in pairs.items()),
+        *(["--max-retries", str(max_retries)] if max_retries is not None else []),
+        *(["--max-wait-time", str(max_wait_time)] if max_wait_time is not None else []),
     ]  # fmt: skip
+
+
+# What Flower prints when a SuperNode is refused, in the order to test (the first match explains the exit).
+_REFUSALS = (
+    ("[code: 2004]", "the SuperLink refused this device's key: register it first (kit/register.sh, or "
+     "`flwr supernode register <device>/auth.key.pub <connection>`)"),
+    ("CERTIFICATE_VERIFY_FAILED", "TLS: the SuperLink's certificate does not match this device's ca.crt or the "
+     "address given (--superlink must be a host in the certificate's SANs: `fedtrain deploy renew`)"),
+    ("Exit Code: 305", "no connection to the SuperLink after the retries: check --superlink (host:port), that the "
+     "port is open, and that both sides use TLS"),
+)  # fmt: skip
+
+
+def explain_supernode_exit(output: str) -> str | None:
+    """The one-line reason for a refused SuperNode, from Flower's output; None when it is not a known refusal."""
+    return next((why for mark, why in _REFUSALS if mark in output), None)
+
+
+def supervise_command(command: list[str], device: str, tail_lines: int = 200) -> int:
+    """Run ``command`` as a child, passing its output through; a refusal ends in one ``DeployError`` line.
+
+    For an operator's terminal. systemd units use :func:`exec_command`, so that signals reach Flower directly.
+    """
+    import collections
+    import subprocess
+
+    if shutil.which(command[0]) is None:
+        raise DeployError(f"{command[0]} is not installed or not on PATH: install flwr 1.42 in this environment")
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    with subprocess.Popen(command, env=deploy_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1) as proc:  # fmt: skip
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                tail.append(line)
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait(timeout=30)
+            raise
+        code = proc.wait()
+    if code == 0:
+        return 0
+    why = explain_supernode_exit("".join(tail))
+    raise DeployError(f"{device}: {why or f'flower-supernode exited with code {code} (its output is above)'}")
 
 
 def exec_command(command: list[str]) -> None:
