@@ -2,7 +2,8 @@
 
 Each (epsilon, seed) is one in-process run in its own process (a pool as wide as the cores);
 ``inf`` runs the plan without sample-level DP. The sweep folder gets ``sweep.json``,
-``sweep.csv``, ``accuracy_vs_epsilon.png`` and ``sweep.html``, plus every run folder.
+``sweep.csv``, ``accuracy_vs_epsilon.png`` and ``sweep.html`` (each run's report one click away,
+see ``sweep_page``), plus every run folder.
 It lives with the runtimes, not in ``fedtrain.privacy``, because it starts runs: privacy
 code never depends on where or how a run executes (an import-linter contract).
 """
@@ -10,7 +11,6 @@ code never depends on where or how a run executes (an import-linter contract).
 from __future__ import annotations
 
 import csv
-import html
 import json
 import math
 import statistics
@@ -22,6 +22,7 @@ from fedtrain.config import RunConfig, load_config
 from fedtrain.errors import ConfigError
 from fedtrain.logging import get_logger
 from fedtrain.runtime.batch import run_configs, workers_for
+from fedtrain.runtime.sweep_page import plot_sweep, write_sweep_html
 
 __all__ = ["parse_epsilons", "run_sweep"]
 
@@ -43,8 +44,9 @@ def parse_epsilons(text: str) -> list[float]:
 
 
 def run_sweep(base: RunConfig, epsilons: list[float], seeds: int, out_dir: Path, jobs: int | None = None) -> Path:
-    """Run every (epsilon, seed) and write the sweep folder; return its path."""
-    folder = out_dir / time.strftime("sweep-%Y%m%d-%H%M%S")
+    """Run every (epsilon, seed) and write the sweep folder; return its absolute path."""
+    # Absolute, as the run folder `fedtrain run` prints: the last line stays usable from any directory.
+    folder = (out_dir / time.strftime("sweep-%Y%m%d-%H%M%S")).absolute()
     folder.mkdir(parents=True, exist_ok=False)
     tasks = []
     # Resolve the DP form of the base once (DP defaults for the keys the user did not set) and run every
@@ -57,7 +59,7 @@ def run_sweep(base: RunConfig, epsilons: list[float], seeds: int, out_dir: Path,
             flat = dict(resolved)
             seed = base.runtime.seed + s
             flat.update(
-                {"seed": seed, "progress": False, "report": False, "out-dir": str(folder / "runs"),
+                {"seed": seed, "progress": False, "report": base.output.report, "out-dir": str(folder / "runs"),
                  "run-name": f"eps{eps:g}-seed{seed}"}
             )  # fmt: skip
             if math.isinf(eps):
@@ -78,6 +80,7 @@ def run_sweep(base: RunConfig, epsilons: list[float], seeds: int, out_dir: Path,
 
     results = run_configs([flat for _, flat in tasks], jobs=workers, on_done=progress)
     rows = _aggregate([(eps, r) for (eps, _), r in zip(tasks, results, strict=True)])
+    runs = [{"target_epsilon": _num(eps), **r} for (eps, _), r in zip(tasks, results, strict=True)]
     payload = {
         "epsilons": [_num(e) for e in epsilons],
         "seeds": seeds,
@@ -86,7 +89,7 @@ def run_sweep(base: RunConfig, epsilons: list[float], seeds: int, out_dir: Path,
         "wall_seconds": round(time.perf_counter() - t0, 2),
         "workers": workers,
         "rows": rows,
-        "runs": [{"target_epsilon": _num(eps), **r} for (eps, _), r in zip(tasks, results, strict=True)],
+        "runs": runs,
         "config": base.to_flat(),
     }
     (folder / "sweep.json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -94,8 +97,8 @@ def run_sweep(base: RunConfig, epsilons: list[float], seeds: int, out_dir: Path,
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    _plot(rows, folder / "accuracy_vs_epsilon.png")
-    _html(payload, folder / "sweep.html", folder / "accuracy_vs_epsilon.png")
+    image = folder / "accuracy_vs_epsilon.png"
+    write_sweep_html(payload, folder, image, plot_sweep(rows, runs, folder, image))
     return folder
 
 
@@ -113,54 +116,8 @@ def _aggregate(results: list[tuple[float, dict[str, Any]]]) -> list[dict[str, An
             "target_epsilon": _num(eps),
             "spent_epsilon": _num(round(max(spent), 4)),
             "accuracy_mean": round(statistics.fmean(acc), 4),
-            "accuracy_std": round(statistics.stdev(acc), 4) if len(acc) > 1 else 0.0,
+            # One run has no spread: null (empty in the CSV), not a 0.0 that reads as a measured std.
+            "accuracy_std": round(statistics.stdev(acc), 4) if len(acc) > 1 else None,
             "runs": len(runs),
         })  # fmt: skip
     return rows
-
-
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    from fedtrain.results.plots import pyplot
-
-    plt = pyplot()
-    finite = [r for r in rows if r["target_epsilon"] != "inf"]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-    if finite:
-        xs = [r["target_epsilon"] for r in finite]
-        ys = [r["accuracy_mean"] for r in finite]
-        err = [r["accuracy_std"] for r in finite]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label="sample-level DP")
-        ax.set_xscale("log")
-    for r in rows:
-        if r["target_epsilon"] == "inf":
-            ax.axhline(r["accuracy_mean"], color="grey", linestyle="--", label="no DP (epsilon = inf)")
-    ax.set_xlabel("target epsilon (per client, whole run)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Accuracy against privacy budget")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _html(payload: dict[str, Any], path: Path, image: Path) -> None:
-    from fedtrain.results.report import png_data_uri
-
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in payload["rows"][0])
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in payload["rows"]
-    )
-    img = png_data_uri(image)
-    path.write_text(
-        f"""<!doctype html><html><head><meta charset="utf-8"><title>fedtrain privacy sweep</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto}}
-td,th{{border:1px solid #ccc;padding:3px 8px}}table{{border-collapse:collapse}}</style></head>
-<body><h1>Privacy-budget sweep</h1>
-<p>delta = {payload["delta"]}, accountant = {payload["accountant"]}, {payload["seeds"]} seed(s),
-{payload["workers"]} parallel process(es), {payload["wall_seconds"]} s.</p>
-<table><tr>{head}</tr>{body}</table><img alt="accuracy against epsilon" src="{img}">
-</body></html>
-""",
-        encoding="utf-8",
-    )
