@@ -259,7 +259,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for col in rows[0]:
         table.add_column(col)
     for r in rows:
-        table.add_row(*(str(v) for v in r.values()))
+        table.add_row(*("" if v is None else str(v) for v in r.values()))
     Console().print(table)
     print(folder)
     return 0

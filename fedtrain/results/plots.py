@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_curves", "plot_export", "plot_filters", "plot_label_distribution", "pyplot"]
+__all__ = ["plot_curves", "plot_export", "plot_filters", "plot_label_distribution", "pyplot", "save_figure"]
 
 
-def _savefig(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
     """PNG bytes first, then one atomic write: a killed run never leaves half an image."""
     import io
 
@@ -43,7 +43,7 @@ def _save_line_plot(plt, fig, ax, path: Path, ylabel: str, title: str, xlabel: s
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _savefig(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -108,7 +108,7 @@ def plot_filters(weight: np.ndarray, image_shape: tuple[int, int], out_dir: Path
     fig.suptitle("First-layer filters after pretraining", fontsize=9)
     fig.tight_layout()
     path = out_dir / "filters.png"
-    _savefig(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -140,7 +140,7 @@ def plot_label_distribution(counts: np.ndarray, classes: tuple[str, ...], out_di
         ax.legend(title="class", fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     path = out_dir / "label_distribution.png"
-    _savefig(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -163,6 +163,6 @@ def plot_export(rows: list[dict[str, Any]], out_dir: Path) -> Path:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = out_dir / "export_size_accuracy.png"
-    _savefig(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return path

@@ -148,9 +148,9 @@ def plot_sweep(rows: list[dict[str, Any]], runs: list[dict[str, Any]], folder: P
         px, py = ax.transData.transform((x, y))
         eps = "∞" if r["target_epsilon"] == "inf" else f"{float(r['target_epsilon']):g}"
         info.areas.append(Area(float(px), float(height - py), href, f"ε={eps}, seed {r['seed']}: {r['accuracy']:.4f}"))
-    from fedtrain.results.plots import _savefig
+    from fedtrain.results.plots import save_figure
 
-    _savefig(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return info
 
