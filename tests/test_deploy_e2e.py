@@ -161,7 +161,7 @@ def test_the_deploy_doc_shows_the_walkthrough_script_word_for_word():
 # --- loopback, end to end ------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+# In the default run (about a minute): CI must see a real deployment complete, not only its refusals.
 def test_loopback_federation_with_tls_node_auth_and_sample_dp(tmp_path):
     result, wall = _run_walkthrough(tmp_path, LINK_PORT="19400", NODE_PORT="19401")
     _assert_completed_federation(result, tmp_path / "work")
