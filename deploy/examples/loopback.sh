@@ -9,6 +9,7 @@ LINK_HOST=${LINK_HOST:-127.0.0.1}               # the SuperLink's address, as th
 LINK_PORT=${LINK_PORT:-9400}                    # its one port: Fleet, Control and Runtime APIs
 NODE_PORT=${NODE_PORT:-9410}                    # SuperNode i's local Runtime API: NODE_PORT+i (plain http)
 ROUNDS=${ROUNDS:-2}
+RUN_EXTRA=${RUN_EXTRA:-}                        # more run config, e.g. "secure-aggregation=true"
 WAIT_S=${WAIT_S:-180}                           # how long to wait for a process to come up
 NETNS_LINK=${NETNS_LINK:-}                      # empty on loopback; network namespaces in the namespace test
 NETNS_NODES=${NETNS_NODES:-}
@@ -106,7 +107,7 @@ FLWR_HOME=$CLI_HOME on_nodes flwr supernode list fedtrain
 cd "$REPO"
 FLWR_HOME=$CLI_HOME on_nodes flwr run . fedtrain --stream --run-config "data-source='node' num-clients=2 \
 server-data-path='$WORK/data/server-test.npz' normalize='range' dp-level='sample' num-rounds=$ROUNDS \
-out-dir='$WORK/runs' progress=false" &
+out-dir='$WORK/runs' progress=false $RUN_EXTRA" &
 echo $! >"$WORK/pids/flwr-run.pid"
 wait $!                                         # a signal to this script ends the wait (and the run) at once
 
