@@ -5,19 +5,15 @@ Skipped, with the reason, where Chromium or Playwright is missing; `.ci/run` ins
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+from browser import CHROMIUM, IMAGES_JS, NO_CHROMIUM, open_page
 
 from fedtrain.runtime import run_inprocess
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-playwright = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: install Debian's chromium package")
-# Flags a sandboxed CI machine needs (no network, no GPU, often root).
-_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]  # fmt: skip
+pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 
 
 @pytest.fixture(scope="module")
@@ -45,21 +41,12 @@ def dp_run(tmp_path_factory) -> Path:
 
 
 def test_report_renders_with_every_image_and_no_console_error(dp_run):
-    errors: list[str] = []
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 1400})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto((dp_run / "report.html").as_uri())
-            assert page.title() == f"fedtrain run {dp_run.name}"
-            images = page.eval_on_selector_all("img", "els => els.map(e => [e.alt, e.complete && e.naturalWidth])")
-            headline = page.inner_text(".headline")
-            statement = page.inner_text(".statement")
-            page.screenshot(path=str(dp_run / "report.png"), full_page=True)
-        finally:
-            browser.close()
+    with open_page(dp_run / "report.html", 1100, 1400) as (page, errors):
+        assert page.title() == f"fedtrain run {dp_run.name}"
+        images = page.eval_on_selector_all("img", IMAGES_JS)
+        headline = page.inner_text(".headline")
+        statement = page.inner_text(".statement")
+        page.screenshot(path=str(dp_run / "report.png"), full_page=True)
     assert errors == []
     names = {alt for alt, _ in images}
     assert {"reconstruction", "filters", "accuracy", "loss", "epsilon", "export_size_accuracy"} <= names

@@ -7,20 +7,16 @@ Skipped, with the reason, where Chromium or Playwright is missing; `.ci/run` ins
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+from browser import CHROMIUM, IMAGES_JS, NO_CHROMIUM, open_page
 
 from fedtrain.cli import main
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-playwright = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: install Debian's chromium package")
-# Flags a sandboxed CI machine needs (no network, no GPU, often root); as in test_report_browser.py.
-_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]  # fmt: skip
+pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 
 
 @pytest.fixture(scope="module")
@@ -36,23 +32,14 @@ def sweep_folder(tmp_path_factory) -> Path:
 
 
 def test_sweep_page_renders_links_every_report_and_shows_no_zero_std(sweep_folder):
-    errors: list[str] = []
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 900})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto((sweep_folder / "sweep.html").as_uri())
-            title = page.title()
-            images = page.eval_on_selector_all("img", "els => els.map(e => [e.alt, e.complete && e.naturalWidth])")
-            # The resolved href of every table link and image-map area (the browser resolves the relative URL).
-            table_links = page.eval_on_selector_all("table a", "els => els.map(e => e.href)")
-            area_links = page.eval_on_selector_all("map area", "els => els.map(e => e.href)")
-            text = page.inner_text("body")
-            page.screenshot(path=str(sweep_folder / "sweep.png"), full_page=True)
-        finally:
-            browser.close()
+    with open_page(sweep_folder / "sweep.html", 1000, 900) as (page, errors):
+        title = page.title()
+        images = page.eval_on_selector_all("img", IMAGES_JS)
+        # The resolved href of every table link and image-map area (the browser resolves the relative URL).
+        table_links = page.eval_on_selector_all("table a", "els => els.map(e => e.href)")
+        area_links = page.eval_on_selector_all("map area", "els => els.map(e => e.href)")
+        text = page.inner_text("body")
+        page.screenshot(path=str(sweep_folder / "sweep.png"), full_page=True)
     assert errors == []
     assert title == "fedtrain privacy sweep"
     assert images and all(width and width > 0 for _, width in images), images
