@@ -84,7 +84,6 @@ def rebuild(run_dir: Path) -> tuple[Any, np.ndarray, np.ndarray, int]:
     """The checkpoint's torch model (as ``run_export.export_run`` builds it), one normalised and one raw sample."""
     from fedtrain.config import load_config
     from fedtrain.data import Normalizer, server_data
-    from fedtrain.export.exporter import denormalize
     from fedtrain.models import build_model
     from fedtrain.pretrain import AUX_PREFIX
     from fedtrain.results import RunFolder
@@ -100,7 +99,7 @@ def rebuild(run_dir: Path) -> tuple[Any, np.ndarray, np.ndarray, int]:
     model.eval()
     test = server_data(cfg).test
     normalized = np.ascontiguousarray(test.x[:1])
-    raw = np.ascontiguousarray(denormalize(normalizer, normalized))
+    raw = np.ascontiguousarray(normalizer.invert(normalized))
     return model, normalized, raw, sum(p.numel() for p in model.parameters())
 
 

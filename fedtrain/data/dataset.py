@@ -83,6 +83,16 @@ class Normalizer:
             out = np.clip(out, -self.clip, self.clip)
         return out.astype(np.float32)
 
+    def invert(self, x: np.ndarray) -> np.ndarray:
+        """Raw features that this normaliser maps to ``x``, exact up to rounding.
+
+        A clipped value maps back to the raw value at the clip, which the normaliser maps to ``x`` again.
+        """
+        shape = x.shape[1:]
+        scale = np.asarray(self.scale, dtype=np.float32).reshape(shape)
+        shift = np.asarray(self.shift, dtype=np.float32).reshape(shape)
+        return (x * scale + shift).astype(np.float32)
+
     def state_dict(self) -> dict:
         return {
             "method": self.method,

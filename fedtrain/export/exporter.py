@@ -76,14 +76,6 @@ class ExportReport:
         return {"format": EXPORT_FORMAT, **dataclasses.asdict(self)}
 
 
-def denormalize(normalizer: Normalizer, x: np.ndarray) -> np.ndarray:
-    """Raw features that the normaliser maps to ``x`` (exact up to rounding, clipped values included)."""
-    shape = x.shape[1:]
-    scale = np.asarray(normalizer.scale, dtype=np.float32).reshape(shape)
-    shift = np.asarray(normalizer.shift, dtype=np.float32).reshape(shape)
-    return (x * scale + shift).astype(np.float32)
-
-
 def privacy_claim(privacy: dict[str, Any]) -> dict[str, Any]:
     """The card's DP guarantee from summary.json's privacy section (whole-run ε: a bound for any round's weights)."""
     level = privacy.get("level", "none")
@@ -177,11 +169,11 @@ def export_model(subject: ExportSubject, settings: ExportConfig, out_dir: Path) 
     model = subject.model.eval()
     raw_x = y = reference = None
     if subject.test is not None and len(subject.test.y):
-        raw_x, y = denormalize(subject.normalizer, subject.test.x), subject.test.y
+        raw_x, y = subject.normalizer.invert(subject.test.x), subject.test.y
         with torch.no_grad():
             reference = model(torch.from_numpy(subject.test.x)).double().numpy()
     sample = raw_x[:1] if raw_x is not None else np.zeros((1, *subject.input_shape), dtype=np.float32)
-    raw_val = None if subject.val is None else denormalize(subject.normalizer, subject.val.x)
+    raw_val = None if subject.val is None else subject.normalizer.invert(subject.val.x)
     calibration = Calibration(subject, raw_val, settings.export_calibration, settings.export_calibration_samples)
     report = ExportReport(checkpoint=subject.checkpoint, rounds=subject.rounds)
     published: list[Path] = []

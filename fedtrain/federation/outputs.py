@@ -112,18 +112,26 @@ def write_outputs(
     folder.write_json("summary.json", payload)
     if not cfg.output.report:
         return
-    images = plot_curves(folder.read_metrics(), folder.path)
     # Each client's label counts are private: under DP only when opted in; unknown without the clients' data.
+    labels = None
     if label_counts is not None and label_counts_allowed(cfg):
-        images.append(plot_label_distribution(label_counts, classes, folder.path))
-    images.extend(_existing(folder, "filters.png"))
+        labels = plot_label_distribution(label_counts, classes, folder.path)
+    _draw_report(folder, payload, records, labels)
+
+
+def _draw_report(
+    folder: RunFolder, payload: dict[str, Any], records: list[dict[str, Any]], labels: Path | None
+) -> None:
+    """The plots (``labels``: the label-distribution plot, if any) and report.html for ``payload``."""
+    images = plot_curves(records, folder.path)
+    if labels is not None:
+        images.append(labels)
+    filters = folder.path / "filters.png"  # drawn by the pretraining stages
+    if filters.is_file():
+        images.append(filters)
     if payload.get("export"):
         images.append(plot_export(payload["export"]["rows"], folder.path))
     write_report(folder.path / "report.html", payload, images)
-
-
-def _existing(folder: RunFolder, *names: str) -> list[Path]:
-    return [folder.path / n for n in names if (folder.path / n).is_file()]
 
 
 def _attach_export(folder: RunFolder, payload: dict[str, Any]) -> None:
@@ -140,11 +148,8 @@ def refresh_outputs(folder: RunFolder, cfg: RunConfig) -> None:
     folder.write_json("summary.json", payload)
     if not cfg.output.report:
         return
-    images = plot_curves(folder.read_metrics(), folder.path)
-    images.extend(_existing(folder, "label_distribution.png", "filters.png"))
-    if payload.get("export"):
-        images.append(plot_export(payload["export"]["rows"], folder.path))
-    write_report(folder.path / "report.html", payload, images)
+    labels = folder.path / "label_distribution.png"  # drawn by the run only where its label counts were allowed
+    _draw_report(folder, payload, folder.read_metrics(), labels if labels.is_file() else None)
 
 
 def write_privacy(folder: RunFolder, cfg: RunConfig, ledger: PrivacyLedger) -> None:
