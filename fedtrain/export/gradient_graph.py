@@ -1,0 +1,301 @@
+"""Gradient graphs: a model's training step as a plain ONNX graph, for a device without torch.
+
+The server builds, for the run's model and objective, an ONNX graph whose inputs are the trainable
+parameters, a padded batch and a per-sample mask, and whose outputs are the loss and either the
+per-sample gradients (DP-SGD: the device clips and noises them) or the batch gradient (no DP).
+
+How: ``torch.func.vmap(grad_and_value(per_sample_loss))`` over ``functional_call`` of the model is traced
+with ``make_fx`` into a graph of plain aten ops, wrapped in a module and exported with the dynamo exporter
+(a direct export of the ``torch.func`` code fails). The graph uses only default-domain ops, so any
+onnxruntime build runs it. The trace fixes the batch size: the device pads each Poisson batch to the
+physical batch and masks the padding (``mask = 0``).
+
+Graph contract (the device checks it, :mod:`fedtrain.edge.train.graph`):
+
+- inputs: one per trainable parameter, named as in the model's state dict; ``x`` ``(B, *input_shape)``
+  float32; ``y`` ``(B,)`` int64 (fine-tuning); ``mask`` ``(B,)`` float32, the per-sample coefficient of
+  the loss (0 masks a padded row); ``class_weight`` ``(K,)`` float32 (fine-tuning); ``corruption`` ``(B, n)``
+  float32 keep-mask of the denoising objective;
+- outputs: ``loss`` (scalar, ``sum_i mask_i * loss_i``) and ``grad.<name>`` per parameter, ``(B, *shape)``
+  per sample or ``shape`` for the batch;
+- metadata_props: ``fedtrain.gradient.*`` JSON entries (:func:`graph_spec`), among them the objective, the
+  label smoothing and every input's shape, so a device refuses a graph of another run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, cast
+
+import onnx
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from fedtrain.config import RunConfig
+from fedtrain.edge.train.graph import (
+    GRADIENT_FORMAT,
+    GRADIENT_PREFIX,
+    MANIFEST,
+    GradientSpec,
+    graph_name,
+    spec_from_props,
+)
+from fedtrain.errors import ExportError
+from fedtrain.export.graph import OPSET, _quiet_exporter, _strip
+from fedtrain.models import MLP
+from fedtrain.models.mlp import DenseBlock
+from fedtrain.pretrain import AUX_PREFIX
+
+__all__ = [
+    "GradientSpec",
+    "build_gradient_graph",
+    "check_traceable",
+    "graph_name",
+    "graph_spec",
+    "publish_gradient_graphs",
+]
+
+_OBJECTIVES = ("finetune", "autoencoder", "denoising")
+
+
+def graph_spec(model: onnx.ModelProto) -> GradientSpec:
+    """The spec stored in a gradient graph's metadata."""
+    return spec_from_props({p.key: p.value for p in model.metadata_props}, model.graph.name or "graph")
+
+
+def check_traceable(cfg: RunConfig, objective: str) -> None:
+    """Refuse, naming the key, what the gradient graphs do not cover (never a silent difference).
+
+    Raises
+    ------
+    ExportError
+        For a model, loss, pretraining method or setting no gradient graph computes.
+    """
+    m, t = cfg.model, cfg.train
+    if m.model != "mlp":
+        raise ExportError(
+            f"model={m.model!r}: gradient graphs cover model='mlp' only. The CNN's forward traces, but its "
+            "GroupNorm per-sample gradients under vmap are not validated against Opacus here; train it with "
+            "client-runtime='torch'"
+        )
+    if m.dropout > 0:
+        raise ExportError(
+            f"dropout={m.dropout}: a gradient graph has no random dropout masks; set dropout=0 or use "
+            "client-runtime='torch'"
+        )
+    if objective not in _OBJECTIVES:
+        raise ExportError(
+            f"pretrain-method={objective!r}: no gradient graph for it. An RBM's contrastive-divergence update is "
+            "not the gradient of a loss (it needs Gibbs sampling between forward passes), so it cannot be one "
+            "graph of gradients; use pretrain-method='autoencoder' or 'denoising', or client-runtime='torch'"
+        )
+    if objective == "finetune" and t.loss != "cross-entropy":
+        raise ExportError(f"loss={t.loss!r}: gradient graphs compute loss='cross-entropy' only; set it or use torch")
+
+
+def _finetune_loss(model: nn.Module, label_smoothing: float, num_classes: int) -> Callable[..., torch.Tensor]:
+    """Per-sample cross-entropy with class weights and label smoothing, as ``nn.CrossEntropyLoss`` sums it."""
+
+    def loss(
+        params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, cw: torch.Tensor
+    ) -> torch.Tensor:
+        logits = torch.func.functional_call(model, params, (x.unsqueeze(0),))[0]
+        logp = F.log_softmax(logits, dim=-1)
+        at = y.reshape(1)  # gather, not one_hot: one_hot checks the labels' range, which vmap cannot trace
+        nll = -(logp.gather(0, at) * cw.gather(0, at)).sum()
+        smooth = -(logp * cw).sum() / num_classes
+        return c * ((1.0 - label_smoothing) * nll + label_smoothing * smooth)
+
+    return loss
+
+
+def _pretrain_loss(model: MLP, layer: int, objective: str) -> Callable[..., torch.Tensor]:
+    """Per-sample squared reconstruction error of layer ``layer``'s input, summed over features."""
+    blocks = list(model.hidden)
+    act = cast(DenseBlock, blocks[layer]).act
+
+    def loss(params: dict[str, torch.Tensor], x: torch.Tensor, c: torch.Tensor, *keep: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(1, -1)
+        for j in range(layer):  # the frozen layers below, as MLP.features runs them
+            sub = {k[len(f"hidden.{j}.") :]: v for k, v in params.items() if k.startswith(f"hidden.{j}.")}
+            h = torch.func.functional_call(blocks[j], sub, (h,))
+        v = h.detach()
+        corrupted = v * keep[0] if keep else v
+        w, b = params[f"hidden.{layer}.linear.weight"], params[f"hidden.{layer}.linear.bias"]
+        enc = act(F.linear(corrupted, w, b))  # the encoder: the block's activation, no residual skip
+        dec = F.linear(enc, params[AUX_PREFIX + "weight"], params[AUX_PREFIX + "bias"])
+        return c * ((dec - v) ** 2).sum()
+
+    return loss
+
+
+def traced_function(
+    model: MLP, cfg: RunConfig, objective: str, layer: int, num_classes: int, per_sample: bool
+) -> tuple[Callable[..., tuple[torch.Tensor, ...]], list[str], list[str], list[str], dict[str, list[int]]]:
+    """The function to trace, the names of its trainable, frozen and data inputs, and the parameters' shapes."""
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    if objective == "finetune":
+        names = [n for n, _ in model.named_parameters()]
+        frozen: list[str] = []
+        extra = ["x", "y", "mask", "class_weight"]
+        per = _finetune_loss(model, float(cfg.train.label_smoothing), num_classes)
+        dims: tuple[int | None, ...] = (None, 0, 0, 0, None)
+    else:
+        if not 0 <= layer < len(model.hidden):
+            raise ExportError(f"layer {layer} is not a hidden layer of this MLP (it has {len(model.hidden)})")
+        names = [f"hidden.{layer}.linear.{w}" for w in ("weight", "bias")] + [
+            f"{AUX_PREFIX}{w}" for w in ("weight", "bias")
+        ]
+        frozen = [f"hidden.{j}.linear.{w}" for j in range(layer) for w in ("weight", "bias")]
+        extra = ["x", "mask"] + (["corruption"] if objective == "denoising" else [])
+        per = _pretrain_loss(model, layer, objective)
+        dims = (None, 0, 0) + ((0,) if objective == "denoising" else ())
+        out_f, in_f = shapes[f"hidden.{layer}.linear.weight"]
+        shapes.update({AUX_PREFIX + "weight": [in_f, out_f], AUX_PREFIX + "bias": [in_f]})
+    n_trained, n_frozen = len(names), len(frozen)
+
+    def fn(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        params = dict(zip(names + frozen, args[: n_trained + n_frozen], strict=True))
+        data = args[n_trained + n_frozen :]
+        trained, fixed = {n: params[n] for n in names}, {n: params[n] for n in frozen}
+
+        def one(t: dict[str, torch.Tensor], *d: torch.Tensor) -> torch.Tensor:
+            return per({**fixed, **t}, *d)
+
+        if per_sample:
+            grads, losses = torch.func.vmap(torch.func.grad_and_value(one), in_dims=dims)(trained, *data)
+            return (losses.sum(), *(grads[n] for n in names))
+
+        def total(t: dict[str, torch.Tensor], *d: torch.Tensor) -> torch.Tensor:
+            return torch.func.vmap(one, in_dims=dims)(t, *d).sum()
+
+        grads, loss = torch.func.grad_and_value(total)(trained, *data)
+        return (loss, *(grads[n] for n in names))
+
+    return fn, names, frozen, extra, shapes
+
+
+class _Traced(nn.Module):
+    """A make_fx graph behind a module with positional inputs, so the dynamo exporter takes it."""
+
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.gm(*args))
+
+
+def build_gradient_graph(
+    model: nn.Module,
+    cfg: RunConfig,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    per_sample: bool,
+    batch: int,
+    objective: str = "finetune",
+    layer: int = -1,
+) -> onnx.ModelProto:
+    """The gradient graph of ``model`` for ``objective``, traced at physical batch ``batch``.
+
+    Raises
+    ------
+    ExportError
+        For what :func:`check_traceable` refuses, or when the trace or the export fails (with the reason).
+    """
+    check_traceable(cfg, objective)
+    if not isinstance(model, MLP):
+        raise ExportError(f"gradient graphs cover fedtrain's MLP, got {type(model).__name__}")
+    fn, names, frozen, extra, shapes = traced_function(model, cfg, objective, layer, num_classes, per_sample)
+    example = _example_inputs(shapes, names, frozen, extra, input_shape, num_classes, batch)
+    try:
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        gm = make_fx(fn)(*example)
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                _Traced(gm).eval(), tuple(example), dynamo=True, opset_version=OPSET,
+                input_names=[*names, *frozen, *extra],
+                output_names=["loss", *(f"grad.{n}" for n in names)], verbose=False,
+            )  # fmt: skip
+    except Exception as err:  # torch's tracer and exporter raise many kinds
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
+        raise ExportError(f"the {objective} gradient graph of this model does not trace: {reason}") from None
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    proto = program.model_proto
+    _strip(proto)
+    spec = GradientSpec(
+        objective=objective, per_sample=per_sample, batch=batch, input_shape=list(input_shape),
+        num_classes=num_classes, params={n: shapes[n] for n in names}, frozen={n: shapes[n] for n in frozen},
+        layer=layer, label_smoothing=float(cfg.train.label_smoothing) if objective == "finetune" else 0.0,
+    )  # fmt: skip
+    for key, value in asdict(spec).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = GRADIENT_PREFIX + key, json.dumps(value)
+    proto.producer_name = "fedtrain"
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _example_inputs(
+    shapes: dict[str, list[int]],
+    names: list[str],
+    frozen: list[str],
+    extra: list[str],
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    batch: int,
+) -> list[torch.Tensor]:
+    width = int(torch.tensor(input_shape).prod())
+    makers: dict[str, Callable[[], torch.Tensor]] = {
+        "x": lambda: torch.randn(batch, *input_shape),
+        "y": lambda: torch.arange(batch) % num_classes,
+        "mask": lambda: torch.ones(batch),
+        "class_weight": lambda: torch.ones(num_classes),
+        "corruption": lambda: torch.ones(batch, width),
+    }
+    params = [0.1 * torch.randn(*shapes[n]) for n in names + frozen]  # values do not matter to the trace
+    return params + [makers[e]() for e in extra]
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def publish_gradient_graphs(
+    model: nn.Module,
+    cfg: RunConfig,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    out_dir: Path,
+    *,
+    batch: int,
+    phases: list[tuple[str, int]] | None = None,
+) -> dict[str, Any]:
+    """Write the run's gradient graphs and a manifest of their sha256 to ``out_dir``; return the manifest.
+
+    ``phases`` lists ``(objective, layer)``; by default fine-tuning only. Each phase gets a per-sample
+    graph (DP-SGD) and a batch graph (no DP); the device picks one and checks its checksum and spec.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries: dict[str, Any] = {}
+    for objective, layer in phases or [("finetune", -1)]:
+        for per_sample in (True, False):
+            proto = build_gradient_graph(
+                model, cfg, input_shape, num_classes, per_sample=per_sample, batch=batch, objective=objective,
+                layer=layer,
+            )  # fmt: skip
+            name = graph_name(objective, layer, per_sample)
+            path = out_dir / f"{name}.onnx"
+            onnx.save(proto, path)
+            entries[name] = {"file": path.name, "sha256": sha256_of(path)}
+    manifest = {"format": GRADIENT_FORMAT, "graphs": entries}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return manifest

@@ -1,0 +1,144 @@
+"""Gradient graphs (server side) against torch: per-sample and batch gradients, padding, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from fedtrain.config import load_config
+from fedtrain.edge.errors import EdgeModelError
+from fedtrain.edge.train.graph import graph_name, load_graph
+from fedtrain.errors import ExportError
+from fedtrain.export.gradient_graph import build_gradient_graph, check_traceable, graph_spec, publish_gradient_graphs
+from fedtrain.models import build_model
+
+SHAPE, K, B = (1, 8, 8), 10, 16
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    cfg = load_config(base={"label-smoothing": 0.1, "class-weights": "balanced"})
+    model = build_model(cfg.model, SHAPE, K, seed=3)
+    out = tmp_path_factory.mktemp("graphs")
+    manifest = publish_gradient_graphs(model, cfg, SHAPE, K, out, batch=B)
+    return cfg, model, out, manifest
+
+
+def _batch(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = np.zeros((B, *SHAPE), np.float32)
+    y = np.zeros(B, np.int64)
+    x[:n] = rng.normal(size=(n, *SHAPE))
+    y[:n] = rng.integers(0, K, n)
+    cw = rng.uniform(0.5, 2.0, K).astype(np.float32)
+    return x, y, cw
+
+
+def _params(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in model.named_parameters()}
+
+
+def test_graph_is_plain_onnx_with_its_spec(setup) -> None:
+    _, model, out, manifest = setup
+    assert set(manifest["graphs"]) == {"finetune-per-sample", "finetune-batch"}
+    proto = onnx.load(out / manifest["graphs"]["finetune-per-sample"]["file"])
+    onnx.checker.check_model(proto, full_check=True)
+    assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}  # default domain: any onnxruntime build runs it
+    spec = graph_spec(proto)
+    assert spec.per_sample and spec.batch == B and spec.label_smoothing == 0.1
+    assert spec.params == {k: list(v.shape) for k, v in model.named_parameters()}
+
+
+def test_per_sample_gradients_match_torch_func_with_padding(setup) -> None:
+    _, model, out, _ = setup
+    graph = load_graph(out, graph_name("finetune", -1, True))
+    n = 11  # 5 padded rows
+    x, y, cw = _batch(n)
+    mask = np.zeros(B, np.float32)
+    mask[:n] = np.linspace(0.5, 1.5, n)
+    loss, grads = graph.run(_params(model), {"x": x, "y": y, "mask": mask, "class_weight": cw})
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def per_sample(p, xi, yi):
+        logits = torch.func.functional_call(model, p, (xi.unsqueeze(0),))
+        return F.cross_entropy(logits, yi.unsqueeze(0), weight=torch.from_numpy(cw), label_smoothing=0.1,
+                               reduction="none")[0]  # fmt: skip
+
+    ref = torch.func.vmap(torch.func.grad_and_value(per_sample), in_dims=(None, 0, 0))(
+        params, torch.from_numpy(x[:n]), torch.from_numpy(y[:n])
+    )
+    m = torch.from_numpy(mask[:n])
+    worst = 0.0
+    for name, g in grads.items():
+        assert g.shape == (B, *params[name].shape)
+        want = (ref[0][name] * m.view(-1, *[1] * params[name].dim())).numpy()
+        worst = max(worst, float(np.abs(g[:n] - want).max()))
+        assert not g[n:].any()  # padded rows give exactly zero
+    assert worst < 1e-6
+    assert loss == pytest.approx(float((ref[1] * m).sum()), abs=1e-5)
+
+
+def test_batch_gradient_matches_torch_autograd(setup) -> None:
+    _, model, out, _ = setup
+    graph = load_graph(out, graph_name("finetune", -1, False))
+    n = 9
+    x, y, cw = _batch(n, seed=1)
+    mask = np.zeros(B, np.float32)
+    mask[:n] = 1.0 / cw[y[:n]].sum()  # the weighted mean nn.CrossEntropyLoss takes
+    loss, grads = graph.run(_params(model), {"x": x, "y": y, "mask": mask, "class_weight": cw})
+    model.zero_grad()
+    crit = torch.nn.CrossEntropyLoss(weight=torch.from_numpy(cw), label_smoothing=0.1)
+    ref = crit(model(torch.from_numpy(x[:n])), torch.from_numpy(y[:n]))
+    ref.backward()
+    assert loss == pytest.approx(float(ref.detach()), abs=1e-6)
+    for name, p in model.named_parameters():
+        assert p.grad is not None
+        np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=0, atol=1e-6)
+
+
+def test_device_refuses_a_changed_graph_or_another_model(setup, tmp_path: Path) -> None:
+    _, model, out, manifest = setup
+    for f in out.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    graph = load_graph(tmp_path, "finetune-batch")
+    shapes = {k: tuple(v.shape) for k, v in model.named_parameters()}
+    graph.check(shapes, SHAPE, K)
+    with pytest.raises(EdgeModelError, match=r"head\.weight of shape"):
+        graph.check({**shapes, "head.weight": (3, 64)}, SHAPE, K)
+    with pytest.raises(EdgeModelError, match="inputs"):
+        graph.check(shapes, (1, 4, 4), K)
+    path = tmp_path / manifest["graphs"]["finetune-batch"]["file"]
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(EdgeModelError, match="sha256"):
+        load_graph(tmp_path, "finetune-batch")
+    with pytest.raises(EdgeModelError, match="has no graph"):
+        load_graph(tmp_path, "denoising-layer0-batch")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"model": "cnn"}, "model='cnn'"),
+        ({"dropout": 0.2}, "dropout=0.2"),
+        ({"loss": "gce"}, "loss='gce'"),
+    ],
+)
+def test_unsupported_model_or_objective_is_refused_by_name(overrides: dict, key: str) -> None:
+    with pytest.raises(ExportError, match=key):
+        check_traceable(load_config(base=overrides), "finetune")
+
+
+def test_rbm_is_refused_with_the_reason() -> None:
+    with pytest.raises(ExportError, match="contrastive-divergence"):
+        check_traceable(load_config(base={}), "rbm")
+
+
+def test_build_refuses_a_model_that_is_not_the_mlp() -> None:
+    cfg = load_config(base={})
+    with pytest.raises(ExportError, match="MLP"):
+        build_gradient_graph(torch.nn.Linear(64, 10), cfg, SHAPE, K, per_sample=True, batch=4)
