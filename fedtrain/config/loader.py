@@ -17,6 +17,7 @@ from typing import Any
 
 from fedtrain.config.data_source import check_data_source
 from fedtrain.config.dp_defaults import NONE_APPLIED, apply_dp_defaults, table_keys
+from fedtrain.config.dp_recipes import check_dp_recipes
 from fedtrain.config.export import check_export
 from fedtrain.config.schema import SECTIONS, RunConfig
 from fedtrain.config.secagg import check_secagg
@@ -277,6 +278,7 @@ def _cross_checks(cfg: RunConfig) -> list[str]:
     problems.extend(check_data_source(cfg))
     problems.extend(check_secagg(cfg))
     problems.extend(check_export(cfg))
+    problems.extend(check_dp_recipes(cfg))
     if cfg.strategy.early_stopping_patience > 0 and cfg.data.val_fraction == 0:
         problems.append(
             f"early-stopping-patience={cfg.strategy.early_stopping_patience} needs a validation split: set "

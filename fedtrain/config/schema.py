@@ -97,8 +97,26 @@ class DataConfig:
         "Input scaling, stored with the model: `standard` (z-score, clipped to +-5) and `minmax` (to [0, 1]) are "
         "fitted on the pooled training split; `range` divides by the format's nominal maximum (16 for digits, "
         "255 for images) and reads no data, so it costs no privacy; or `none`. Under DP the default is `range`, "
-        "and `standard`/`minmax` need `dp-allow-unaccounted-statistics=true`.",
-        choices=("standard", "minmax", "range", "none"),
+        "and `standard`/`minmax` need `dp-allow-unaccounted-statistics=true`. `dp-standard` (sample-level DP, "
+        "simulation): the z-score from each client's clipped, Gaussian-noised sums of x and x^2, a release that "
+        "spends `normalize-dp-share` of the budget and is composed into every client's accountant.",
+        choices=("standard", "minmax", "range", "none", "dp-standard"),
+    )
+    normalize_dp_share: float = setting(
+        0.1,
+        "`normalize=dp-standard`: share of `dp-target-epsilon` the normalisation release spends on its own; DP-SGD's "
+        "noise is calibrated so that both together stay within the budget.",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        high_open=True,
+    )
+    normalize_dp_clip: float = setting(
+        4.0,
+        "`normalize=dp-standard`: L2 bound on each record's (x, x^2) scaled by the input maximum (the release's "
+        "sensitivity).",
+        low=0.0,
+        low_open=True,
     )
     label_noise: float = setting(
         0.0,
@@ -198,7 +216,10 @@ class ModelConfig:
     """The network the federation trains."""
 
     model: str = setting(
-        "mlp", "`mlp` or `cnn` (small CNN with GroupNorm).", choices=names_of("fedtrain.models.zoo:MODELS")
+        "mlp",
+        "`mlp`, `linear` (multinomial logistic regression: fewest parameters, suits DP at small epsilon) or `cnn` "
+        "(small CNN with GroupNorm).",
+        choices=names_of("fedtrain.models.zoo:MODELS"),
     )
     hidden_sizes: str = setting(
         "128,64",
@@ -446,6 +467,21 @@ class StrategyConfig:
     server_momentum: float = setting(0.9, "`fedavgm`: server momentum.", low=0.0, high=1.0, high_open=True)
     server_eta: float = setting(0.01, "`fedadam`/`fedyogi`: server learning rate.", low=0.0, low_open=True)
     server_tau: float = setting(0.001, "`fedadam`/`fedyogi`: adaptivity (epsilon).", low=0.0, low_open=True)
+    server_averaging: str = setting(
+        "none",
+        "Average the global model's iterates at the server and evaluate, select, checkpoint and export the average "
+        "(clients still train from the last iterate): `ema` (exponential moving average, `server-ema-decay`), "
+        "`polyak` (mean of every iterate from `server-averaging-start`) or `none`. Post-processing of released "
+        "models: costs no privacy.",
+        choices=("none", "ema", "polyak"),
+    )
+    server_ema_decay: float = setting(
+        0.9, "`server-averaging=ema`: decay per round (warmed up as min(decay, (1+n)/(10+n))).", low=0.0, high=1.0,
+        high_open=True,
+    )  # fmt: skip
+    server_averaging_start: int = setting(
+        1, "`server-averaging`: first round of each federated stage that enters the average.", low=1
+    )
     trimmed_beta: float = setting(0.2, "`fedtrimmedavg`: share cut from each tail.", low=0.0, high=0.5, high_open=True)
     krum_malicious: int = setting(0, "`krum`: number of malicious clients tolerated.", low=0)
     early_stopping_patience: int = setting(

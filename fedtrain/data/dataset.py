@@ -68,6 +68,11 @@ class Normalizer:
                 )
             ones = np.ones(x.shape[1:], dtype=np.float32)
             return cls("range", 0.0 * ones, max_value * ones, None)
+        if method == "dp-standard":
+            raise DataError(
+                "normalize='dp-standard' is fitted from the clients' noisy sums (fedtrain.privacy.dp_normalize), not "
+                "on pooled data; build the federation's data with its privacy settings"
+            )
         if method == "standard":
             # Floor the std: near-constant pixels would otherwise blow up to huge z-scores.
             return cls(method, x.mean(0), np.maximum(x.std(0), 1e-3 * max(float(x.std()), 1e-8)), 5.0)

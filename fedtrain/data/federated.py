@@ -28,6 +28,7 @@ __all__ = [
     "apply_label_noise",
     "build_federated_data",
     "client_split",
+    "normalize_noise_of",
     "raw_splits",
     "save_npz",
     "scale_client",
@@ -177,12 +178,47 @@ def scale_client(client: ClientData, norm: Normalizer) -> ClientData:
     return ClientData(scaled(client.train), scaled(client.eval) if client.eval else None, scaled(client.labeled))
 
 
+def _dp_standard(raw: RawSplits, data: DataConfig, seed: int, noise_multiplier: float) -> Normalizer:
+    """The z-score from every client's noisy clipped sums (``normalize=dp-standard``)."""
+    from fedtrain.privacy.dp_normalize import dp_standard_statistics  # numpy only; privacy imports data
+
+    if raw.full.max_value is None:
+        raise DataError("normalize='dp-standard' needs a format with a known value range (digits, IDX, images)")
+    if noise_multiplier <= 0:
+        raise DataError("normalize='dp-standard' needs sample-level DP with a finite dp-target-epsilon")
+    parts = [raw.train.x[idx] for idx in raw.parts]
+    shift, scale = dp_standard_statistics(parts, raw.full.max_value, clip=data.normalize_dp_clip,
+                                          noise_multiplier=noise_multiplier, seed=seed)  # fmt: skip
+    return Normalizer("dp-standard", shift, scale, 5.0)
+
+
+def build_federated_data(
+    data: DataConfig, part: PartitionConfig, seed: int, normalize_noise: float = 0.0
+) -> FederatedData:
+    """Load, split, perturb, normalise and partition the data (cached per process).
+
+    ``normalize_noise`` is the noise multiplier of ``normalize=dp-standard``'s release
+    (:func:`fedtrain.privacy.dp_normalize.normalization_segments`); other methods ignore it.
+    """
+    return _build_federated_data(data, part, seed, normalize_noise if data.normalize == "dp-standard" else 0.0)
+
+
+def normalize_noise_of(cfg: RunConfig) -> float:
+    """The ``normalize_noise`` argument of :func:`build_federated_data` for ``cfg`` (0 unless ``dp-standard``)."""
+    from fedtrain.privacy.dp_normalize import normalization_segments
+
+    segments = normalization_segments(cfg)
+    return segments[0][0] if segments else 0.0
+
+
 @functools.lru_cache(maxsize=4)
-def build_federated_data(data: DataConfig, part: PartitionConfig, seed: int) -> FederatedData:
-    """Load, split, perturb, normalise and partition the data (cached per process)."""
+def _build_federated_data(data: DataConfig, part: PartitionConfig, seed: int, normalize_noise: float) -> FederatedData:
     raw = raw_splits(data, part, seed)
     classes = raw.full.classes
-    norm = Normalizer.fit(raw.train.x, data.normalize, raw.full.max_value)
+    if data.normalize == "dp-standard":
+        norm = _dp_standard(raw, data, seed, normalize_noise)
+    else:
+        norm = Normalizer.fit(raw.train.x, data.normalize, raw.full.max_value)
 
     def scaled(ds: ArrayDataset) -> ArrayDataset:
         return ArrayDataset(norm(ds.x), ds.y, classes, raw.full.max_value)  # the raw format's range, for export

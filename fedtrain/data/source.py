@@ -29,7 +29,15 @@ from fedtrain.config import DataConfig, PartitionConfig, RunConfig
 from fedtrain.config.data_source import parse_classes, parse_input_shape
 from fedtrain.data.cache import cached
 from fedtrain.data.dataset import ArrayDataset, Normalizer, normalizer_from_config, normalizer_to_config
-from fedtrain.data.federated import ClientData, FederatedData, _split, build_federated_data, client_split, scale_client
+from fedtrain.data.federated import (
+    ClientData,
+    FederatedData,
+    _split,
+    build_federated_data,
+    client_split,
+    normalize_noise_of,
+    scale_client,
+)
 from fedtrain.data.loaders import load_dataset
 from fedtrain.errors import ConfigError, DataError
 from fedtrain.logging import get_logger
@@ -124,7 +132,9 @@ class PartitionSource(DataSource):
     """Simulation: the partitioner's partition ``partition-id`` of the data every process rebuilds from the seed."""
 
     def client_data(self, spec: DataSpec) -> ClientData:
-        fd = build_federated_data(self.cfg.data, self.cfg.partition, self.cfg.runtime.seed)
+        fd = build_federated_data(
+            self.cfg.data, self.cfg.partition, self.cfg.runtime.seed, normalize_noise_of(self.cfg)
+        )
         if spec.classes != fd.classes or spec.input_shape != fd.input_shape:
             raise DataError(
                 f"the server's data ({len(spec.classes)} classes, inputs {spec.input_shape}) differs from this "
@@ -252,7 +262,7 @@ class ServerData:
 def server_data(cfg: RunConfig) -> ServerData:
     """The server's data: today's central splits in a simulation; in node mode only the server's own file."""
     if cfg.data.data_source == "partition":
-        fd = build_federated_data(cfg.data, cfg.partition, cfg.runtime.seed)
+        fd = build_federated_data(cfg.data, cfg.partition, cfg.runtime.seed, normalize_noise_of(cfg))
         return ServerData(fd.test, fd.val, fd.normalizer, fd.classes, fd.input_shape, fd)
     return _node_server_data(cfg.data, cfg.runtime.seed)
 

@@ -11,6 +11,7 @@ from fedtrain.config import ModelConfig, parse_int_list
 from fedtrain.errors import ModelError
 from fedtrain.models.cnn import SmallCNN
 from fedtrain.models.layers import initialize
+from fedtrain.models.linear import LinearModel
 from fedtrain.models.mlp import MLP
 from fedtrain.registry import Registry
 
@@ -49,6 +50,12 @@ def _cnn(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn
         activation=cfg.activation,
         dropout=cfg.dropout,
     )
+
+
+@MODELS.register("linear")
+def _linear(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    # Multinomial logistic regression; hidden-sizes and activation do not apply.
+    return LinearModel(input_shape, num_classes)
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, *, seed: int = 0) -> nn.Module:

@@ -12,25 +12,38 @@ __all__ = ["MAX_SIGMA", "calibrate_noise", "smallest_epsilon"]
 MAX_SIGMA = 1000.0  # beyond this the model learns nothing; Opacus gives up at 2000
 
 
-def smallest_epsilon(delta: float, segments: list[tuple[float, int]], mechanism: str) -> float:
-    """Epsilon the plan spends at the largest noise fedtrain allows: the floor of any budget."""
-    return epsilon_of(mechanism, [(MAX_SIGMA, q, n) for q, n in segments], delta)
+Fixed = list[tuple[float, float, int]]  # releases at their own noise, e.g. dp-standard's (z, 1.0, 1)
+
+
+def smallest_epsilon(
+    delta: float, segments: list[tuple[float, int]], mechanism: str, fixed: Fixed | None = None
+) -> float:
+    """Epsilon the plan spends at the largest noise fedtrain allows (plus the ``fixed`` releases): the floor."""
+    return epsilon_of(mechanism, [*(fixed or []), *((MAX_SIGMA, q, n) for q, n in segments)], delta)
 
 
 def calibrate_noise(
-    *, target_epsilon: float, delta: float, segments: list[tuple[float, int]], mechanism: str, tolerance: float = 0.005
+    *,
+    target_epsilon: float,
+    delta: float,
+    segments: list[tuple[float, int]],
+    mechanism: str,
+    tolerance: float = 0.005,
+    fixed: Fixed | None = None,
 ) -> float:
     """Smallest sigma (within ``tolerance`` in epsilon) whose planned steps spend at most ``target_epsilon``.
 
     ``segments`` lists ``(sample_rate, steps)`` for every phase of the run (pretraining and fine-tuning
     may sample at different rates); one sigma is used throughout, and the result never exceeds the target.
+    ``fixed`` releases (``(sigma, q, steps)`` at their own noise) are composed with them.
     """
+    fixed = list(fixed or [])
     if not target_epsilon > 0:
         raise ConfigError(f"dp-target-epsilon={target_epsilon} must be > 0")
     if math.isinf(target_epsilon):
         raise ConfigError("dp-target-epsilon=inf means no sample-level DP: set dp-level='none' instead")
     steps = sum(n for _, n in segments)
-    floor = smallest_epsilon(delta, segments, mechanism)
+    floor = smallest_epsilon(delta, segments, mechanism, fixed)
     if target_epsilon <= floor:
         rates = ", ".join(f"{q:.4f}" for q, _ in segments)
         raise ConfigError(
@@ -40,7 +53,7 @@ def calibrate_noise(
         )
 
     def spent(sigma: float) -> float:
-        return epsilon_of(mechanism, [(sigma, q, n) for q, n in segments], delta)
+        return epsilon_of(mechanism, [*fixed, *((sigma, q, n) for q, n in segments)], delta)
 
     low, high = 0.0, 1.0
     while spent(high) > target_epsilon:

@@ -19,6 +19,7 @@ from flwr.app import ConfigRecord, Context
 from fedtrain.config import RunConfig
 from fedtrain.privacy.accountant import ClientAccountant
 from fedtrain.privacy.calibration import calibrate_noise
+from fedtrain.privacy.dp_normalize import normalization_segments
 from fedtrain.privacy.dp_sgd import DPPlan
 from fedtrain.wire import RESTORE_HISTORY
 
@@ -34,8 +35,13 @@ __all__ = [
 STATE_KEY = "fedtrain-dp"
 
 
-def load_accountant(context: Context, train_config: Mapping[str, Any], pid: int, mechanism: str) -> ClientAccountant:
-    """This client's accountant: from ``Context.state``, else from the server's restore entry, else new."""
+def load_accountant(
+    context: Context, train_config: Mapping[str, Any], pid: int, mechanism: str, cfg: RunConfig | None = None
+) -> ClientAccountant:
+    """This client's accountant: from ``Context.state``, else from the server's restore entry, else new.
+
+    A new accountant starts with the releases ``cfg`` made before training (``normalize=dp-standard``).
+    """
     if STATE_KEY in context.state.config_records:
         return ClientAccountant.from_state_dict(dict(context.state.config_records[STATE_KEY]))
     acc = ClientAccountant(mechanism)
@@ -43,6 +49,9 @@ def load_accountant(context: Context, train_config: Mapping[str, Any], pid: int,
     if pid < len(restore) and restore[pid]:
         for sigma, q, steps in json.loads(str(restore[pid])):
             acc.record(float(sigma), float(q), int(steps))
+    elif cfg is not None:
+        for sigma, q, steps in normalization_segments(cfg):  # the release made before any round (dp-standard)
+            acc.record(sigma, q, steps)
     return acc
 
 
@@ -53,17 +62,21 @@ def save_accountant(context: Context, acc: ClientAccountant) -> None:
 def noise_multiplier(cfg: RunConfig, acc: ClientAccountant, planned: Sequence[tuple[float, int]]) -> float:
     """Sigma for this client: fixed by config, kept from earlier rounds, or calibrated once for the run.
 
-    ``planned``: the ``(sample_rate, steps)`` segments the client may spend over the whole plan.
+    ``planned``: the ``(sample_rate, steps)`` segments the client may spend over the whole plan, after the
+    releases made before training (:func:`~fedtrain.privacy.dp_normalize.normalization_segments`), which the
+    calibration counts too.
     """
     if cfg.privacy.dp_noise_multiplier > 0:
         return cfg.privacy.dp_noise_multiplier
-    if acc.history:
+    fixed = normalization_segments(cfg)
+    if len(acc.history) > len(fixed):  # DP-SGD steps after the fixed releases: their sigma is the run's
         return acc.history[-1][0]
     return calibrate_noise(
         target_epsilon=cfg.privacy.dp_target_epsilon,
         delta=cfg.privacy.dp_delta,
         segments=list(planned),
         mechanism=cfg.privacy.dp_accountant,
+        fixed=fixed,
     )
 
 

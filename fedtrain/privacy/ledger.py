@@ -20,6 +20,7 @@ from fedtrain.config import RunConfig
 from fedtrain.errors import CheckpointError
 from fedtrain.logging import get_logger
 from fedtrain.privacy.accountant import RDP_ORDERS, ClientAccountant, epsilon_of
+from fedtrain.privacy.dp_normalize import normalization_segments
 from fedtrain.privacy.unaccounted import unaccounted_statistics
 from fedtrain.privacy.user_level import make_user_accountant, sampled_clients, user_epsilon, user_releases
 from fedtrain.wire import DP_EPSILON, DP_HISTORY, PARTITION_ID, RESTORE_HISTORY
@@ -145,6 +146,7 @@ class PrivacyLedger:
                 "target_epsilon": pc.dp_target_epsilon,
                 **self._epsilon_stats(),
                 "max_grad_norm": pc.dp_max_grad_norm,
+                **self._normalization(),
                 "clients_with_dp": len(self.clients),
                 "per_client": {k: dict(v) for k, v in sorted(self.clients.items(), key=lambda kv: int(kv[0]))},
             }
@@ -175,6 +177,7 @@ class PrivacyLedger:
                 "delta": pc.dp_delta,
                 "target_epsilon": pc.dp_target_epsilon,
                 "max_grad_norm": pc.dp_max_grad_norm,
+                **self._normalization(),
                 "clients": {
                     pid: {
                         "epsilon": c["epsilon"],
@@ -196,6 +199,24 @@ class PrivacyLedger:
                 "releases": user_releases(self.user_accountant),
             }
         return doc
+
+    def _normalization(self) -> dict[str, Any]:
+        """The ``normalize=dp-standard`` release, when there is one: the first segment of every client's history."""
+        segments = normalization_segments(self.cfg)
+        if not segments:
+            return {}
+        pc, dc = self.cfg.privacy, self.cfg.data
+        alone = epsilon_of(pc.dp_accountant, segments, pc.dp_delta)
+        return {
+            "normalization": {
+                "mechanism": "Gaussian on each client's sums of (x, x^2) / input maximum, each record clipped to L2 "
+                "norm normalize-dp-clip; one release at sampling rate 1, composed into every client's accountant",
+                "noise_multiplier": segments[0][0],
+                "clip": dc.normalize_dp_clip,
+                "share": dc.normalize_dp_share,
+                "epsilon_alone": alone,
+            }
+        }
 
     def log_line(self) -> str:
         """Opacus' style: ``(ε = 1.16, δ = 1e-05)``."""

@@ -9,6 +9,7 @@ from fedtrain.config import RunConfig
 from fedtrain.data import ClientData, FederatedData
 from fedtrain.errors import ConfigError
 from fedtrain.privacy.calibration import smallest_epsilon
+from fedtrain.privacy.dp_normalize import normalization_segments
 from fedtrain.privacy.user_level import sampled_clients
 
 __all__ = ["check_privacy_plan", "user_dp_signal_to_noise", "warn_weak_user_dp"]
@@ -36,7 +37,7 @@ def check_privacy_plan(
         return
     for pid, client in enumerate(data.clients):
         segments = planned(client)
-        floor = smallest_epsilon(pc.dp_delta, segments, pc.dp_accountant)
+        floor = smallest_epsilon(pc.dp_delta, segments, pc.dp_accountant, normalization_segments(cfg))
         if pc.dp_target_epsilon <= floor:
             steps = sum(n for _, n in segments)
             raise ConfigError(

@@ -11,6 +11,8 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Strategy
 
 from fedtrain import wire
+from fedtrain.aggregation.averaging import STATE_KEY as AVERAGING_KEY
+from fedtrain.aggregation.averaging import IterateAverager, make_averager
 from fedtrain.aggregation.state import load_strategy_state, strategy_state
 from fedtrain.federation.exchange import RoundRequest, TrainReplies
 from fedtrain.federation.exchange.faults import non_finite_arrays
@@ -48,6 +50,7 @@ class FederatedStage(Stage):
     """
 
     supervised: bool = True  # central accuracy, best checkpoint, early stopping and client evaluation
+    _averager: IterateAverager | None = None  # server-averaging of this stage's iterates (set by execute)
 
     @property
     @abstractmethod
@@ -83,23 +86,32 @@ class FederatedStage(Stage):
     def execute(self, ctx: RunContext, done_rounds: int) -> StageResult:
         """Run rounds ``done_rounds + 1 .. num_rounds``; the bookkeeper may stop the stage early."""
         strategy = ctx.make_strategy()
-        if done_rounds and ctx.state.strategy:
-            load_strategy_state(strategy, ctx.state.strategy)  # FedAdam's moments, FedAvgM's momentum
+        # Server-side iterate averaging (supervised stages): rounds train from the iterate, the average is kept.
+        self._averager = make_averager(self.cfg) if self.supervised else None
+        saved = dict(ctx.state.strategy) if done_rounds else {}
+        averaging = saved.pop(AVERAGING_KEY, None)
+        if saved:
+            load_strategy_state(strategy, saved)  # FedAdam's moments, FedAvgM's momentum
         if done_rounds >= self.num_rounds:  # finished just before the run was cut
             return StageResult(self.label, self.finish(ctx.arrays), self.num_rounds, "completed")
         arrays = self.prepare(ctx, ctx.arrays)
+        kept = arrays  # what the stage hands on: the average when averaging, else the last iterate
+        if self._averager is not None and averaging is not None:
+            self._averager.load_state_dict(averaging)
+            arrays = self._averager.iterate_record(arrays)  # the checkpoint holds the average; train from the iterate
         done = done_rounds
         for phase_round in range(done_rounds + 1, self.num_rounds + 1):
             global_round = ctx.round_offset + phase_round
             step = self._round(ctx, strategy, arrays, phase_round, global_round)
             if isinstance(step, StageResult):
-                step.rounds, step.arrays = done, self.finish(arrays)
+                step.rounds, step.arrays = done, self.finish(kept)
                 return step
-            arrays, done = step.arrays, phase_round
+            kept, done = step.arrays, phase_round
+            arrays = self._averager.iterate_record(step.arrays) if self._averager is not None else step.arrays
             stop = ctx.bookkeeper.on_round(step, ctx.stage_index)
             if stop:  # early stopping ends this stage only; the plan goes on
-                return StageResult(self.label, self.finish(arrays), done, "stopped", stop, ends_run=False)
-        return StageResult(self.label, self.finish(arrays), done, "completed")
+                return StageResult(self.label, self.finish(kept), done, "stopped", stop, ends_run=False)
+        return StageResult(self.label, self.finish(kept), done, "completed")
 
     def checkpoints_ending(self, result: StageResult) -> bool:
         return result.status != "completed"
@@ -173,6 +185,10 @@ class FederatedStage(Stage):
             return StageResult(self.label, arrays, 0, "failed", reason)
         for key in self.frozen_keys(phase_round, arrays):
             new_arrays[key] = arrays[key]  # exact: averaging equal floats may round, DP noise would move them
+        saved_state = strategy_state(strategy)
+        if self._averager is not None:
+            new_arrays = self._averager.update(new_arrays, phase_round)  # evaluated, selected, checkpointed, exported
+            saved_state[AVERAGING_KEY] = self._averager.state_dict()
         kinds: dict[str, int] = dict(replies.metrics.get("failures_by_kind", {}))
         eval_metrics, evaluated = None, 0
         if self.supervised:
@@ -206,5 +222,5 @@ class FederatedStage(Stage):
                 **self.central_metrics(ctx, new_arrays),
                 "trained_partitions": _partitions(replies),
             },
-            strategy_state=strategy_state(strategy),
+            strategy_state=saved_state,
         )

@@ -1,0 +1,119 @@
+"""The DP recipe's building blocks (issue 17): the linear model and server-side iterate averaging."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord
+
+from fedtrain.aggregation.averaging import IterateAverager
+from fedtrain.config import load_config
+from fedtrain.errors import ConfigError
+from fedtrain.models import LinearModel, build_model
+from fedtrain.results import RunFolder
+from fedtrain.runtime import run_inprocess
+
+
+def _record(value: float) -> ArrayRecord:
+    return ArrayRecord({"w": Array(np.full((2, 3), value, dtype=np.float32)), "b": Array(np.zeros(3, np.float32))})
+
+
+def test_linear_model_is_one_affine_map():
+    model = build_model(load_config(overrides="model=linear").model, (1, 8, 8), 10, seed=0)
+    assert isinstance(model, LinearModel)
+    assert sum(p.numel() for p in model.parameters()) == 64 * 10 + 10
+    assert model(torch.zeros(5, 1, 8, 8)).shape == (5, 10)
+
+
+def test_polyak_is_the_mean_of_the_iterates_from_start():
+    avg = IterateAverager("polyak", start=2)
+    outs = [avg.update(_record(v), r) for r, v in enumerate([10.0, 1.0, 2.0, 6.0], start=1)]
+    assert float(outs[0]["w"].numpy()[0, 0]) == 10.0  # before start: the iterate itself
+    assert [float(o["w"].numpy()[0, 0]) for o in outs[1:]] == [1.0, 1.5, 3.0]
+    assert float(avg.iterate_record(_record(0.0))["w"].numpy()[0, 0]) == 6.0  # the last iterate is kept
+
+
+def test_ema_weights_follow_the_warmed_up_decay():
+    avg = IterateAverager("ema", decay=0.9)
+    values, expected, ema = [4.0, 0.0, 8.0, 2.0], [], 0.0
+    for n, v in enumerate(values):
+        d = 0.0 if n == 0 else min(0.9, (1 + n) / (10 + n))
+        ema = d * ema + (1 - d) * v
+        expected.append(ema)
+        got = float(avg.update(_record(v), n + 1)["w"].numpy()[0, 0])
+        assert got == pytest.approx(ema, rel=1e-6)
+
+
+def test_averager_state_round_trips():
+    avg = IterateAverager("ema", decay=0.8)
+    for r, v in enumerate([1.0, 3.0], start=1):
+        avg.update(_record(v), r)
+    copy = IterateAverager("ema", decay=0.8)
+    copy.load_state_dict(avg.state_dict())
+    a, b = avg.update(_record(5.0), 3), copy.update(_record(5.0), 3)
+    assert np.array_equal(a["w"].numpy(), b["w"].numpy()) and copy.count == avg.count == 3
+
+
+def test_server_averaging_evaluates_the_average_and_resumes_exactly(small_config):
+    opts = {"server_averaging": "ema", "server_ema_decay": 0.5, "fraction_evaluate": 0.0}
+    plain = RunFolder(run_inprocess(small_config(num_rounds=3, fraction_evaluate=0.0))).load_checkpoint()["arrays"]
+    straight = run_inprocess(small_config(num_rounds=3, **opts))
+    first = run_inprocess(small_config(num_rounds=2, **opts))
+    resumed = run_inprocess(small_config(num_rounds=3, resume_dir=str(first), **opts))
+    wa, wb = RunFolder(straight).load_checkpoint()["arrays"], RunFolder(resumed).load_checkpoint()["arrays"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the iterate and the average both came back
+    assert not all(torch.equal(wa[k], plain[k]) for k in wa)  # the checkpoint holds the average, not the iterate
+    a, b = RunFolder(straight).read_metrics(), RunFolder(resumed).read_metrics()
+    assert [r["test_accuracy"] for r in a] == [r["test_accuracy"] for r in b]
+
+
+def test_dp_standard_release_is_composed_into_every_clients_accountant(small_config):
+    from fedtrain.privacy.accountant import epsilon_of
+    from fedtrain.privacy.calibration import calibrate_noise
+    from fedtrain.privacy.dp_normalize import normalization_epsilon, normalization_segments
+
+    cfg = small_config(dp_level="sample", normalize="dp-standard", normalize_dp_share=0.2, dp_target_epsilon=2.0)
+    ((z, q, steps),) = normalization_segments(cfg)
+    assert (q, steps) == (1.0, 1) and normalization_epsilon(cfg) == pytest.approx(0.4, rel=0.01)
+    run_dir = run_inprocess(cfg)
+    privacy = json.loads((run_dir / "privacy.json").read_text())["sample"]
+    assert privacy["normalization"]["noise_multiplier"] == z and privacy["normalization"]["share"] == 0.2
+    for client in privacy["clients"].values():
+        segs = [(s["noise_multiplier"], s["sample_rate"], s["steps"]) for s in client["segments"]]
+        assert segs[0] == (z, 1.0, 1) and len(segs) == 2  # the release, then DP-SGD at its own sigma
+        assert client["epsilon"] == pytest.approx(epsilon_of("rdp", segs, 1e-5))
+        assert 1.9 < client["epsilon"] <= 2.0 * (1 + 1e-9)  # within the budget, counting the release
+        alone = calibrate_noise(target_epsilon=2.0, delta=1e-5, segments=[segs[1][1:]], mechanism="rdp")
+        assert segs[1][0] > alone  # DP-SGD was calibrated for what the release left: more noise than without it
+        assert epsilon_of("rdp", segs[1:], 1e-5) < 2.0  # (RDP composes sub-additively: 0.4 + 1.96 -> 2.0)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["privacy"]["outside_budget"] == [] and summary["status"] == "completed"
+
+
+def test_dp_standard_statistics_are_near_the_pooled_ones_at_large_budget():
+    from fedtrain.data import load_digits
+    from fedtrain.privacy.dp_normalize import dp_standard_statistics
+
+    x = load_digits().x
+    parts = np.array_split(x, 10)
+    shift, scale = dp_standard_statistics(parts, 16.0, clip=100.0, noise_multiplier=1e-6, seed=0)
+    assert np.allclose(shift, x.mean(0), atol=1e-3)
+    assert np.allclose(scale, np.maximum(x.std(0), 0.05 * 16), atol=1e-3)
+    noisy, _ = dp_standard_statistics(parts, 16.0, clip=4.0, noise_multiplier=5.0, seed=0)
+    assert not np.allclose(noisy, shift, atol=1e-2)  # the noise is really there
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        "normalize=dp-standard",
+        "normalize=dp-standard dp-level=user",
+        "normalize=dp-standard dp-level=sample dp-noise-multiplier=1.0",
+    ],
+)
+def test_dp_standard_without_a_sample_level_budget_is_refused(overrides):
+    with pytest.raises(ConfigError, match="dp-standard"):
+        load_config(overrides=overrides)
