@@ -90,7 +90,10 @@ class GradientGraph:
         for name in self.inputs:
             value = params.get(name) if name in params else data.get(name)
             if value is None:
-                raise EdgeModelError(f"{self.where}: the graph needs input {name!r}, which the trainer did not give")
+                raise EdgeModelError(
+                    f"{self.where}: the graph needs input {name!r}, which the model received does not have (it has "
+                    f"{sorted(params)}); publish the graphs of this run's model again"
+                )
             feed[name] = value
         out = self.session.run(self.outputs, feed)
         loss = float(out[0])

@@ -1,0 +1,82 @@
+"""The device's privacy accountant: Google's dp-accounting, with the torch client's orders and history.
+
+The torch client's :class:`fedtrain.privacy.accountant.ClientAccountant` asks Opacus' RDP accountant for epsilon
+at the whole-number orders :data:`~fedtrain.privacy.accountant.RDP_ORDERS`; this one asks dp-accounting's
+``RdpAccountant`` (Poisson-subsampled Gaussian, add-or-remove-one) at the same orders and converts with the same
+bound, so both give the same epsilon (``tests/test_edge_train.py`` checks 1e-9). The history, its state in
+``Context.state`` and the calibration of sigma are the torch client's, so a device and a torch client of one
+federation spend their budgets alike and the server audits both the same way. ``prv`` is Opacus-only: refused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from fedtrain.edge.errors import EdgeModelError
+from fedtrain.privacy.accountant import RDP_ORDERS, ClientAccountant
+
+__all__ = ["EdgeAccountant", "calibrate_noise", "rdp_epsilon"]
+
+MAX_SIGMA = 1000.0  # fedtrain.privacy.calibration.MAX_SIGMA
+
+
+def rdp_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
+    """Epsilon of ``(sigma, q, steps)`` segments of Poisson-subsampled Gaussian steps, by dp-accounting's RDP."""
+    from dp_accounting import dp_event  # type: ignore[import-untyped, unused-ignore]  # no py.typed marker
+    from dp_accounting.rdp import rdp_privacy_accountant as rdp  # type: ignore[import-untyped, unused-ignore]
+
+    acc = rdp.RdpAccountant(list(RDP_ORDERS), rdp.NeighborRel.ADD_OR_REMOVE_ONE)
+    for sigma, q, steps in history:
+        if steps > 0:
+            acc.compose(dp_event.PoissonSampledDpEvent(float(q), dp_event.GaussianDpEvent(float(sigma))), int(steps))
+    return float(acc.get_epsilon(delta))
+
+
+class EdgeAccountant(ClientAccountant):
+    """The torch client's accountant (history, merging, state) with dp-accounting's epsilon."""
+
+    def __post_init__(self) -> None:
+        if self.mechanism != "rdp":
+            raise EdgeModelError(
+                f"dp-accountant={self.mechanism!r}: the ONNX client accounts with dp-accounting's RDP only (PRV is "
+                "Opacus'); set dp-accountant='rdp' or client-runtime='torch'"
+            )
+
+    def epsilon(self, delta: float, extra: tuple[float, float, int] | None = None) -> float:
+        history = list(self.history) + ([extra] if extra and extra[2] > 0 else [])
+        return rdp_epsilon(history, delta) if history else 0.0
+
+
+def calibrate_noise(
+    *, target_epsilon: float, delta: float, segments: list[tuple[float, int]], tolerance: float = 0.005
+) -> float:
+    """Sigma for the planned ``(q, steps)`` segments: :func:`fedtrain.privacy.calibration.calibrate_noise`'s search.
+
+    Raises
+    ------
+    EdgeModelError
+        When the target cannot be reached (as the torch client's calibration says).
+    """
+    if not target_epsilon > 0 or math.isinf(target_epsilon):
+        raise EdgeModelError(f"dp-target-epsilon={target_epsilon} must be finite and > 0 for sample-level DP")
+
+    def spent(sigma: float) -> float:
+        return rdp_epsilon([(sigma, q, n) for q, n in segments], delta)
+
+    floor = spent(MAX_SIGMA)
+    if target_epsilon <= floor:
+        raise EdgeModelError(
+            f"dp-target-epsilon={target_epsilon} is too small for {sum(n for _, n in segments)} steps: the smallest "
+            f"epsilon reachable with this plan is about {floor:.3g}; raise the budget or plan fewer rounds or epochs"
+        )
+    low, high = 0.0, 1.0
+    while spent(high) > target_epsilon:
+        low, high = high, 2 * high
+    while high - low > 1e-6 and target_epsilon - spent(high) > tolerance:
+        mid = (low + high) / 2
+        if spent(mid) > target_epsilon:
+            low = mid
+        else:
+            high = mid
+    return high
