@@ -263,6 +263,55 @@ def test_the_walkthrough_states_an_unregistered_device_in_one_line(tmp_path):
     assert "run config:" in result.stdout and "Successfully started run" not in result.stdout
 
 
+# --- a device that disconnects mid-round ------------------------------------------------------------------------
+
+# The walkthrough with a third device that is killed (SIGKILL, its whole process group) as soon as it receives
+# round 1's train message: the server waits round-timeout for it, then aggregates the other two.
+_THREE_DEVICES = [
+    ("--devices 2", "--devices 3"),
+    ('"num-clients=2 partitioner=iid', '"num-clients=3 partitioner=iid'),
+    ("for i in 0 1; do", "for i in 0 1 2; do"),
+    ("num-partitions=2", "num-partitions=3"),
+    ('wait_for device-1 "SuperNode ID"\n', 'wait_for device-1 "SuperNode ID"\nwait_for device-2 "SuperNode ID"\n'),
+    (
+        "--run-config \"data-source='node' num-clients=2 ",
+        "--run-config \"data-source='node' num-clients=3 min-clients=2 round-timeout=25 ",
+    ),
+    (
+        'echo $! >"$WORK/pids/flwr-run.pid"\n',
+        'echo $! >"$WORK/pids/flwr-run.pid"\n'
+        '( until grep -q "Receiving: train message" "$WORK/logs/device-2.log"; do sleep 0.2; done\n'
+        '  kill -KILL -- "-$(cat "$WORK/pids/device-2.pid")"; echo "device-2 disconnected mid-round" ) &\n',
+    ),
+    ("wait $!  ", 'wait "$(cat "$WORK/pids/flwr-run.pid")"  '),  # the run, not the watcher
+]
+
+
+@pytest.mark.slow
+def test_a_device_that_disconnects_mid_round_is_left_out_and_the_run_completes(tmp_path):
+    text = SCRIPT.read_text()
+    repo = 'REPO=$(cd "$(dirname "$0")/../.." && pwd)'
+    for old, new in [*_THREE_DEVICES, (repo, f"REPO={ROOT}")]:  # the copy lives outside the checkout
+        assert old in text, old
+        text = text.replace(old, new)
+    variant = tmp_path / "deploy" / "examples" / "disconnect.sh"
+    variant.parent.mkdir(parents=True)
+    variant.write_text(text)
+    result, wall = _run_walkthrough(tmp_path, timeout=600, script=variant, LINK_PORT="19430", NODE_PORT="19431")
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "device-2 disconnected mid-round" in result.stdout
+    run_dir = Path(_RUN_DIR.search(result.stdout).group(1))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert summary["status"] == "completed" and summary["rounds"] == 2, summary.get("reason")
+    first = records[0]
+    assert first["clients_trained"] == 2 and first["failures_by_kind"] == {"timeout": 1}, first
+    assert "2" not in {str(p) for p in first["trained_partitions"]}
+    assert all(r["clients_trained"] == 2 for r in records)  # round 2: the lost device is gone or times out again
+    assert summary["privacy"]["sample"]["epsilon_max"] <= summary["privacy"]["sample"]["target_epsilon"]
+    print(f"disconnect walkthrough: {wall:.1f} s wall; failures by round: {[r['failures_by_kind'] for r in records]}")
+
+
 # --- separate addresses: SuperLink and SuperNodes in their own network namespaces ------------------------------
 
 NET = "10.77.0"  # a private /24 of the project's own test hosts
