@@ -8,9 +8,18 @@ has undone Opacus' import-time logging side effect.
 from fedtrain.privacy import _quiet_opacus  # noqa: F401  (first: undoes an Opacus import side effect)
 from opacus import PrivacyEngine
 from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.analysis.rdp import get_privacy_spent as rdp_privacy_spent
 from opacus.optimizers import DPOptimizer
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.validators import ModuleValidator
 # isort: on
 
-__all__ = ["BatchMemoryManager", "DPOptimizer", "ModuleValidator", "PRVAccountant", "PrivacyEngine", "RDPAccountant"]
+__all__ = [
+    "BatchMemoryManager",
+    "DPOptimizer",
+    "ModuleValidator",
+    "PRVAccountant",
+    "PrivacyEngine",
+    "RDPAccountant",
+    "rdp_privacy_spent",
+]
