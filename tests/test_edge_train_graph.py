@@ -45,7 +45,7 @@ def _params(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 def test_graph_is_plain_onnx_with_its_spec(setup) -> None:
     _, model, out, manifest = setup
-    assert set(manifest["graphs"]) == {"finetune-per-sample", "finetune-batch"}
+    assert set(manifest["graphs"]) == {"finetune-per-sample", "finetune-batch", "forward-batch"}
     proto = onnx.load(out / manifest["graphs"]["finetune-per-sample"]["file"])
     onnx.checker.check_model(proto, full_check=True)
     assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}  # default domain: any onnxruntime build runs it

@@ -503,6 +503,13 @@ class RuntimeConfig:
     )
     seed: int = setting(0, "Seed for data splits, partitions, initialisation and sampling.", low=0)
     torch_threads: int = setting(1, "Torch threads per client process (1 is fastest for small models).", low=1)
+    client_runtime: str = setting(
+        "torch",
+        "What trains on the clients: `torch` (torch + Opacus) or `onnx` (ONNX Runtime + numpy + dp-accounting, "
+        "gradient graphs the server publishes; no torch on the device, docs/edge.md). A node's config "
+        "`client-runtime` overrides it for that node.",
+        choices=("torch", "onnx"),
+    )
     round_timeout: float = setting(3600.0, "Seconds the server waits for replies each round.", low=0.0, low_open=True)
 
 

@@ -58,6 +58,8 @@ __all__ = [
     "graph_name",
     "graph_spec",
     "publish_gradient_graphs",
+    "publish_run_graphs",
+    "run_phases",
 ]
 
 _OBJECTIVES = ("finetune", "autoencoder", "denoising")
@@ -244,6 +246,40 @@ def build_gradient_graph(
     return proto
 
 
+def build_forward_graph(
+    model: nn.Module, input_shape: tuple[int, ...], num_classes: int, *, batch: int
+) -> onnx.ModelProto:
+    """Logits of ``model`` with its parameters as inputs (the device's evaluation), traced at ``batch``."""
+    names = [n for n, _ in model.named_parameters()]
+
+    def fn(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        params = dict(zip(names, args[:-1], strict=True))
+        return (torch.func.functional_call(model, params, (args[-1],)),)
+
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    example = [p.detach().clone() for p in model.parameters()] + [torch.zeros(batch, *input_shape)]
+    gm = make_fx(fn)(*example)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            _Traced(gm).eval(), tuple(example), dynamo=True, opset_version=OPSET, input_names=[*names, "x"],
+            output_names=["logits"], verbose=False,
+        )  # fmt: skip
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    proto = program.model_proto
+    _strip(proto)
+    spec = GradientSpec(
+        objective="forward", per_sample=False, batch=batch, input_shape=list(input_shape), num_classes=num_classes,
+        params={n: list(p.shape) for n, p in model.named_parameters()},
+    )  # fmt: skip
+    for key, value in asdict(spec).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = GRADIENT_PREFIX + key, json.dumps(value)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
 def _example_inputs(
     shapes: dict[str, list[int]],
     names: list[str],
@@ -278,24 +314,65 @@ def publish_gradient_graphs(
     *,
     batch: int,
     phases: list[tuple[str, int]] | None = None,
+    pretrain_batch: int | None = None,
 ) -> dict[str, Any]:
     """Write the run's gradient graphs and a manifest of their sha256 to ``out_dir``; return the manifest.
 
-    ``phases`` lists ``(objective, layer)``; by default fine-tuning only. Each phase gets a per-sample
-    graph (DP-SGD) and a batch graph (no DP); the device picks one and checks its checksum and spec.
+    ``phases`` lists ``(objective, layer)``; by default fine-tuning only. ``batch`` is the physical batch of
+    the fine-tuning graphs (a larger logical batch runs in chunks), ``pretrain_batch`` (default ``batch``) that of
+    the pretraining ones. Each phase gets a per-sample
+    graph (DP-SGD) and a batch graph (no DP); the device picks one and checks its checksum and spec. A forward
+    graph (logits) serves the device's evaluation.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     entries: dict[str, Any] = {}
     for objective, layer in phases or [("finetune", -1)]:
         for per_sample in (True, False):
+            size = batch if objective == "finetune" else (pretrain_batch or batch)
             proto = build_gradient_graph(
-                model, cfg, input_shape, num_classes, per_sample=per_sample, batch=batch, objective=objective,
+                model, cfg, input_shape, num_classes, per_sample=per_sample, batch=size, objective=objective,
                 layer=layer,
             )  # fmt: skip
             name = graph_name(objective, layer, per_sample)
             path = out_dir / f"{name}.onnx"
             onnx.save(proto, path)
             entries[name] = {"file": path.name, "sha256": sha256_of(path)}
+    forward = out_dir / "forward.onnx"
+    onnx.save(build_forward_graph(model, input_shape, num_classes, batch=batch), forward)
+    entries[graph_name("forward", -1, False)] = {"file": forward.name, "sha256": sha256_of(forward)}
     manifest = {"format": GRADIENT_FORMAT, "graphs": entries}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+def run_phases(cfg: RunConfig) -> list[tuple[str, int]]:
+    """The ``(objective, layer)`` of every federated phase of ``cfg``'s plan that trains on clients."""
+    phases: list[tuple[str, int]] = []
+    for name in cfg.phases:
+        if name == "pretrain":
+            phases += [(cfg.pretrain.pretrain_method, k) for k in range(cfg.num_hidden_layers)]
+        elif name == "finetune":
+            phases.append(("finetune", -1))
+    return phases
+
+
+def publish_run_graphs(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
+    """Every gradient graph ``cfg``'s plan needs, for the federation's inputs and classes, in ``out_dir``.
+
+    Raises
+    ------
+    ExportError
+        For a model, objective or setting no gradient graph computes (naming the key).
+    """
+    from fedtrain.data import server_data
+    from fedtrain.models import build_model
+
+    spec = server_data(cfg).spec
+    model = build_model(cfg.model, spec.input_shape, len(spec.classes), seed=cfg.runtime.seed)
+    phases = run_phases(cfg)
+    for objective, _ in phases:
+        check_traceable(cfg, objective)
+    return publish_gradient_graphs(
+        model, cfg, spec.input_shape, len(spec.classes), out_dir, batch=cfg.train.batch_size or 64, phases=phases,
+        pretrain_batch=cfg.pretrain.pretrain_batch_size or 64,
+    )  # fmt: skip

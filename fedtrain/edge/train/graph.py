@@ -52,8 +52,8 @@ class GradientSpec:
 
 
 def graph_name(objective: str, layer: int, per_sample: bool) -> str:
-    """The manifest key of one graph, e.g. ``finetune-per-sample`` or ``autoencoder-layer0-batch``."""
-    where = f"-layer{layer}" if objective != "finetune" else ""
+    """The manifest key of one graph, e.g. ``finetune-per-sample``, ``autoencoder-layer0-batch``, ``forward-batch``."""
+    where = f"-layer{layer}" if layer >= 0 else ""
     return f"{objective}{where}-{'per-sample' if per_sample else 'batch'}"
 
 

@@ -1,0 +1,90 @@
+"""A federation with torch and ONNX Runtime clients: one ServerApp, the same reply layout, DP over both."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from fedtrain import wire
+from fedtrain.data import data_source, server_data, spec_to_config
+from fedtrain.edge.errors import EdgeModelError
+from fedtrain.edge.train.client import check_supported, planned_segments, runtime_of
+from fedtrain.export.gradient_graph import publish_run_graphs
+from fedtrain.federation.client import handle_train
+from fedtrain.federation.dp_plan import planned_segments as torch_segments
+from fedtrain.models import build_model
+from fedtrain.runtime import run_inprocess
+
+DP = {"dp_level": "sample", "batch_size": 30, "hidden_sizes": "16", "num_clients": 4, "num_rounds": 3}
+
+
+def _node_configs(graphs: Path, n: int) -> list[dict]:
+    return [{"client-runtime": "onnx", "gradient-graphs": str(graphs)} if i % 2 == 0 else {} for i in range(n)]
+
+
+def test_mixed_runtimes_complete_a_dp_run_with_one_accountant_each(small_config, tmp_path: Path) -> None:
+    cfg = small_config(**DP)
+    graphs = tmp_path / "graphs"
+    publish_run_graphs(cfg, graphs)
+    run_dir = run_inprocess(cfg, node_configs=_node_configs(graphs, 4))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds"] == 3
+    per_client = summary["privacy"]["sample"]["per_client"]
+    assert len(per_client) == 4  # ONNX clients' replies carry the same DP evidence and history
+    for client in per_client.values():
+        assert 0 < client["epsilon"] <= cfg.privacy.dp_target_epsilon
+    assert summary["final"]["accuracy"] > 0.3  # it learned (10 classes: chance is 0.1)
+
+
+def test_onnx_reply_has_the_torch_reply_layout(small_config, tmp_path: Path) -> None:
+    """Same request to a torch and an ONNX node: the same record names, array names, shapes and metric keys."""
+    cfg = small_config(**DP)
+    graphs = tmp_path / "graphs"
+    publish_run_graphs(cfg, graphs)
+    spec = server_data(cfg).spec
+    model = build_model(cfg.model, spec.input_shape, len(spec.classes))
+    config = ConfigRecord({wire.PHASE: "finetune", wire.LR: 0.1, wire.GLOBAL_ROUND: 1, **spec_to_config(spec)})
+    content = RecordDict({wire.ARRAYS: ArrayRecord(model.state_dict()), wire.CONFIG: config})
+    replies = {}
+    for runtime in ("torch", "onnx"):
+        node = {"partition-id": 0, "num-partitions": 4, "client-runtime": runtime, "gradient-graphs": str(graphs)}
+        context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config=cfg.to_flat())
+        msg = Message(content, dst_node_id=1, message_type="train")
+        replies[runtime] = handle_train(msg, context).content
+    torch_reply, onnx_reply = replies["torch"], replies["onnx"]
+    assert set(torch_reply.keys()) == set(onnx_reply.keys())
+    ta, oa = torch_reply.array_records[wire.ARRAYS], onnx_reply.array_records[wire.ARRAYS]
+    assert list(ta.keys()) == list(oa.keys())
+    for k in ta:
+        assert (ta[k].shape, ta[k].dtype, ta[k].stype) == (oa[k].shape, oa[k].dtype, oa[k].stype)
+        assert np.isfinite(oa[k].numpy()).all()
+    tm, om = torch_reply.metric_records[wire.METRICS], onnx_reply.metric_records[wire.METRICS]
+    assert set(tm.keys()) == set(om.keys())
+    for key in (wire.DP_SIGMA, wire.DP_SAMPLE_RATE, wire.DP_STEPS, wire.DP_EPSILON, wire.NUM_EXAMPLES):
+        assert om[key] == pytest.approx(tm[key], rel=1e-9), key  # same plan, same sigma, same epsilon
+    assert dict(torch_reply.config_records[wire.DP_HISTORY]) == dict(onnx_reply.config_records[wire.DP_HISTORY])
+
+
+def test_planned_segments_equal_the_torch_clients(small_config) -> None:
+    for overrides in ({}, {"plan": "pretrain,finetune", "pretrain_rounds": 2, "hidden_sizes": "16,8"}):
+        cfg = small_config(**{**DP, **overrides})
+        client = data_source(cfg, {"partition-id": 1, "num-partitions": 4}).client_data(server_data(cfg).spec)
+        assert planned_segments(cfg, client) == torch_segments(cfg, client)
+
+
+def test_runtime_switch_and_refusals(small_config) -> None:
+    cfg = small_config()
+    assert runtime_of(cfg, {}) == "torch" and runtime_of(cfg, {"client-runtime": "onnx"}) == "onnx"
+    assert runtime_of(small_config(client_runtime="onnx"), {}) == "onnx"
+    with pytest.raises(EdgeModelError, match="client-runtime='tf'"):
+        runtime_of(cfg, {"client-runtime": "tf"})
+    with pytest.raises(EdgeModelError, match="model='cnn'"):
+        check_supported(small_config(model="cnn"))
+    with pytest.raises(EdgeModelError, match="dp-accountant='prv'"):
+        check_supported(small_config(dp_level="sample", dp_accountant="prv"))
+    with pytest.raises(EdgeModelError, match="pretrain-method='rbm'"):
+        check_supported(small_config(plan="pretrain,finetune", pretrain_method="rbm"))
