@@ -11,10 +11,11 @@ received). Imports: flwr, numpy, onnxruntime, dp-accounting and fedtrain's torch
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,17 +29,20 @@ from fedtrain.data import ArrayDataset, ClientData, data_source, received_spec
 from fedtrain.edge.errors import EdgeModelError
 from fedtrain.edge.train.accountant import EdgeAccountant, calibrate_noise
 from fedtrain.edge.train.graph import GradientGraph, graph_name, load_graph
+from fedtrain.edge.train.optim import OPTIMIZERS
 from fedtrain.edge.train.sampling import build_draws
 from fedtrain.edge.train.trainer import DPSettings, LocalData, balanced_class_weight, plan, train
 from fedtrain.federation.context import config_from_run_config
 from fedtrain.federation.secagg_client import as_fitres, from_fitins, is_secagg
 from fedtrain.privacy.unaccounted import train_loss_shared
+from fedtrain.registry import RegistryNames
 
 __all__ = [
     "GRAPHS_KEY",
     "RUNTIME_KEY",
     "STATE_KEY",
     "check_supported",
+    "device_config",
     "handle_evaluate",
     "handle_train",
     "planned_segments",
@@ -69,6 +73,11 @@ def check_supported(cfg: RunConfig) -> None:
         "model": (m.model == "mlp", f"model={m.model!r} (gradient graphs cover model='mlp')"),
         "dropout": (m.dropout == 0, f"dropout={m.dropout} (no random masks in a gradient graph)"),
         "loss": (t.loss == "cross-entropy", f"loss={t.loss!r} (the graphs compute cross-entropy)"),
+        "optimizer": (t.optimizer in OPTIMIZERS, f"optimizer={t.optimizer!r} (not in the device's numpy optimizers)"),
+        "pretrain-optimizer": (
+            "pretrain" not in cfg.phases or p.pretrain_optimizer in OPTIMIZERS,
+            f"pretrain-optimizer={p.pretrain_optimizer!r} (not in the device's numpy optimizers)",
+        ),
         "sampler": (t.sampler == "uniform", f"sampler={t.sampler!r} (the ONNX client samples uniformly)"),
         "pretrain-method": (
             "pretrain" not in cfg.phases or p.pretrain_method in ("autoencoder", "denoising"),
@@ -85,6 +94,41 @@ def check_supported(cfg: RunConfig) -> None:
             f"client-runtime='onnx' cannot train this run: {'; '.join(refused)}; change the setting or run this node "
             "with client-runtime='torch'"
         )
+
+
+class _Trusted(tuple[str, ...]):
+    """Choices the server validated: on a device without torch the registries that list them cannot be imported."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def _server_validated_choices() -> Iterator[None]:
+    """Load the run config where the registries of algorithm names (models, optimizers, ...) import torch.
+
+    The server validated every name when it loaded the same run config; where a registry imports (with torch),
+    it still checks them here. What the ONNX client can train is then refused by :func:`check_supported`.
+    """
+    original = RegistryNames._names
+
+    def names(self: RegistryNames) -> tuple[str, ...]:
+        try:
+            return original(self)
+        except ImportError:
+            return _Trusted(("(validated by the server)",))
+
+    RegistryNames._names = names  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        RegistryNames._names = original  # type: ignore[method-assign]
+
+
+def device_config(run_config: Mapping[str, Any]) -> RunConfig:
+    """The run's config on a device (:func:`fedtrain.federation.context.config_from_run_config`, without torch)."""
+    with _server_validated_choices():
+        return config_from_run_config(run_config)
 
 
 def _number(config: Mapping[str, Any], key: str, default: float | None = None) -> float:
@@ -162,7 +206,7 @@ class _Local:
 
 
 def _local(content: RecordDict, context: Context) -> _Local:
-    cfg = config_from_run_config(context.run_config)
+    cfg = device_config(context.run_config)
     check_supported(cfg)
     source = data_source(cfg, context.node_config)
     spec = received_spec(cfg, content.config_records.get(wire.CONFIG))
