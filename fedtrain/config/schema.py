@@ -293,6 +293,20 @@ class TrainConfig:
         "DP-SGD's per-record clipping).",
         choices=("none", "balanced"),
     )
+    augment: str = setting(
+        "none",
+        "Augment image-shaped inputs during local training: `shift` (random shifts of up to `augment-shift` pixels), "
+        "`shift-rotate` (also rotations of up to `augment-rotation` degrees) or `none`.",
+        choices=("none", "shift", "shift-rotate"),
+    )
+    augment_shift: float = setting(1.0, "`augment`: largest shift in pixels, each direction.", low=0.0)
+    augment_rotation: float = setting(10.0, "`augment=shift-rotate`: largest rotation in degrees.", low=0.0, high=180.0)
+    augment_multiplicity: int = setting(
+        1,
+        "`augment`: augmentations of each record per batch. Under sample-level DP their per-sample gradients are "
+        "averaged before clipping (augmentation multiplicity, De et al. 2022), so privacy is unchanged.",
+        low=1,
+    )
     sampler: str = setting(
         "uniform",
         "`weighted` oversamples rare classes (class-balanced sampling with replacement); refused under "
@@ -442,7 +456,9 @@ class StrategyConfig:
     round_exchange: str = setting(
         "message",
         "How a round's messages travel between server and clients: `message` (Flower's Message API, updates in "
-        "the clear). Secure aggregation and a vectorised simulator are further exchanges.",
+        "the clear); `secaggplus` (secure aggregation); `vectorised` (in-process only: a fine-tuning round's "
+        "clients trained together in one batched call, DP-SGD included, with the replies the ClientApp would "
+        "send; what it does not cover trains on the ClientApp, with a log line saying why; see docs/simulation.md).",
         choices=names_of("fedtrain.federation.exchange:EXCHANGES"),
     )
     strategy: str = setting(

@@ -35,7 +35,9 @@ class InProcessGrid(Grid):
     """``num_nodes`` simulated SuperNodes with partition ids ``0..num_nodes-1``.
 
     ``node_configs`` adds entries to each node's config (``--node-config`` of a SuperNode), e.g. a
-    ``data-path`` per node.
+    ``data-path`` per node. ``vectorisable`` says that ``client_app`` is fedtrain's own ClientApp, so
+    ``round-exchange=vectorised`` may train a round's clients in one batched call instead of calling it
+    (a wrapped or custom ClientApp always runs as itself).
     """
 
     def __init__(
@@ -45,10 +47,13 @@ class InProcessGrid(Grid):
         run_config: dict[str, Any],
         run_id: int = 1,
         node_configs: list[dict[str, Any]] | None = None,
+        *,
+        vectorisable: bool = False,
     ) -> None:
         if node_configs is not None and len(node_configs) != num_nodes:
             raise ValueError(f"{len(node_configs)} node configs for {num_nodes} nodes")
         self._app = client_app
+        self.vectorisable = vectorisable
         self._run = Run.create_empty(run_id)
         self._run.override_config = dict(run_config)
         self.contexts: dict[int, Context] = {

@@ -26,7 +26,9 @@ def run_inprocess(
     """
     run_config = cfg.to_flat()
     if grid is None:
-        grid = InProcessGrid(build_client_app(), cfg.partition.num_clients, run_config, node_configs=node_configs)
+        grid = InProcessGrid(
+            build_client_app(), cfg.partition.num_clients, run_config, node_configs=node_configs, vectorisable=True
+        )
     context = Context(run_id=1, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config=run_config)
     build_server_app()(grid, context)
     return Path(str(context.state[RUN_DIR_STATE_KEY]["run-dir"]))

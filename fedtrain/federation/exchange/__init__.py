@@ -8,6 +8,7 @@ vectorised simulator) is a new :class:`RoundExchange` registered in :data:`EXCHA
 from fedtrain.federation.exchange.base import EXCHANGES, RoundExchange, RoundRequest, TrainReplies, build_exchange
 from fedtrain.federation.exchange.message import MessageExchange
 from fedtrain.federation.exchange.secaggplus import SecAggPlusExchange
+from fedtrain.federation.exchange.vectorised import VectorisedExchange
 
 __all__ = [
     "EXCHANGES",
@@ -16,5 +17,6 @@ __all__ = [
     "RoundRequest",
     "SecAggPlusExchange",
     "TrainReplies",
+    "VectorisedExchange",
     "build_exchange",
 ]
