@@ -117,3 +117,68 @@ def test_dp_standard_statistics_are_near_the_pooled_ones_at_large_budget():
 def test_dp_standard_without_a_sample_level_budget_is_refused(overrides):
     with pytest.raises(ConfigError, match="dp-standard"):
         load_config(overrides=overrides)
+
+
+def test_augment_shifts_images_by_whole_pixels():
+    from fedtrain.train.augment import augment_images
+
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, 0, 3, 4] = 1.0
+    torch.manual_seed(0)
+    out = augment_images(x, max_shift=1, max_rotation=0.0)
+    peaks = [tuple(int(v) for v in (o[0] == o[0].max()).nonzero()[0]) for o in out]
+    assert all(abs(r - 3) <= 1 and abs(c - 4) <= 1 for r, c in peaks)
+    assert len(set(peaks)) > 3  # several shifts were drawn
+    assert torch.allclose(out.sum((1, 2, 3)), torch.ones(64), atol=1e-5)  # whole-pixel moves keep the mass
+
+
+def test_fold_averages_each_records_augmentations():
+    from fedtrain.train.augment import fold_grad_samples
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad_sample = torch.arange(12.0).view(4, 3)  # 2 records x 2 augmentations
+    fold_grad_samples([p], 2)
+    assert torch.equal(p.grad_sample, torch.tensor([[1.5, 2.5, 3.5], [7.5, 8.5, 9.5]]))
+
+
+def test_augmentation_multiplicity_under_dp_sgd_clips_per_record(small_config):
+    from fedtrain.data import build_federated_data
+    from fedtrain.privacy.dp_sgd import dp_train_local
+
+    cfg = small_config(dp_level="sample", model="linear", augment="shift-rotate", augment_multiplicity=4,
+                       batch_size=16, local_epochs=1)  # fmt: skip
+    data = build_federated_data(cfg.data, cfg.partition, 0).clients[0].train
+    seen: list[int] = []
+    import fedtrain.train.augment as augment_mod
+
+    fold = augment_mod.fold_grad_samples
+
+    def spy(params, k):
+        seen.append(next(p for p in params if getattr(p, "grad_sample", None) is not None).grad_sample.shape[0])
+        fold(params, k)
+        assert all(p.grad_sample.shape[0] * k == seen[-1] for p in params)
+
+    augment_mod.fold_grad_samples = spy
+    try:
+        model = build_model(cfg.model, data.input_shape, data.num_classes, seed=0)
+        before = [p.detach().clone() for p in model.parameters()]
+        _, result, plan = dp_train_local(model, data, cfg, lr=0.5, seed=0, noise_multiplier=1.0)
+    finally:
+        augment_mod.fold_grad_samples = fold
+    assert seen and all(n % 4 == 0 for n in seen)  # 4 augmentations of every sampled record
+    assert result.steps == plan.steps_per_call  # the accountant's steps are unchanged
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_augmentation_without_dp_trains_and_refuses_tabular_inputs(small_config):
+    from fedtrain.data import ArrayDataset
+    from fedtrain.train import train_local
+
+    cfg = small_config(augment="shift", augment_multiplicity=2)
+    rng = np.random.default_rng(0)
+    tabular = ArrayDataset(rng.random((20, 5)).astype(np.float32), rng.integers(0, 2, 20), ("a", "b"))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(5, 2))
+    with pytest.raises(ConfigError, match="image inputs"):
+        train_local(model, tabular, cfg.train, lr=0.1, seed=0)
+    run_dir = run_inprocess(small_config(augment="shift-rotate", augment_multiplicity=2, num_rounds=2))
+    assert RunFolder(run_dir).read_metrics()[-1]["test_accuracy"] > 0.5

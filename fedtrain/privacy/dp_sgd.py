@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -111,6 +111,7 @@ class PrivateTraining:
     noise_seed: int
     grad_sample_mode: str = "hooks"
     max_physical_batch_size: int = 0
+    augment_multiplicity: int = 1  # > 1: fold each record's per-sample gradients before clipping
 
     @classmethod
     def from_config(
@@ -121,6 +122,7 @@ class PrivateTraining:
         return cls(
             noise_multiplier=noise_multiplier, max_grad_norm=pc.dp_max_grad_norm, noise_seed=noise_seed(cfg, seed),
             grad_sample_mode=grad_sample_mode, max_physical_batch_size=pc.dp_max_physical_batch_size,
+            augment_multiplicity=cfg.train.augment_multiplicity if cfg.train.augment != "none" else 1,
         )  # fmt: skip
 
     @contextlib.contextmanager
@@ -150,10 +152,30 @@ class PrivateTraining:
                 objective = Supervised(loss_fn)
             else:
                 gsm, dp_opt, dp_loader = wrapped
+            if self.augment_multiplicity > 1:
+                if self.grad_sample_mode != "hooks":
+                    raise ModelError(
+                        f"augment-multiplicity={self.augment_multiplicity} under DP-SGD needs per-sample gradients "
+                        f"(dp-grad-sample-mode='hooks'), not {self.grad_sample_mode!r}"
+                    )
+                _fold_before_clipping(dp_opt, self.augment_multiplicity)
             yield _PrivateSession(
                 module=gsm, trained=session.trained, optimizer=dp_opt, loader=dp_loader, objective=objective,
                 max_physical_batch_size=self.max_physical_batch_size,
             )  # fmt: skip
+
+
+def _fold_before_clipping(optimizer: DPOptimizer, multiplicity: int) -> None:
+    """Make ``optimizer`` average each record's augmentations' gradients before it clips (De et al. 2022)."""
+    from fedtrain.train.augment import fold_grad_samples
+
+    pre_step = optimizer.pre_step
+
+    def folded_pre_step(closure: Any = None) -> Any:
+        fold_grad_samples(optimizer.params, multiplicity)
+        return pre_step(closure)
+
+    optimizer.pre_step = folded_pre_step
 
 
 @dataclass(frozen=True)
@@ -200,6 +222,8 @@ def dp_train_local(
     tc, pc = cfg.train, cfg.privacy
     plan = plan_steps(len(data.y), tc.batch_size, tc.local_epochs)
     mode = choose_grad_sample_mode(pc.dp_grad_sample_mode, cfg.model.model, tc.batch_size)
+    if tc.augment != "none" and pc.dp_grad_sample_mode == "auto":
+        mode = "hooks"  # augmentation multiplicity folds Opacus' per-sample gradients
     model = check_model(model.train(), fix=pc.dp_fix_model)  # Opacus validates a module in training mode
     objective = Supervised(build_criterion(tc, data.y, data.num_classes))
     privacy = PrivateTraining.from_config(cfg, noise_multiplier=noise_multiplier, seed=seed, grad_sample_mode=mode)

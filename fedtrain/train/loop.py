@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 from fedtrain.config import TrainConfig
 from fedtrain.data import ArrayDataset
 from fedtrain.errors import ConfigError
+from fedtrain.train.augment import augmented
 from fedtrain.train.losses import build_criterion, l1_penalty, proximal_term
 from fedtrain.train.optimizers import build_optimizer
 
@@ -221,6 +222,7 @@ def run_local(
                 "per-sample gradient at dp-max-grad-norm itself, and its accounting assumes uniform Poisson "
                 "sampling; set clip-grad-norm=0, clip-grad-value=0 and sampler='uniform'"
             )
+    objective = augmented(objective, settings)  # augment: k shifted/rotated copies of each record per batch
     module.train()
     optimizer = build_optimizer([p for p in module.parameters() if p.requires_grad], settings, lr)
     balanced = objective.supervised and settings.sampler == "weighted"
