@@ -95,7 +95,7 @@ def test_dp_standard_release_is_composed_into_every_clients_accountant(small_con
 
 def test_dp_standard_statistics_are_near_the_pooled_ones_at_large_budget():
     from fedtrain.data import load_digits
-    from fedtrain.privacy.dp_normalize import dp_standard_statistics
+    from fedtrain.data.dp_normalize import dp_standard_statistics
 
     x = load_digits().x
     parts = np.array_split(x, 10)

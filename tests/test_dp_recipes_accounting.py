@@ -8,6 +8,7 @@ from dp_accounting.rdp import RdpAccountant
 from opacus.accountants import RDPAccountant
 
 from fedtrain.config import load_config
+from fedtrain.config.dp_recipes import gaussian_epsilon
 from fedtrain.privacy import RDP_ORDERS, ClientAccountant, calibrate_noise, epsilon_of
 from fedtrain.privacy.client_privacy import noise_multiplier
 from fedtrain.privacy.dp_normalize import normalization_noise, normalization_segments
@@ -46,9 +47,14 @@ def test_vectorised_rdp_equals_opacus_term_by_term(sigma, q, steps):
 
 @pytest.mark.parametrize("share", [0.05, 0.1, 0.3])
 def test_release_spends_its_share_alone(share):
-    z = normalization_noise(share, 1.0, 1e-5, "rdp")
-    assert epsilon_of("rdp", [(z, 1.0, 1)], 1e-5) == pytest.approx(share, rel=1e-3)
-    assert epsilon_of("rdp", [(z, 1.0, 1)], 1e-5) <= share
+    z = normalization_noise(share, 1.0, 1e-5)
+    assert epsilon_of("rdp", [(z, 1.0, 1)], 1e-5) == pytest.approx(share, rel=1e-5)
+    assert epsilon_of("rdp", [(z, 1.0, 1)], 1e-5) <= share * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("z,delta", [(0.5, 1e-5), (3.0, 1e-6), (40.0, 1e-5)])
+def test_closed_form_gaussian_epsilon_equals_the_accountant(z, delta):
+    assert gaussian_epsilon(z, delta) == pytest.approx(epsilon_of("rdp", [(z, 1.0, 1)], delta), rel=1e-12)
 
 
 def test_calibration_counts_the_release_and_stays_within_the_budget():

@@ -2,13 +2,53 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 if TYPE_CHECKING:
     from fedtrain.config.schema import RunConfig
 
-__all__ = ["check_dp_recipes"]
+__all__ = ["check_dp_recipes", "gaussian_epsilon", "normalization_noise", "normalization_segments"]
+
+_ORDERS = np.arange(2.0, 257.0)  # fedtrain.privacy.accountant.RDP_ORDERS (config sits below privacy)
+
+
+def gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
+    """Epsilon of one Gaussian release (sensitivity 1, std ``noise_multiplier``) by RDP, as fedtrain's accountant.
+
+    RDP of order a is ``a / (2 z^2)`` exactly; the conversion is Opacus' (Balle et al. 2020) at the same orders,
+    so this equals ``epsilon_of("rdp", [(z, 1.0, 1)], delta)`` (tests/test_dp_recipes_accounting.py).
+    """
+    a = _ORDERS
+    eps = a / (2 * noise_multiplier**2) - (math.log(delta) + np.log(a)) / (a - 1) + np.log((a - 1) / a)
+    return float(np.nanmin(eps))
+
+
+@functools.lru_cache(maxsize=32)
+def normalization_noise(share: float, target_epsilon: float, delta: float) -> float:
+    """Smallest noise multiplier whose single Gaussian release spends at most ``share * target_epsilon``."""
+    goal = share * target_epsilon
+    low, high = 0.0, 1.0
+    while gaussian_epsilon(high, delta) > goal:
+        low, high = high, 2 * high
+    while high - low > 1e-7 * high:
+        mid = (low + high) / 2
+        low, high = (mid, high) if gaussian_epsilon(mid, delta) > goal else (low, mid)
+    return high
+
+
+def normalization_segments(cfg: RunConfig) -> list[tuple[float, float, int]]:
+    """The ``(z, 1.0, 1)`` release ``normalize=dp-standard`` makes before any DP-SGD step; empty otherwise.
+
+    It is the first segment of every client's accountant (see fedtrain.privacy.dp_normalize).
+    """
+    pc = cfg.privacy
+    if cfg.data.normalize != "dp-standard" or not cfg.sample_dp or math.isinf(pc.dp_target_epsilon):
+        return []
+    return [(normalization_noise(cfg.data.normalize_dp_share, pc.dp_target_epsilon, pc.dp_delta), 1.0, 1)]
 
 
 def check_dp_recipes(cfg: RunConfig) -> list[str]:

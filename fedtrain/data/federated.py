@@ -180,7 +180,7 @@ def scale_client(client: ClientData, norm: Normalizer) -> ClientData:
 
 def _dp_standard(raw: RawSplits, data: DataConfig, seed: int, noise_multiplier: float) -> Normalizer:
     """The z-score from every client's noisy clipped sums (``normalize=dp-standard``)."""
-    from fedtrain.privacy.dp_normalize import dp_standard_statistics  # numpy only; privacy imports data
+    from fedtrain.data.dp_normalize import dp_standard_statistics
 
     if raw.full.max_value is None:
         raise DataError("normalize='dp-standard' needs a format with a known value range (digits, IDX, images)")
@@ -205,7 +205,7 @@ def build_federated_data(
 
 def normalize_noise_of(cfg: RunConfig) -> float:
     """The ``normalize_noise`` argument of :func:`build_federated_data` for ``cfg`` (0 unless ``dp-standard``)."""
-    from fedtrain.privacy.dp_normalize import normalization_segments
+    from fedtrain.config.dp_recipes import normalization_segments
 
     segments = normalization_segments(cfg)
     return segments[0][0] if segments else 0.0
