@@ -133,3 +133,67 @@ def test_history_in_the_reply_is_the_clients_whole_history():
     history = json.loads(json.dumps(dict(vec[-1][0].content["dp-history"])))
     assert history  # the accountant's state dict: sigma, q and steps of both rounds
     assert torch.is_tensor(torch.tensor(0.0))
+
+
+@pytest.mark.parametrize(("n", "batch", "epochs"), [(13, 32, 1), (70, 32, 3), (5, 1, 2), (9, 0, 2)])
+def test_batch_order_is_the_shuffling_loaders(n, batch, epochs):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fedtrain.config import TrainConfig
+    from fedtrain.train.batched import ClientJob, _plain_batches
+
+    job = ClientJob(x=torch.zeros(n, 1).numpy(), y=torch.zeros(n, dtype=torch.long).numpy(), seed=1234,
+                    class_weight=torch.ones(2))  # fmt: skip
+    size = n if batch == 0 else min(batch, n)
+    loader = DataLoader(TensorDataset(torch.arange(n)), batch_size=size, shuffle=True,
+                        generator=torch.Generator().manual_seed(1234))  # fmt: skip
+    expected = [b.tolist() for _ in range(epochs) for (b,) in loader]
+    got = [b.tolist() for b in _plain_batches(job, TrainConfig(batch_size=batch, local_epochs=epochs))]
+    assert got == expected
+
+
+def test_held_arrays_equal_flowers_arrays():
+    import numpy as np
+    from flwr.app import Array
+
+    from fedtrain.federation.exchange.held_arrays import HeldArray, held_record
+
+    for values in (np.random.rand(7, 3).astype(np.float32), np.arange(4), np.zeros((0, 2), np.float32)):
+        held, plain = HeldArray.of(values), Array.from_numpy_ndarray(values)
+        assert held.data == plain.data and held.dtype == plain.dtype and tuple(held.shape) == tuple(plain.shape)
+        assert np.array_equal(held.numpy(), values) and np.array_equal(Array.numpy(held), values)
+        assert held.object_id == plain.object_id
+    state = {"w": torch.randn(3, 2), "b": torch.randn(2), "n": torch.tensor(5)}
+    record = held_record(state)
+    assert record.object_id == ArrayRecord(state).object_id
+    assert all(torch.equal(record.to_torch_state_dict()[k], v) for k, v in state.items())
+
+
+def test_clients_are_chunked_by_memory_and_chunks_change_nothing():
+    import numpy as np
+
+    from fedtrain.config import TrainConfig
+    from fedtrain.train.batched import MAX_CHUNK, ClientJob, DPSettings, chunk_size, train_clients
+
+    assert chunk_size(1000, budget_bytes=10_000) == 10 and chunk_size(10**9, budget_bytes=1) == 1
+    assert chunk_size(1, budget_bytes=10**9) == MAX_CHUNK
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    rng = np.random.default_rng(0)
+    jobs = [
+        ClientJob(
+            x=rng.normal(size=(n, 4)).astype(np.float32),
+            y=rng.integers(0, 3, n),
+            seed=n,
+            class_weight=torch.ones(3),
+            noise_seed=n,
+            noise_multiplier=1.0,
+        )
+        for n in (3, 9, 17, 40)
+    ]
+    cfg = TrainConfig(batch_size=8, optimizer="adam")
+    for dp in (None, DPSettings(1.0)):
+        whole = train_clients(model, model.state_dict(), jobs, cfg, lr=0.01, dp=dp)
+        one_by_one = train_clients(model, model.state_dict(), jobs, cfg, lr=0.01, dp=dp, budget_bytes=1)
+        for a, b in zip(whole, one_by_one, strict=True):
+            assert a.loss == pytest.approx(b.loss, rel=1e-6)
+            assert all(torch.allclose(a.state[k], b.state[k], atol=1e-6) for k in a.state)

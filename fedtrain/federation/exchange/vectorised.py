@@ -31,6 +31,7 @@ from fedtrain.data import data_source, received_spec
 from fedtrain.federation.client_tasks import client_task, config_number
 from fedtrain.federation.context import config_from_run_config
 from fedtrain.federation.exchange.base import EXCHANGES, RoundRequest, TrainReplies
+from fedtrain.federation.exchange.held_arrays import held_record
 from fedtrain.federation.exchange.message import MessageExchange
 from fedtrain.logging import get_logger
 from fedtrain.models import MLP, build_model
@@ -181,8 +182,12 @@ def _batch_refusal(messages: list[Message], grid: LocalGrid) -> str:
         phase = str(config.get(wire.PHASE, "finetune")) if config is not None else "?"
         if phase != "finetune":
             return f"phase {phase!r}"
-        if grid.contexts[m.metadata.dst_node_id].node_config.get("data-path"):
+        node_config = grid.contexts[m.metadata.dst_node_id].node_config
+        if node_config.get("data-path"):
             return "a node with its own data file"
+        own = sorted(set(node_config) - {"partition-id", "num-partitions"})
+        if own:  # e.g. a node's own client-runtime
+            return f"a node with its own {', '.join(own)}"
     return ""
 
 
@@ -254,7 +259,7 @@ def _train_group(group: list[_Prepared], lr: float, mu: float, depth: int, reply
             p.metrics[wire.NUM_EXAMPLES] = 0
             if train_loss_shared(cfg):
                 p.metrics[wire.TRAIN_LOSS] = 0.0
-            replies.append(Message(reply({**weights, **aux}, p.metrics, p.acc), reply_to=p.msg))
+            replies.append(Message(_content(reply, {**weights, **aux}, p.metrics, p.acc), reply_to=p.msg))
             continue
         result = next(results)
         if p.acc is not None and p.sigma is not None:
@@ -264,8 +269,17 @@ def _train_group(group: list[_Prepared], lr: float, mu: float, depth: int, reply
         p.metrics[wire.NUM_EXAMPLES] = result.num_examples
         if train_loss_shared(cfg):
             p.metrics[wire.TRAIN_LOSS] = result.loss
-        replies.append(Message(reply(result.state, p.metrics, p.acc), reply_to=p.msg))
+        replies.append(Message(_content(reply, result.state, p.metrics, p.acc), reply_to=p.msg))
     return replies
+
+
+def _content(
+    reply: ReplyFn, state: dict[str, torch.Tensor], metrics: dict[str, Any], acc: ClientAccountant | None
+) -> RecordDict:
+    """The ClientApp's reply layout, with arrays that keep their numpy value (read back twice by the server)."""
+    content = reply({}, metrics, acc)
+    content[wire.ARRAYS] = held_record(state)
+    return content
 
 
 def _prepare(msg: Message, context: Context, cfg: RunConfig, budget: BudgetFn) -> _Prepared:
