@@ -47,8 +47,28 @@ def _resolve(args: argparse.Namespace, extra: dict | None = None):
         folder = RunFolder.open(args.resume)
         base = load_config(file=folder.path / "config.toml").to_flat()
         overrides["resume-dir"] = str(folder.path)
+    elif getattr(args, "preset", "none") != "none":
+        base = _preset_base(args)
     overrides.update(extra or {})
     return load_config(base=base, file=args.config, overrides=overrides)
+
+
+def _preset_base(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``fedtrain run``'s base: the main job when no config is given (``--preset auto``), or the named preset."""
+    from fedtrain.config.presets import preset
+    from fedtrain.logging import get_logger
+
+    name = args.preset
+    if name == "auto":
+        name = "none" if (args.config or args.run_config) else "main"
+    if name == "none":
+        return None
+    get_logger().info(
+        "Preset %r: %s (--preset none starts from the generic defaults)",
+        name,
+        " ".join(f"{k}={v}" for k, v in preset(name).items()),
+    )
+    return preset(name)
 
 
 def _print_summary(run_dir: Path) -> None:
@@ -391,6 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="suffix of the run folder name (config key run-name)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     run.add_argument(
+        "--preset",
+        choices=("auto", "main", "none"),
+        default="auto",
+        help="base under --config and --run-config: `main` (pretraining, DP fine-tuning, SecAgg+, export: "
+        "the main job), `none` (the generic defaults), `auto` (default): main when neither is given",
+    )
+    run.add_argument(
         "--node-config",
         action="append",
         metavar="'k=v ...'",
@@ -437,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fedtrain.deploy.cli import add_deploy_parser  # stdlib only at import; each command imports lazily
 
     add_deploy_parser(sub)
+    from fedtrain.tune.cli import add_tune_parser  # stdlib only at import; Optuna when the command runs
+
+    add_tune_parser(sub, check_out_dir)
 
     config = sub.add_parser("config", help="print the resolved config, or render its reference")
     _add_config_args(config)
