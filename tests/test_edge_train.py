@@ -146,7 +146,8 @@ def test_one_local_epoch_equals_the_torch_client(graphs: Path, case: dict, dp: b
         torch_cw = class_weight_vector(cfg.train, data.y, K)
         assert torch_cw is not None
         np.testing.assert_allclose(cw, torch_cw.numpy(), rtol=1e-6)
-    graph = load_graph(graphs, graph_name("finetune", -1, dp))
+    # DP: clipping inside the graph (what the client uses); the numpy clipping of per-sample gradients for two
+    graph = load_graph(graphs, graph_name("finetune", -1, dp, clipped=case["optimizer"] not in ("sgd", "adam")))
     params = {k: v.copy() for k, v in start.items()}
     local = LocalData(data.x, data.y, cw)
     if dp:
@@ -179,7 +180,7 @@ def test_frozen_layers_stay_and_are_left_out_of_the_clipping(graphs: Path) -> No
     trainable = [k for k in start if not k.startswith("hidden.0.")]
     params = {k: v.copy() for k, v in start.items()}
     rec = Recording(seed)
-    train(load_graph(graphs, "finetune-per-sample"), params, LocalData(data.x, data.y), cfg.train, lr=0.05,
+    train(load_graph(graphs, "finetune-clipped"), params, LocalData(data.x, data.y), cfg.train, lr=0.05,
           draws=rec, trainable=trainable, dp=DPSettings(1.0, 1.0))  # fmt: skip
     for p in model.hidden[0].parameters():
         p.requires_grad_(False)

@@ -29,10 +29,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     return cfg, model, out, manifest
 
 
-def _batch(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _batch(n: int, seed: int = 0, size: int = B) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    x = np.zeros((B, *SHAPE), np.float32)
-    y = np.zeros(B, np.int64)
+    x = np.zeros((size, *SHAPE), np.float32)
+    y = np.zeros(size, np.int64)
     x[:n] = rng.normal(size=(n, *SHAPE))
     y[:n] = rng.integers(0, K, n)
     cw = rng.uniform(0.5, 2.0, K).astype(np.float32)
@@ -45,21 +45,22 @@ def _params(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 def test_graph_is_plain_onnx_with_its_spec(setup) -> None:
     _, model, out, manifest = setup
-    assert set(manifest["graphs"]) == {"finetune-per-sample", "finetune-batch", "forward-batch"}
+    assert set(manifest["graphs"]) == {"finetune-clipped", "finetune-per-sample", "finetune-batch", "forward-batch"}
     proto = onnx.load(out / manifest["graphs"]["finetune-per-sample"]["file"])
     onnx.checker.check_model(proto, full_check=True)
     assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}  # default domain: any onnxruntime build runs it
     spec = graph_spec(proto)
-    assert spec.per_sample and spec.batch == B and spec.label_smoothing == 0.1
+    assert spec.per_sample and spec.batch == B + 12 and spec.label_smoothing == 0.1  # room for Poisson batches
     assert spec.params == {k: list(v.shape) for k, v in model.named_parameters()}
 
 
 def test_per_sample_gradients_match_torch_func_with_padding(setup) -> None:
     _, model, out, _ = setup
     graph = load_graph(out, graph_name("finetune", -1, True))
-    n = 11  # 5 padded rows
-    x, y, cw = _batch(n)
-    mask = np.zeros(B, np.float32)
+    size = graph.spec.batch
+    n = 11  # padded rows
+    x, y, cw = _batch(n, size=size)
+    mask = np.zeros(size, np.float32)
     mask[:n] = np.linspace(0.5, 1.5, n)
     loss, grads = graph.run(_params(model), {"x": x, "y": y, "mask": mask, "class_weight": cw})
     params = {k: v.detach() for k, v in model.named_parameters()}
@@ -75,12 +76,35 @@ def test_per_sample_gradients_match_torch_func_with_padding(setup) -> None:
     m = torch.from_numpy(mask[:n])
     worst = 0.0
     for name, g in grads.items():
-        assert g.shape == (B, *params[name].shape)
+        assert g.shape == (size, *params[name].shape)
         want = (ref[0][name] * m.view(-1, *[1] * params[name].dim())).numpy()
         worst = max(worst, float(np.abs(g[:n] - want).max()))
         assert not g[n:].any()  # padded rows give exactly zero
     assert worst < 1e-6
     assert loss == pytest.approx(float((ref[1] * m).sum()), abs=1e-5)
+
+
+def test_clipped_graph_equals_clipping_the_per_sample_gradients(setup) -> None:
+    """Ghost clipping inside the graph gives Opacus' clip of the per-sample gradients, over the trainable ones."""
+    _, model, out, _ = setup
+    per, clipped = load_graph(out, "finetune-per-sample"), load_graph(out, "finetune-clipped")
+    size = per.spec.batch
+    n = 20
+    x, y, cw = _batch(n, seed=2, size=size)
+    mask = np.zeros(size, np.float32)
+    mask[:n] = 1.0
+    data = {"x": x, "y": y, "mask": mask, "class_weight": cw}
+    names = list(per.spec.params)
+    trainable = names[2:]  # the first layer frozen
+    flags = np.array([k in trainable for k in names], np.float32)
+    params = _params(model)
+    _, grads = per.run(params, data)
+    _, sums = clipped.run(params, {**data, "max_grad_norm": np.array(0.3, np.float32), "trainable": flags})
+    norms = np.sqrt(sum(np.square(grads[k].reshape(size, -1)).sum(1) for k in trainable))
+    factor = np.minimum(0.3 / (norms + 1e-6), 1.0)
+    assert (factor[:n] < 1).any()  # some samples were clipped
+    for k in trainable:
+        np.testing.assert_allclose(sums[k], np.tensordot(factor, grads[k], axes=1), rtol=0, atol=1e-6)
 
 
 def test_batch_gradient_matches_torch_autograd(setup) -> None:

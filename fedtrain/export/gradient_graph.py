@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -136,10 +137,91 @@ def _pretrain_loss(model: MLP, layer: int, objective: str) -> Callable[..., torc
     return loss
 
 
+Layer = tuple[str, torch.Tensor, torch.Tensor]  # (parameter prefix, the linear layer's input, its output)
+
+
+def _linear(params: dict[str, torch.Tensor], prefix: str, h: torch.Tensor, layers: list[Layer]) -> torch.Tensor:
+    z = F.linear(h, params[prefix + "weight"], params[prefix + "bias"])
+    layers.append((prefix, h, z))
+    return z
+
+
+def _batched_losses(
+    model: MLP, cfg: RunConfig, objective: str, layer: int, num_classes: int
+) -> Callable[..., tuple[torch.Tensor, list[Layer]]]:
+    """The batch's per-sample losses ``(B,)`` and every trained linear layer's input and output (ghost clipping)."""
+    blocks = [cast(DenseBlock, b) for b in model.hidden]
+    smoothing = float(cfg.train.label_smoothing)
+
+    def finetune(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, c: torch.Tensor,
+                 cw: torch.Tensor) -> tuple[torch.Tensor, list[Layer]]:  # fmt: skip
+        layers: list[Layer] = []
+        h = x.flatten(1)
+        for j, block in enumerate(blocks):
+            out = block.act(_linear(params, f"hidden.{j}.linear.", h, layers))  # dropout is refused
+            h = h + out if block.residual else out
+        logp = F.log_softmax(_linear(params, "head.", h, layers), dim=1)
+        nll = -logp.gather(1, y.unsqueeze(1)).squeeze(1) * cw.gather(0, y)
+        smooth = -(logp * cw).sum(1) / num_classes
+        return c * ((1.0 - smoothing) * nll + smoothing * smooth), layers
+
+    def pretrain(params: dict[str, torch.Tensor], x: torch.Tensor, c: torch.Tensor,
+                 *keep: torch.Tensor) -> tuple[torch.Tensor, list[Layer]]:  # fmt: skip
+        h = x.flatten(1)
+        for j in range(layer):  # the frozen layers below, as MLP.features runs them
+            sub = {k[len(f"hidden.{j}.") :]: v for k, v in params.items() if k.startswith(f"hidden.{j}.")}
+            h = torch.func.functional_call(blocks[j], sub, (h,))
+        v = h.detach()
+        layers: list[Layer] = []
+        enc = blocks[layer].act(_linear(params, f"hidden.{layer}.linear.", v * keep[0] if keep else v, layers))
+        dec = _linear(params, AUX_PREFIX, enc, layers)
+        return c * ((dec - v) ** 2).sum(1), layers
+
+    return finetune if objective == "finetune" else pretrain
+
+
+def _ghost_clipped(
+    batched: Callable[..., tuple[torch.Tensor, list[Layer]]], names: list[str], frozen: list[str]
+) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """Per-sample clipping without per-sample gradients (ghost clipping, Li et al. 2022; Opacus' ``ghost``).
+
+    A linear layer's per-sample weight gradient is ``delta_i a_i^T``, whose norm is ``|delta_i| |a_i|``; one
+    backward pass gives every ``delta_i`` (the samples' losses are independent), and the clipped sum is
+    ``(f * delta)^T a``. Same clipping as Opacus' per-sample norms, at the cost of one batch gradient.
+    """
+    n_params = len(names) + len(frozen)
+
+    def fn(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        params = {
+            n: t.detach().requires_grad_(n in names) for n, t in zip(names + frozen, args[:n_params], strict=True)
+        }
+        *data, bound, flags = args[n_params:]
+        losses, layers = batched(params, *data)
+        deltas = torch.autograd.grad(losses.sum(), [z for _, _, z in layers])
+        flag = {n: flags[i] for i, n in enumerate(names)}
+        sq = torch.zeros_like(losses)
+        for (prefix, a, _), d in zip(layers, deltas, strict=True):
+            dd = d.square().sum(1)
+            sq = sq + flag[prefix + "weight"] * dd * a.detach().square().sum(1) + flag[prefix + "bias"] * dd
+        factor = (bound / (torch.sqrt(sq) + 1e-6)).clamp(max=1.0)
+        sums: dict[str, torch.Tensor] = {}
+        for (prefix, a, _), d in zip(layers, deltas, strict=True):
+            fd = d * factor.unsqueeze(1)
+            sums[prefix + "weight"], sums[prefix + "bias"] = fd.t() @ a.detach(), fd.sum(0)
+        return (losses.sum().detach(), *(sums[n] for n in names))
+
+    return fn
+
+
 def traced_function(
-    model: MLP, cfg: RunConfig, objective: str, layer: int, num_classes: int, per_sample: bool
+    model: MLP, cfg: RunConfig, objective: str, layer: int, num_classes: int, per_sample: bool, clipped: bool = False
 ) -> tuple[Callable[..., tuple[torch.Tensor, ...]], list[str], list[str], list[str], dict[str, list[int]]]:
-    """The function to trace, the names of its trainable, frozen and data inputs, and the parameters' shapes."""
+    """The function to trace, the names of its trainable, frozen and data inputs, and the parameters' shapes.
+
+    ``clipped`` (per-sample only): the graph clips each sample's gradient to ``max_grad_norm`` over the
+    parameters whose ``trainable`` flag is 1 (Opacus' rule: factor ``min(1, C / (norm + 1e-6))``) and returns
+    the sum (:func:`_ghost_clipped`), so no per-sample gradient is ever materialised.
+    """
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     if objective == "finetune":
         names = [n for n, _ in model.named_parameters()]
@@ -159,11 +241,16 @@ def traced_function(
         dims = (None, 0, 0) + ((0,) if objective == "denoising" else ())
         out_f, in_f = shapes[f"hidden.{layer}.linear.weight"]
         shapes.update({AUX_PREFIX + "weight": [in_f, out_f], AUX_PREFIX + "bias": [in_f]})
+    if clipped:
+        extra = [*extra, "max_grad_norm", "trainable"]
+        batched = _batched_losses(model, cfg, objective, layer, num_classes)
+        return _ghost_clipped(batched, names, frozen), names, frozen, extra, shapes
     n_trained, n_frozen = len(names), len(frozen)
 
     def fn(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         params = dict(zip(names + frozen, args[: n_trained + n_frozen], strict=True))
         data = args[n_trained + n_frozen :]
+
         trained, fixed = {n: params[n] for n in names}, {n: params[n] for n in frozen}
 
         def one(t: dict[str, torch.Tensor], *d: torch.Tensor) -> torch.Tensor:
@@ -203,6 +290,7 @@ def build_gradient_graph(
     batch: int,
     objective: str = "finetune",
     layer: int = -1,
+    clipped: bool = False,
 ) -> onnx.ModelProto:
     """The gradient graph of ``model`` for ``objective``, traced at physical batch ``batch``.
 
@@ -214,7 +302,9 @@ def build_gradient_graph(
     check_traceable(cfg, objective)
     if not isinstance(model, MLP):
         raise ExportError(f"gradient graphs cover fedtrain's MLP, got {type(model).__name__}")
-    fn, names, frozen, extra, shapes = traced_function(model, cfg, objective, layer, num_classes, per_sample)
+    fn, names, frozen, extra, shapes = traced_function(
+        model, cfg, objective, layer, num_classes, per_sample, clipped and per_sample
+    )
     example = _example_inputs(shapes, names, frozen, extra, input_shape, num_classes, batch)
     try:
         from torch.fx.experimental.proxy_tensor import make_fx
@@ -237,6 +327,7 @@ def build_gradient_graph(
         objective=objective, per_sample=per_sample, batch=batch, input_shape=list(input_shape),
         num_classes=num_classes, params={n: shapes[n] for n in names}, frozen={n: shapes[n] for n in frozen},
         layer=layer, label_smoothing=float(cfg.train.label_smoothing) if objective == "finetune" else 0.0,
+        clipped=clipped and per_sample,
     )  # fmt: skip
     for key, value in asdict(spec).items():
         entry = proto.metadata_props.add()
@@ -296,6 +387,8 @@ def _example_inputs(
         "mask": lambda: torch.ones(batch),
         "class_weight": lambda: torch.ones(num_classes),
         "corruption": lambda: torch.ones(batch, width),
+        "max_grad_norm": lambda: torch.tensor(1.0),
+        "trainable": lambda: torch.ones(len(names)),
     }
     params = [0.1 * torch.randn(*shapes[n]) for n in names + frozen]  # values do not matter to the trace
     return params + [makers[e]() for e in extra]
@@ -327,13 +420,15 @@ def publish_gradient_graphs(
     out_dir.mkdir(parents=True, exist_ok=True)
     entries: dict[str, Any] = {}
     for objective, layer in phases or [("finetune", -1)]:
-        for per_sample in (True, False):
+        for per_sample, clipped in ((True, True), (True, False), (False, False)):
             size = batch if objective == "finetune" else (pretrain_batch or batch)
+            if per_sample:  # room for a Poisson batch's spread (+3 sd), so a logical batch is nearly always one run
+                size += math.ceil(3 * math.sqrt(size))
             proto = build_gradient_graph(
                 model, cfg, input_shape, num_classes, per_sample=per_sample, batch=size, objective=objective,
-                layer=layer,
+                layer=layer, clipped=clipped,
             )  # fmt: skip
-            name = graph_name(objective, layer, per_sample)
+            name = graph_name(objective, layer, per_sample, clipped=clipped)
             path = out_dir / f"{name}.onnx"
             onnx.save(proto, path)
             entries[name] = {"file": path.name, "sha256": sha256_of(path)}

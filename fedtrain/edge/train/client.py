@@ -279,7 +279,8 @@ def train_content(content: RecordDict, context: Context) -> RecordDict:
         metrics.update({wire.DP_DECLINED: 0, wire.DP_EPSILON: projected})
     layer = int(_number(config, wire.LAYER, 0)) if phase == "pretrain" else -1
     objective = cfg.pretrain.pretrain_method if phase == "pretrain" else "finetune"
-    graph = _graph(_graphs_folder(context), graph_name(objective, layer, sigma is not None), cfg.runtime.torch_threads)
+    name = graph_name(objective, layer, sigma is not None, clipped=True)  # DP: clipping inside the graph
+    graph = _graph(_graphs_folder(context), name, cfg.runtime.torch_threads)
     if objective == "finetune" and graph.spec.label_smoothing != cfg.train.label_smoothing:
         raise EdgeModelError(
             f"{graph.where}: made for label-smoothing={graph.spec.label_smoothing}, the run has "

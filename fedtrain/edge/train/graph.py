@@ -47,14 +47,16 @@ class GradientSpec:
     frozen: dict[str, list[int]] = field(default_factory=dict)  # inputs that get no gradient (pretraining)
     layer: int = -1  # pretraining: the hidden layer trained
     label_smoothing: float = 0.0
+    clipped: bool = False  # per-sample graph that clips to max_grad_norm and sums inside (outputs the sums)
     opset: int = OPSET
     format: str = GRADIENT_FORMAT
 
 
-def graph_name(objective: str, layer: int, per_sample: bool) -> str:
-    """The manifest key of one graph, e.g. ``finetune-per-sample``, ``autoencoder-layer0-batch``, ``forward-batch``."""
+def graph_name(objective: str, layer: int, per_sample: bool, *, clipped: bool = False) -> str:
+    """The manifest key of one graph, e.g. ``finetune-clipped``, ``autoencoder-layer0-batch``, ``forward-batch``."""
     where = f"-layer{layer}" if layer >= 0 else ""
-    return f"{objective}{where}-{'per-sample' if per_sample else 'batch'}"
+    kind = "batch" if not per_sample else "clipped" if clipped else "per-sample"
+    return f"{objective}{where}-{kind}"
 
 
 def spec_from_props(props: Mapping[str, str], where: str) -> GradientSpec:

@@ -1,13 +1,15 @@
 """Where the device trainer's random draws come from: batches (Poisson or shuffled), DP noise, corruption masks.
 
-``dp-noise-seed=os`` (:class:`OsDraws`): every draw that DP rests on (which records a Poisson batch takes, the
-Gaussian noise) is made from ``os.urandom``, the operating system's CSPRNG, turned into Gaussians by the
-Box-Muller transform in float64. This is stronger than a ``numpy.random.Generator`` seeded from
-``os.urandom``: PCG64 and Philox are statistical generators, whose future outputs an observer of past ones could
-in principle predict. ``dp-noise-seed=run`` (:class:`SeededDraws`): a ``numpy.random.Generator`` (PCG64) seeded
-with the call's seed, reproducible for experiments, as the torch client's ``run`` mode is. Neither closes the
-floating-point attack on Gaussian noise (Mironov 2012); Opacus' non-secure mode, which the torch client uses,
-does not either.
+``dp-noise-seed=os`` (:class:`OsDraws`): a ``numpy.random.Generator`` (PCG64DXSM) on
+``SeedSequence(os.urandom(32))``, fresh for every local call. 256 bits from the operating system's CSPRNG mean
+nobody, not even whoever knows the run's seed, can regenerate a call's Poisson batches or noise. The generator
+itself is statistical, not a CSPRNG: an observer of its raw outputs could in principle infer its state, but raw
+draws never leave the device, only noised sums do. Gaussians straight from ``os.urandom`` (Box-Muller) doubled
+the DP epoch's time here (benchmarks/results/edge_client.md), for a difference an attacker cannot observe.
+The torch client's ``os`` mode seeds torch's generator from ``secrets`` the same way. ``dp-noise-seed=run``
+(:class:`SeededDraws`): the same generator seeded with the call's seed, reproducible for experiments. Neither
+closes the floating-point attack on Gaussian noise (Mironov 2012); Opacus' non-secure mode, which the torch
+client uses, does not either.
 """
 
 from __future__ import annotations
@@ -41,36 +43,27 @@ class Draws(ABC):
 
 
 class SeededDraws(Draws):
-    """``numpy.random.Generator`` (PCG64) seeded with ``seed``: reproducible."""
+    """``numpy.random.Generator`` (PCG64DXSM) seeded with ``seed``: reproducible."""
 
-    def __init__(self, seed: int) -> None:
-        self.rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed)))
+    def __init__(self, seed: int | np.random.SeedSequence) -> None:
+        sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+        self.rng = np.random.Generator(np.random.PCG64DXSM(sequence))
 
     def uniform(self, size: int) -> np.ndarray:
         return self.rng.random(size)
 
     def normal(self, shape: tuple[int, ...], std: float) -> np.ndarray:
-        return self.rng.normal(0.0, std, size=shape).astype(np.float32)
+        return self.rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
 
     def permutation(self, n: int) -> np.ndarray:
         return self.rng.permutation(n)
 
 
-class OsDraws(Draws):
-    """Every draw from ``os.urandom`` (the OS CSPRNG); Gaussians by Box-Muller."""
+class OsDraws(SeededDraws):
+    """The generator seeded from 256 bits of ``os.urandom``: not reproducible, by anyone."""
 
-    def uniform(self, size: int) -> np.ndarray:
-        bits = np.frombuffer(os.urandom(8 * size), dtype=np.uint64)
-        return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)  # 53 random bits, as numpy's random()
-
-    def normal(self, shape: tuple[int, ...], std: float) -> np.ndarray:
-        n = int(np.prod(shape))
-        half = (n + 1) // 2
-        u1 = 1.0 - self.uniform(half)  # (0, 1]: log never sees 0
-        u2 = self.uniform(half)
-        r = np.sqrt(-2.0 * np.log(u1))
-        z = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)])[:n]
-        return (std * z).astype(np.float32).reshape(shape)
+    def __init__(self) -> None:
+        super().__init__(np.random.SeedSequence(int.from_bytes(os.urandom(32), "little")))
 
 
 def build_draws(noise_seed: str, seed: int) -> Draws:

@@ -146,7 +146,7 @@ def train(
     """Train ``params`` (float32 arrays, updated in place) for ``settings.local_epochs`` epochs.
 
     ``trainable``: the parameters that train (the rest stay as received: frozen layers). ``graph`` must be the
-    per-sample graph when ``dp`` is set, the batch graph otherwise.
+    per-sample graph (clipping inside it, or here in numpy) when ``dp`` is set, the batch graph otherwise.
 
     Raises
     ------
@@ -232,7 +232,16 @@ def _private_step(
     summed = {k: np.zeros_like(params[k]) for k in trainable}
     loss = 0.0
     for chunk in _chunks(idx, graph.spec.batch):
-        part_loss, per = graph.run(params, _feed(graph, data, chunk, np.full(len(chunk), coef), draws))
+        feed = _feed(graph, data, chunk, np.full(len(chunk), coef), draws)
+        if graph.spec.clipped:  # the graph clips and sums: the per-sample gradients stay inside onnxruntime
+            feed["max_grad_norm"] = np.array(dp.max_grad_norm, dtype=np.float32)
+            feed["trainable"] = np.fromiter((k in trainable for k in graph.spec.params), dtype=np.float32)
+            part_loss, sums = graph.run(params, feed)
+            loss += part_loss
+            for k in trainable:
+                summed[k] += sums[k]
+            continue
+        part_loss, per = graph.run(params, feed)
         loss += part_loss
         m = len(chunk)
         norms = np.sqrt(sum(np.square(per[k][:m].reshape(m, -1), dtype=np.float32).sum(1) for k in trainable))
