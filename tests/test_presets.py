@@ -1,0 +1,65 @@
+"""`fedtrain run`'s presets: the main job when no config is given, the generic defaults one flag away."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedtrain.cli import _resolve, build_parser, main
+from fedtrain.config import load_config
+from fedtrain.config.presets import MAIN_JOB, preset
+from fedtrain.errors import ConfigError
+from fedtrain.results import RunFolder
+
+
+def _cfg(*argv: str):
+    return _resolve(build_parser().parse_args(["run", *argv]))
+
+
+def test_fedtrain_run_without_config_is_the_main_job():
+    cfg = _cfg()
+    assert cfg.phases == ["pretrain", "finetune", "export"]
+    assert cfg.sample_dp and cfg.privacy.dp_target_epsilon == 3.0
+    assert cfg.exchange == "secaggplus"
+    assert cfg.strategy.server_averaging == "ema"
+    assert cfg.export.export_formats == "fp32,int8-static"
+    flat = cfg.to_flat()
+    assert {k: flat[k] for k in MAIN_JOB} == MAIN_JOB  # every pinned key survives resolution, DP defaults included
+
+
+def test_any_config_starts_from_the_generic_defaults_unless_the_preset_is_named(tmp_path):
+    generic = load_config()
+    assert _cfg("--run-config", "plan=finetune").to_flat() == load_config(overrides="plan=finetune").to_flat()
+    (tmp_path / "x.toml").write_text("num-rounds = 4\n")
+    assert _cfg("--config", str(tmp_path / "x.toml")).privacy.dp_level == generic.privacy.dp_level == "none"
+    layered = _cfg("--preset", "main", "--run-config", "num-rounds=4")
+    assert layered.strategy.num_rounds == 4 and layered.sample_dp and layered.exchange == "secaggplus"
+    assert _cfg("--preset", "none").to_flat() == generic.to_flat()
+
+
+def test_an_unknown_preset_is_refused_in_one_line(capsys):
+    with pytest.raises(ConfigError, match="unknown preset 'fast'; choose one of main, none"):
+        preset("fast")
+    with pytest.raises(SystemExit) as stop:  # argparse's own refusal, in fedtrain's one-line form
+        main(["run", "--preset", "fast"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("error: argument --preset: invalid choice: 'fast'")
+
+
+def test_the_main_job_runs_every_stage_end_to_end_at_small_scale(tmp_path):
+    # The preset's whole path, shrunk: 1 pretraining round, 2 fine-tuning rounds, 4 clients.
+    small = "num-clients=4 min-clients=2 pretrain-rounds=1 num-rounds=2 export-latency-calls=0 export-ort=false"
+    code = main(["run", "--preset", "main", "--out", str(tmp_path), "--run-config", f"{small} progress=false"])
+    assert code == 0
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [p["name"] for p in summary["phases"]] == ["pretrain-1", "finetune", "export"]
+    assert all(p["status"] == "completed" for p in summary["phases"])
+    assert 0 < summary["privacy"]["sample"]["epsilon_max"] <= 3.0
+    assert summary["secure_aggregation"]["halted_rounds"] == []
+    records = RunFolder(run_dir).read_metrics()
+    assert [r["phase"] for r in records] == ["pretrain-1", "finetune", "finetune"]
+    assert all(r["secagg_attempts"] == 1 for r in records)
+    assert {"model-fp32.onnx", "model-int8-static.onnx"} <= {p.name for p in (run_dir / "export").iterdir()}
+    assert (run_dir / "report.html").is_file()
