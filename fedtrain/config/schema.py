@@ -527,6 +527,12 @@ class RuntimeConfig:
         choices=("torch", "onnx"),
     )
     round_timeout: float = setting(3600.0, "Seconds the server waits for replies each round.", low=0.0, low_open=True)
+    inprocess_workers: int = setting(
+        1,
+        "`inprocess`: processes that run a round's ClientApp calls at once (forked from the server; 2 on 2 cores "
+        "trains 2 clients at a time); the run is the same with any number. 1 = in the server's process.",
+        low=1,
+    )
 
 
 @dataclass(frozen=True)

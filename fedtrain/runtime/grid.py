@@ -15,14 +15,15 @@ from collections.abc import Iterable
 from typing import Any
 from uuid import uuid4
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedtrain.logging import get_logger
+from fedtrain.runtime.pool import ClientPool, call_client_app
 
 __all__ = ["InProcessGrid"]
 
@@ -37,7 +38,8 @@ class InProcessGrid(Grid):
     ``node_configs`` adds entries to each node's config (``--node-config`` of a SuperNode), e.g. a
     ``data-path`` per node. ``vectorisable`` says that ``client_app`` is fedtrain's own ClientApp, so
     ``round-exchange=vectorised`` may train a round's clients in one batched call instead of calling it
-    (a wrapped or custom ClientApp always runs as itself).
+    (a wrapped or custom ClientApp always runs as itself). ``workers > 1`` runs a batch of messages on
+    that many forked processes (:class:`~fedtrain.runtime.pool.ClientPool`), replies in message order.
     """
 
     def __init__(
@@ -49,11 +51,14 @@ class InProcessGrid(Grid):
         node_configs: list[dict[str, Any]] | None = None,
         *,
         vectorisable: bool = False,
+        workers: int = 1,
     ) -> None:
         if node_configs is not None and len(node_configs) != num_nodes:
             raise ValueError(f"{len(node_configs)} node configs for {num_nodes} nodes")
         self._app = client_app
         self.vectorisable = vectorisable
+        self.workers = workers
+        self._pool: ClientPool | None = None
         self._run = Run.create_empty(run_id)
         self._run.override_config = dict(run_config)
         self.contexts: dict[int, Context] = {
@@ -88,7 +93,7 @@ class InProcessGrid(Grid):
         return list(self.contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        ids = []
+        ids, calls = [], []
         for msg in messages:
             msg_id = uuid4().hex
             # Metadata has no setter for the id: Flower's LinkState assigns it the same way (linkstate/utils.py).
@@ -96,19 +101,37 @@ class InProcessGrid(Grid):
             dst = msg.metadata.dst_node_id
             if dst not in self.contexts:
                 raise ValueError(f"message for unknown node {dst}")
+            calls.append((msg_id, msg, dst))
+            ids.append(msg_id)
+        if self.workers > 1 and len(calls) > 1:
+            self._push_to_pool(calls)
+            return ids
+        for msg_id, msg, dst in calls:
             content = copy.deepcopy(msg)
             t0 = time.perf_counter()
-            try:
-                reply = self._app(content, self.contexts[dst])
-            except Exception as err:  # as Flower's runtimes do: the server sees an error reply, not a crash
-                log.error("ClientApp on node %d raised %s: %s", dst, type(err).__name__, err)
-                reason = f"{type(err)}:<'{err}'>"
-                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=content)
+            reply = call_client_app(self._app, content, self.contexts[dst])
             self.client_seconds += time.perf_counter() - t0
-            reply.metadata.__dict__["_message_id"] = uuid4().hex
-            self._replies[msg_id] = reply
-            ids.append(msg_id)
+            self._keep(msg_id, reply)
         return ids
+
+    def _push_to_pool(self, calls: list[tuple[str, Message, int]]) -> None:
+        if self._pool is None:
+            self._pool = ClientPool(self._app, self.workers)
+        done = self._pool.run([(msg, self.contexts[dst]) for _, msg, dst in calls])
+        for (msg_id, _, dst), (reply, state, seconds) in zip(calls, done, strict=True):
+            self.contexts[dst].state = state  # what the node's ClientApp left there, as in this process
+            self.client_seconds += seconds
+            self._keep(msg_id, reply)
+
+    def _keep(self, msg_id: str, reply: Message) -> None:
+        reply.metadata.__dict__["_message_id"] = uuid4().hex
+        self._replies[msg_id] = reply
+
+    def close(self) -> None:
+        """Stop the worker processes, if any were started."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(i) for i in message_ids if i in self._replies]

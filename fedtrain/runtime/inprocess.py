@@ -25,10 +25,16 @@ def run_inprocess(
     node its own config entries (e.g. ``data-path``), as ``--node-config`` does for a SuperNode.
     """
     run_config = cfg.to_flat()
+    own = grid is None
     if grid is None:
         grid = InProcessGrid(
-            build_client_app(), cfg.partition.num_clients, run_config, node_configs=node_configs, vectorisable=True
-        )
+            build_client_app(), cfg.partition.num_clients, run_config, node_configs=node_configs, vectorisable=True,
+            workers=cfg.runtime.inprocess_workers,
+        )  # fmt: skip
     context = Context(run_id=1, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config=run_config)
-    build_server_app()(grid, context)
+    try:
+        build_server_app()(grid, context)
+    finally:
+        if own:
+            grid.close()
     return Path(str(context.state[RUN_DIR_STATE_KEY]["run-dir"]))

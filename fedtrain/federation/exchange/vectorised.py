@@ -67,7 +67,7 @@ HANDLED = frozenset(
     # the server's side: strategies, evaluation, stopping, outputs, export
     "round-exchange strategy num-rounds fraction-train fraction-evaluate min-clients proximal-mu "
     "server-learning-rate server-momentum server-eta server-tau trimmed-beta krum-malicious "
-    "early-stopping-patience early-stopping-min-delta runtime seed torch-threads round-timeout "
+    "early-stopping-patience early-stopping-min-delta runtime seed torch-threads round-timeout inprocess-workers "
     "out-dir run-name resume-dir progress report "
     "secagg-num-shares secagg-reconstruction-threshold secagg-clipping-range secagg-quantization-range "
     "secagg-modulus-range secagg-max-weight secagg-timeout secagg-halt-policy secagg-clipped-warning "
