@@ -127,3 +127,12 @@ def test_nodes_with_their_own_data_files_run_on_the_client_app(small_config, fed
 def test_secure_aggregation_with_the_vectorised_exchange_is_refused():
     with pytest.raises(ConfigError, match="name two exchanges"):
         load_config(overrides={"round-exchange": "vectorised", "secure-aggregation": True})
+
+
+def test_the_sweep_runs_on_the_vectorised_exchange_when_it_covers_the_plan():
+    from fedtrain.runtime.sweep import _vectorised
+
+    flat = load_config(overrides={"dp-level": "sample"}).to_flat()
+    assert _vectorised(flat)["round-exchange"] == "vectorised"
+    assert _vectorised({**flat, "dropout": 0.1})["round-exchange"] == "message"  # not covered: as configured
+    assert _vectorised({**flat, "round-exchange": "secaggplus"})["round-exchange"] == "secaggplus"

@@ -1,6 +1,7 @@
 """Privacy-budget experiments: the same plan at several target epsilons and seeds.
 
-Each (epsilon, seed) is one in-process run in its own process (a pool as wide as the cores);
+Each (epsilon, seed) is one in-process run in its own process (a pool as wide as the cores), on the
+vectorised round exchange when it covers the plan (a round's clients trained in one batched call);
 ``inf`` runs the plan without sample-level DP. The sweep folder gets ``sweep.json``,
 ``sweep.csv``, ``accuracy_vs_epsilon.png`` and ``sweep.html`` (each run's report one click away,
 see ``sweep_page``), plus every run folder.
@@ -20,6 +21,7 @@ from typing import Any
 
 from fedtrain.config import RunConfig, load_config
 from fedtrain.errors import ConfigError
+from fedtrain.federation.exchange.vectorised import refusal
 from fedtrain.logging import get_logger
 from fedtrain.runtime.batch import run_configs, workers_for
 from fedtrain.runtime.sweep_page import plot_sweep, write_sweep_html
@@ -43,8 +45,15 @@ def parse_epsilons(text: str) -> list[float]:
     return sorted(set(values))
 
 
-def run_sweep(base: RunConfig, epsilons: list[float], seeds: int, out_dir: Path, jobs: int | None = None) -> Path:
-    """Run every (epsilon, seed) and write the sweep folder; return its absolute path."""
+def run_sweep(
+    base: RunConfig, epsilons: list[float], seeds: int, out_dir: Path, jobs: int | None = None, exchange: str = "auto"
+) -> Path:
+    """Run every (epsilon, seed) and write the sweep folder; return its absolute path.
+
+    ``exchange="auto"`` runs each run on ``round-exchange=vectorised`` when the base config uses the plain
+    exchange and the vectorised trainer covers the run (same results, see docs/simulation.md); ``"keep"``
+    runs the base config's exchange.
+    """
     # Absolute, as the run folder `fedtrain run` prints: the last line stays usable from any directory.
     folder = (out_dir / time.strftime("sweep-%Y%m%d-%H%M%S")).absolute()
     folder.mkdir(parents=True, exist_ok=False)
@@ -68,7 +77,7 @@ def run_sweep(base: RunConfig, epsilons: list[float], seeds: int, out_dir: Path,
                 flat["dp-level"] = private
                 flat["dp-target-epsilon"] = eps
             load_config(overrides=flat)  # fail before starting any process
-            tasks.append((eps, flat))
+            tasks.append((eps, _vectorised(flat) if exchange == "auto" else flat))
     workers = workers_for(jobs, len(tasks))
     t0 = time.perf_counter()
     log = get_logger()
@@ -100,6 +109,14 @@ def run_sweep(base: RunConfig, epsilons: list[float], seeds: int, out_dir: Path,
     image = folder / "accuracy_vs_epsilon.png"
     write_sweep_html(payload, folder, image, plot_sweep(rows, runs, folder, image))
     return folder
+
+
+def _vectorised(flat: dict[str, Any]) -> dict[str, Any]:
+    """``flat`` on the vectorised exchange when it runs on the plain one and the batched trainer covers it."""
+    if flat.get("round-exchange", "message") != "message" or flat.get("secure-aggregation"):
+        return flat
+    candidate = {**flat, "round-exchange": "vectorised"}
+    return candidate if not refusal(load_config(overrides=candidate)) else flat
 
 
 def _num(x: float) -> float | str:
