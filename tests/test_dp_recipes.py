@@ -182,3 +182,20 @@ def test_augmentation_without_dp_trains_and_refuses_tabular_inputs(small_config)
         train_local(model, tabular, cfg.train, lr=0.1, seed=0)
     run_dir = run_inprocess(small_config(augment="shift-rotate", augment_multiplicity=2, num_rounds=2))
     assert RunFolder(run_dir).read_metrics()[-1]["test_accuracy"] > 0.5
+
+
+def test_small_budget_defaults_pick_the_linear_recipe_and_keep_what_the_user_set():
+    from fedtrain.config.dp_defaults import SMALL_EPSILON_DP_DEFAULTS, dp_default_changes
+
+    small = load_config(overrides="dp-level=sample dp-target-epsilon=1")
+    assert (small.model.model, small.train.optimizer, small.train.batch_size) == ("linear", "sgd", 64)
+    assert small.strategy.server_averaging == "ema" and small.strategy.num_rounds == 15
+    assert set(SMALL_EPSILON_DP_DEFAULTS) <= set(dp_default_changes(small))
+    assert "hidden-sizes" not in dp_default_changes(small)  # MLP keys do not apply to the linear model
+    mlp = load_config(overrides="dp-level=sample dp-target-epsilon=1 model=mlp")  # the user's model: MLP recipe
+    assert (mlp.model.model, mlp.model.hidden_sizes, mlp.train.batch_size) == ("mlp", "128", 16)
+    mine = load_config(overrides="dp-level=sample dp-target-epsilon=1 batch-size=32 num-rounds=20")
+    assert (mine.model.model, mine.train.batch_size, mine.strategy.num_rounds) == ("linear", 32, 20)
+    large = load_config(overrides="dp-level=sample dp-target-epsilon=3")  # unchanged at the default budget
+    assert (large.model.model, large.strategy.server_averaging, large.train.batch_size) == ("mlp", "none", 16)
+    assert load_config(file=None, overrides=small.to_flat()) == small  # resolved once: final

@@ -2,7 +2,8 @@
 
 The generic defaults suit non-private training; under sample-level DP they reach about 0.71 test accuracy
 on digits at epsilon 3, the values below 0.856 +- 0.029 (seeds 0, 1, 2; tuned on validation with other
-seeds, see benchmarks/results/dp_tuning.md). The keys the user set are kept.
+seeds, see benchmarks/results/dp_tuning.md). Below epsilon 2 the recipe is a linear model instead
+(``SMALL_EPSILON_DP_DEFAULTS``, issue 17; benchmarks/results/privacy_utility.md). The keys the user set are kept.
 
 "Set" means: named in the config file or the overrides, or given in ``base`` with a value other than the
 generic default. ``flwr run`` passes the whole app table as the run config, so a base value equal to the
@@ -24,6 +25,8 @@ from fedtrain.config.schema import SECTIONS, RunConfig
 __all__ = [
     "DP_DEFAULTS",
     "SAMPLE_DP_DEFAULTS",
+    "SMALL_EPSILON",
+    "SMALL_EPSILON_DP_DEFAULTS",
     "apply_dp_defaults",
     "dp_default_changes",
     "format_dp_default_changes",
@@ -44,19 +47,43 @@ SAMPLE_DP_DEFAULTS: dict[str, Any] = {
     "local-epochs": 1,
 }
 
+# Under sample-level DP at a small budget (dp-target-epsilon < SMALL_EPSILON) instead: the linear recipe of
+# issue 17, chosen on validation (benchmarks/results/dp_tuning.md, "Issue 17"): fewer parameters mean less noise
+# per unit of signal, larger batches and fewer rounds mean less noise per step, and the server evaluates and keeps
+# the average of the iterates (post-processing, free in privacy).
+SMALL_EPSILON = 2.0
+SMALL_EPSILON_DP_DEFAULTS: dict[str, Any] = {
+    "model": "linear",
+    "optimizer": "sgd",
+    "batch-size": 64,
+    "learning-rate": 1.0,
+    "num-rounds": 15,
+    "server-averaging": "ema",
+}
+
 _MLP_ONLY = ("hidden-sizes", "activation")
 MARKER = "dp-defaults-applied"
 NONE_APPLIED = "none"
 
 
-def _table(cfg: RunConfig) -> dict[str, Any]:
+def _small_budget(cfg: RunConfig, user_set: Set[str]) -> bool:
+    """Whether the small-budget recipe applies: a sample-level target below SMALL_EPSILON, a linear or unset model."""
+    pc = cfg.privacy
+    small = pc.dp_target_epsilon < SMALL_EPSILON and pc.dp_noise_multiplier == 0
+    return cfg.sample_dp and small and ("model" not in user_set or cfg.model.model == "linear")
+
+
+def _table(cfg: RunConfig, user_set: Set[str] = frozenset()) -> dict[str, Any]:
     """The DP defaults that apply to ``cfg`` (empty without DP)."""
     if cfg.privacy.dp_level == "none":
         return {}
     table = dict(DP_DEFAULTS)
     if cfg.sample_dp:
         table.update(SAMPLE_DP_DEFAULTS)
-    if cfg.model.model != "mlp":
+    if _small_budget(cfg, user_set):
+        table.update(SMALL_EPSILON_DP_DEFAULTS)
+    model = cfg.model.model if "model" in user_set else table.get("model", cfg.model.model)
+    if model != "mlp":
         for key in _MLP_ONLY:
             table.pop(key, None)
     return table
@@ -64,7 +91,7 @@ def _table(cfg: RunConfig) -> dict[str, Any]:
 
 def table_keys() -> tuple[str, ...]:
     """Every key that can take a DP default."""
-    return (*DP_DEFAULTS, *SAMPLE_DP_DEFAULTS)
+    return tuple(dict.fromkeys((*DP_DEFAULTS, *SAMPLE_DP_DEFAULTS, *SMALL_EPSILON_DP_DEFAULTS)))
 
 
 def _with_flat(cfg: RunConfig, changes: dict[str, Any]) -> RunConfig:
@@ -98,7 +125,7 @@ def apply_dp_defaults(cfg: RunConfig, user_set: Set[str]) -> RunConfig:
     if pc.dp_defaults_applied or pc.dp_level == "none" or not pc.dp_defaults:
         return cfg
     flat = cfg.to_flat()
-    changes = {k: v for k, v in _table(cfg).items() if k not in user_set and flat[k] != v}
+    changes = {k: v for k, v in _table(cfg, user_set).items() if k not in user_set and flat[k] != v}
     if "client-eval-fraction" in changes and changes.get("fraction-evaluate", flat["fraction-evaluate"]) > 0:
         # The user kept client evaluation on: it needs its evaluation share.
         del changes["client-eval-fraction"]
