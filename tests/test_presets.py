@@ -8,7 +8,7 @@ import pytest
 
 from fedtrain.cli import _resolve, build_parser, main
 from fedtrain.config import load_config
-from fedtrain.config.presets import MAIN_JOB, preset
+from fedtrain.config.presets import MAIN_JOB, MAIN_JOB_PRETRAINING_EFFECT, preset
 from fedtrain.errors import ConfigError
 from fedtrain.results import RunFolder
 
@@ -62,4 +62,24 @@ def test_the_main_job_runs_every_stage_end_to_end_at_small_scale(tmp_path):
     assert [r["phase"] for r in records] == ["pretrain-1", "finetune", "finetune"]
     assert all(r["secagg_attempts"] == 1 for r in records)
     assert {"model-fp32.onnx", "model-int8-static.onnx"} <= {p.name for p in (run_dir / "export").iterdir()}
-    assert (run_dir / "report.html").is_file()
+    pre = summary["pretraining"]
+    assert pre["rounds"] == 1 and pre["layers"] == 1 and 0 < pre["epsilon_after"] < 3.0
+    assert 0 < pre["steps_after"] < pre["steps_total"]
+    report = (run_dir / "report.html").read_text()
+    assert f"{pre['steps_after']} of {pre['steps_total']} DP-SGD steps per client" in report
+    assert MAIN_JOB_PRETRAINING_EFFECT not in report  # measured for the preset's own rounds, not this shrunk copy
+
+
+def test_the_report_states_what_pretraining_bought_for_the_preset_itself():
+    from fedtrain.results.report import _pretraining_note
+
+    summary = {
+        "config": {**load_config(base=preset("main")).to_flat()},
+        "pretraining": {"rounds": 5, "layers": 1, "epsilon_after": 1.5, "steps_after": 20, "steps_total": 230},
+        "privacy": {"sample": {"epsilon_max": 3.0}},
+    }
+    note = _pretraining_note(summary)
+    assert "took 20 of 230 DP-SGD steps per client" in note and "ε = 1.50 after them, of ε = 3.00" in note
+    assert MAIN_JOB_PRETRAINING_EFFECT in note
+    summary["config"]["num-rounds"] = 10  # another recipe: the preset's measurement does not apply
+    assert MAIN_JOB_PRETRAINING_EFFECT not in _pretraining_note(summary)

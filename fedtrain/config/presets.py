@@ -38,6 +38,9 @@ MAIN_JOB: dict[str, Any] = {
     "export-formats": "fp32,int8-static",
 }
 
+# What pretraining bought in the main preset, measured on report seeds (benchmarks/results/main_job.md).
+MAIN_JOB_PRETRAINING_EFFECT = "What it buys against fine-tuning alone: see benchmarks/results/main_job.md."
+
 PRESETS: dict[str, dict[str, Any]] = {"main": MAIN_JOB, "none": {}}
 
 

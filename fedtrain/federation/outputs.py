@@ -93,6 +93,21 @@ def participants(records: list[dict[str, Any]]) -> dict[str, int] | None:
     return {str(k): counts[k] for k in sorted(counts)} if seen else None
 
 
+def pretraining_summary(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The pretraining stages' share of the run: rounds, layers, last reconstruction error, budget spent."""
+    pre = [r for r in records if str(r.get("phase", "")).startswith("pretrain")]
+    if not pre:
+        return None
+    last = {int(r["layer"]): r.get("recon_error") for r in pre if "layer" in r}
+    out: dict[str, Any] = {"rounds": len(pre), "layers": len(last), "recon_error_last": last or None}
+    if pre[-1].get("epsilon_max") is not None:  # sample-level DP: the accountant after the last pretraining round
+        out["epsilon_after"] = float(pre[-1]["epsilon_max"])
+        out["steps_after"] = int(pre[-1].get("steps_max") or 0)
+        ends = [r for r in records if r.get("epsilon_max") is not None]
+        out["steps_total"] = int(ends[-1].get("steps_max") or 0)
+    return out
+
+
 def write_outputs(
     folder: RunFolder,
     cfg: RunConfig,
@@ -108,6 +123,9 @@ def write_outputs(
     took_part = participants(records)
     if took_part is not None:
         payload["participants"] = took_part
+    pretraining = pretraining_summary(records)
+    if pretraining is not None:
+        payload["pretraining"] = pretraining
     _attach_export(folder, payload)
     folder.write_json("summary.json", payload)
     if not cfg.output.report:

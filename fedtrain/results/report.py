@@ -7,6 +7,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+from fedtrain.config.presets import MAIN_JOB, MAIN_JOB_PRETRAINING_EFFECT
+
 __all__ = ["SELECTED_BY_LAST_ROUND", "SELECTED_BY_VALIDATION", "best_round_label", "png_data_uri", "write_report"]
 
 _STYLE = """
@@ -119,6 +121,24 @@ def _headline(summary: dict[str, Any]) -> str:
             cells.append((f"{row['format']} ONNX", f"{row['bytes'] / 1000:.1f} kB"))
     body = "".join(f"<div>{html.escape(k)}<b>{html.escape(v)}</b></div>" for k, v in cells)
     return f'<div class="headline">{body}</div>'
+
+
+def _pretraining_note(summary: dict[str, Any]) -> str:
+    """What pretraining cost in privacy and, for the main preset, what it was measured to buy."""
+    pre = summary.get("pretraining")
+    if not pre:
+        return ""
+    text = f"{pre['rounds']} pretraining rounds over {pre['layers']} hidden layer(s)."
+    if "epsilon_after" in pre:
+        eps = summary.get("privacy", {}).get("sample", {}).get("epsilon_max", float("nan"))
+        text += (
+            f" Under sample-level DP they took {pre['steps_after']} of {pre['steps_total']} DP-SGD steps per client "
+            f"and the accountant stood at ε = {pre['epsilon_after']:.2f} after them, of ε = {eps:.2f} for the run."
+        )
+    config = summary.get("config", {})
+    if all(config.get(k) == v for k, v in MAIN_JOB.items()):  # measured for exactly this recipe
+        text += f" {MAIN_JOB_PRETRAINING_EFFECT}"
+    return f"<p>{html.escape(text)}</p>"
 
 
 def _spread(values: list[float], spec: str) -> str:
@@ -291,7 +311,8 @@ def write_report(path: Path, summary: dict[str, Any], images: list[Path]) -> Pat
     for title, stems in sections:
         figs = _figures(images, stems)
         if figs:
-            plots += f'<h2>{title}</h2><div class="grid">{figs}</div>'
+            note = _pretraining_note(summary) if title == "Pretraining" else ""
+            plots += f'<h2>{title}</h2>{note}<div class="grid">{figs}</div>'
     others = _figures(images, tuple(img.stem for img in images if img.stem not in known))
     if others:
         plots += f'<h2>Other plots</h2><div class="grid">{others}</div>'
