@@ -88,3 +88,20 @@ def test_runtime_switch_and_refusals(small_config) -> None:
         check_supported(small_config(dp_level="sample", dp_accountant="prv"))
     with pytest.raises(EdgeModelError, match="pretrain-method='rbm'"):
         check_supported(small_config(plan="pretrain,finetune", pretrain_method="rbm"))
+
+
+@pytest.mark.slow  # ten graphs to trace (two layers and fine-tuning), then a three-phase run: about a minute
+def test_onnx_clients_pretrain_and_finetune_with_dp(small_config, tmp_path: Path) -> None:
+    phases = {"plan": "pretrain,finetune", "pretrain_method": "denoising", "pretrain_rounds": 1}
+    cfg = small_config(**{**DP, "num_rounds": 2, "hidden_sizes": "16,8", **phases})
+    graphs = tmp_path / "graphs"
+    manifest = publish_run_graphs(cfg, graphs)
+    assert {"denoising-layer0-clipped", "denoising-layer1-clipped", "finetune-clipped"} <= set(manifest["graphs"])
+    nodes = [{"client-runtime": "onnx", "gradient-graphs": str(graphs)}] * 4
+    summary = json.loads((run_inprocess(cfg, node_configs=nodes) / "summary.json").read_text())
+    assert summary["status"] == "completed" and [p["name"] for p in summary["phases"]][:2] == [
+        "pretrain-1",
+        "pretrain-2",
+    ]
+    for client in summary["privacy"]["sample"]["per_client"].values():  # one accountant over both phases
+        assert 0 < client["epsilon"] <= cfg.privacy.dp_target_epsilon

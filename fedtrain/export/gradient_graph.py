@@ -380,7 +380,7 @@ def _example_inputs(
     num_classes: int,
     batch: int,
 ) -> list[torch.Tensor]:
-    width = int(torch.tensor(input_shape).prod())
+    width = shapes[names[0]][1]  # denoising: the input width of the layer trained (its weight's columns)
     makers: dict[str, Callable[[], torch.Tensor]] = {
         "x": lambda: torch.randn(batch, *input_shape),
         "y": lambda: torch.arange(batch) % num_classes,
