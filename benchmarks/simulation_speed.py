@@ -38,8 +38,8 @@ BASE: dict[str, Any] = {
     "learning-rate": 0.05, "momentum": 0.9, "fraction-evaluate": 0.0, "client-eval-fraction": 0.0,
     "report": False, "progress": False, "min-clients": 1,
 }  # fmt: skip
-DP: dict[str, Any] = {"dp-level": "sample", "dp-noise-multiplier": 1.0, "dp-target-epsilon": 1000.0, "dp-max-grad-norm": 1.0,
-                      "dp-grad-sample-mode": "hooks"}  # fmt: skip
+DP: dict[str, Any] = {"dp-level": "sample", "dp-noise-multiplier": 1.0, "dp-target-epsilon": 1000.0,
+                      "dp-max-grad-norm": 1.0, "dp-grad-sample-mode": "hooks"}  # fmt: skip
 
 
 def plan_config(plan: str, dp: bool) -> dict[str, Any]:
@@ -122,6 +122,83 @@ def _private(model: Any, ds: Any, cfg: Any, seed: int) -> tuple[Any, Any, Any]:
     return opt, loader, module
 
 
+def pfl_run(flat: dict[str, Any]) -> list[float]:
+    """Apple's pfl 0.6 (FedAvg, PyTorch, SimulatedBackend) on the same partition, model and initial weights.
+
+    pfl batches and samples its own way (no shuffling, its own cohort sampler), so its accuracy is close to,
+    not equal to, the others'. Installed beside the project: PFL_PATH (see main) on sys.path.
+    """
+    import torch
+    from pfl.aggregate.simulate import SimulatedBackend
+    from pfl.algorithm import FederatedAveraging, NNAlgorithmParams
+    from pfl.callback.base import TrainingProcessCallback
+    from pfl.data.dataset import Dataset
+    from pfl.data.federated_dataset import FederatedDataset
+    from pfl.data.sampling import get_user_sampler
+    from pfl.hyperparam import NNEvalHyperParams, NNTrainHyperParams
+    from pfl.metrics import Metrics, Weighted
+    from pfl.model.pytorch import PyTorchModel
+
+    from fedtrain.config import load_config
+    from fedtrain.data import build_federated_data
+    from fedtrain.models import build_model
+
+    cfg = load_config(overrides=flat)
+    torch.set_num_threads(1)
+    fd = build_federated_data(cfg.data, cfg.partition, cfg.runtime.seed)
+    net = build_model(cfg.model, fd.input_shape, len(fd.classes), seed=cfg.runtime.seed)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def loss(self, x: torch.Tensor, y: torch.Tensor, eval: bool = False) -> torch.Tensor:
+            self.eval() if eval else self.train()
+            return loss_fn(self(x), y)
+
+        def metrics(self, x: torch.Tensor, y: torch.Tensor, eval: bool = False) -> dict[str, Any]:
+            logits = self(x)
+            return {"loss": Weighted(float(loss_fn(logits, y)) * len(y), len(y)),
+                    "accuracy": Weighted(float((logits.argmax(1) == y).sum()), len(y))}  # fmt: skip
+
+    users = {i: (torch.from_numpy(c.labeled.x), torch.from_numpy(c.labeled.y)) for i, c in enumerate(fd.clients)}
+    train = FederatedDataset(
+        make_dataset_fn=lambda uid: Dataset(raw_data=list(users[uid]), user_id=uid),
+        user_sampler=get_user_sampler("minimize_reuse", list(users)),
+        user_id_to_weight={i: len(u[1]) for i, u in users.items()},
+    )
+    module = Net()
+    model = PyTorchModel(
+        module, local_optimizer_create=lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=cfg.train.momentum),
+        central_optimizer=torch.optim.SGD(module.parameters(), lr=1.0),
+    )  # fmt: skip
+    test_x, test_y = torch.from_numpy(fd.test.x), torch.from_numpy(fd.test.y)
+    accuracy: list[float] = []
+
+    class Accuracy(TrainingProcessCallback):  # type: ignore[misc]
+        def after_central_iteration(self, aggregate_metrics: Any, model: Any, *, central_iteration: int) -> Any:
+            with torch.no_grad():
+                accuracy.append(float((module(test_x).argmax(1) == test_y).float().mean()))
+            return False, Metrics()
+
+    FederatedAveraging().run(
+        NNAlgorithmParams(central_num_iterations=cfg.strategy.num_rounds, evaluation_frequency=1,
+                          train_cohort_size=cfg.partition.num_clients, val_cohort_size=0),
+        SimulatedBackend(training_data=train, val_data=train),
+        model,
+        NNTrainHyperParams(local_learning_rate=cfg.train.learning_rate, local_num_epochs=cfg.train.local_epochs,
+                           local_batch_size=cfg.train.batch_size),
+        NNEvalHyperParams(local_batch_size=1024),
+        callbacks=[Accuracy()],
+    )  # fmt: skip
+    return accuracy
+
+
 def fedtrain_inprocess(flat: dict[str, Any], out: Path) -> list[float]:
     from fedtrain.config import load_config
     from fedtrain.results import RunFolder
@@ -157,6 +234,8 @@ def measure(contender: str, plan: str, dp: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
         if contender == "floor":
             acc = floor(flat)
+        elif contender == "pfl":
+            acc = pfl_run(flat)
         elif contender == "flwr":
             acc = fedtrain_flwr(flat, Path(tmp))
         else:
@@ -170,12 +249,41 @@ def measure(contender: str, plan: str, dp: bool) -> dict[str, Any]:
     return {"wall_s": round(wall, 3), "peak_rss_gb": round(rss, 3), "accuracy": [round(a, 4) for a in acc]}
 
 
+PFL_PATH = os.environ.get("PFL_PATH", "/tmp/pfl-0.6")  # pip install --no-deps --target $PFL_PATH pfl==0.6.0 ...
+
+
 def run_one(contender: str, plan: str, dp: bool) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--one", contender, "--plan", plan] + (["--one-dp"] if dp else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    env = {**os.environ, "PYTHONPATH": PFL_PATH} if contender == "pfl" else None
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
         return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1][:300]}
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def sweep_timing(name: str) -> None:
+    """The README's sweep example on the config's own exchange ('keep', before) and on 'auto' (after)."""
+    from fedtrain.config import load_config
+    from fedtrain.runtime.sweep import parse_epsilons, run_sweep
+
+    base = load_config(file=ROOT / "benchmarks" / "configs" / "dp-digits.toml")
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for exchange in ("keep", "auto"):
+            t0 = time.perf_counter()
+            folder = run_sweep(base, parse_epsilons("0.5,1,2,4,8,inf"), 3, Path(tmp) / exchange, exchange=exchange)
+            wall = time.perf_counter() - t0
+            payload = json.loads((folder / "sweep.json").read_text())
+            rows[exchange] = {"wall_s": round(wall, 1), "rows": payload["rows"], "workers": payload["workers"]}
+            print(exchange, rows[exchange]["wall_s"], flush=True)
+    result = {
+        "command": "nice -n 5 python benchmarks/simulation_speed.py --sweep "
+        "(= fedtrain sweep --epsilons 0.5,1,2,4,8,inf --seeds 3 --config benchmarks/configs/dp-digits.toml)",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "before_keep_exchange": rows["keep"],
+        "after_auto_vectorised": rows["auto"],
+    }
+    (RESULTS / f"{name}_sweep.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 def main() -> None:
@@ -188,9 +296,13 @@ def main() -> None:
     parser.add_argument("--one", help="measure one contender in this process (internal)")
     parser.add_argument("--plan")
     parser.add_argument("--one-dp", action="store_true", help="with --one: sample-level DP")
+    parser.add_argument("--sweep", action="store_true", help="time the README's sweep example, before/after")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.plan, args.one_dp)))
+        return
+    if args.sweep:
+        sweep_timing(args.name)
         return
     contenders = args.contenders.split(",")
     dps = {"off": [False], "on": [True], "both": [False, True]}[args.dp]
@@ -213,7 +325,36 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(json.dumps(payload["rows"], indent=1)[:3000])
+    (RESULTS / f"{args.name}.md").write_text(markdown(payload))
+    print(markdown(payload))
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    """The results table: median wall (s), peak RSS (GB), ratios against the floor, accuracy agreement."""
+    lines = [
+        "# Simulation speed", "",
+        f"`{payload['command']}` on {payload['date']} ({payload['machine']}); work: {payload['work']}. Each cell "
+        "is the median wall time over the repeats (fresh process each, imports excluded), peak RSS in brackets; "
+        "'x floor' is wall / floor's wall (below 1 is faster than the plain loop). 'same acc.' says whether the "
+        "test accuracy after every round equals the floor's.", "",
+        "| plan | DP | contender | wall (s) | peak RSS (GB) | x floor | same acc. | final acc. |",
+        "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for row in payload["rows"]:
+        res = row["results"]
+        base = res.get("floor", {})
+        for name, r in res.items():
+            if "error" in r:
+                lines.append(f"| {row['plan']} | {'yes' if row['dp'] else 'no'} | {name} | error: {r['error'][:80]} "
+                             "| | | | |")  # fmt: skip
+                continue
+            ratio = f"{r['wall_s'] / base['wall_s']:.2f}" if base.get("wall_s") else "-"
+            same = "yes" if base.get("accuracy") == r["accuracy"] else "no"
+            lines.append(
+                f"| {row['plan']} | {'yes' if row['dp'] else 'no'} | {name} | {r['wall_s']} | {r['peak_rss_gb']} | "
+                f"{ratio} | {same} | {r['accuracy'][-1] if r['accuracy'] else '-'} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:

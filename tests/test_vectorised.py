@@ -197,3 +197,9 @@ def test_clients_are_chunked_by_memory_and_chunks_change_nothing():
         for a, b in zip(whole, one_by_one, strict=True):
             assert a.loss == pytest.approx(b.loss, rel=1e-6)
             assert all(torch.allclose(a.state[k], b.state[k], atol=1e-6) for k in a.state)
+
+
+@pytest.mark.parametrize("mode", ["ghost", "auto"])
+def test_ghost_clipping_matches(mode):
+    # auto picks ghost clipping for an MLP at batch-size >= 128; Opacus sums the same clipped per-sample gradients
+    _assert_same(*_replies({**DP, "dp-grad-sample-mode": mode, "batch-size": 128}))

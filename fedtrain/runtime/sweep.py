@@ -67,9 +67,9 @@ def run_sweep(
         for s in range(seeds):
             flat = dict(resolved)
             seed = base.runtime.seed + s
-            flat.update(
+            flat.update(  # run names hold no '.': eps0_5-seed0
                 {"seed": seed, "progress": False, "report": base.output.report, "out-dir": str(folder / "runs"),
-                 "run-name": f"eps{eps:g}-seed{seed}"}
+                 "run-name": f"eps{eps:g}-seed{seed}".replace(".", "_")}
             )  # fmt: skip
             if math.isinf(eps):
                 flat["dp-level"] = public
