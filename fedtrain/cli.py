@@ -36,6 +36,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_preset_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preset",
+        choices=("auto", "main", "none"),
+        default="auto",
+        help="base under --config and --run-config: `main` (pretraining, DP fine-tuning, SecAgg+, export: "
+        "the main job), `none` (the generic defaults), `auto` (default): main when neither is given",
+    )
+
+
 def _resolve(args: argparse.Namespace, extra: dict | None = None):
     from fedtrain.config import load_config, parse_overrides
 
@@ -410,13 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="DIR", help="folder for run folders (config key out-dir)")
     run.add_argument("--name", help="suffix of the run folder name (config key run-name)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
-    run.add_argument(
-        "--preset",
-        choices=("auto", "main", "none"),
-        default="auto",
-        help="base under --config and --run-config: `main` (pretraining, DP fine-tuning, SecAgg+, export: "
-        "the main job), `none` (the generic defaults), `auto` (default): main when neither is given",
-    )
+    _add_preset_arg(run)
     run.add_argument(
         "--node-config",
         action="append",
@@ -470,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="print the resolved config, or render its reference")
     _add_config_args(config)
+    _add_preset_arg(config)  # `fedtrain config` prints what `fedtrain run` with the same arguments runs
     config.add_argument("--markdown", action="store_true", help="print docs/configuration.md")
     config.add_argument("--app-table", action="store_true", help="print pyproject's [tool.flwr.app.config]")
     config.set_defaults(func=cmd_config)

@@ -38,6 +38,13 @@ def test_any_config_starts_from_the_generic_defaults_unless_the_preset_is_named(
     assert _cfg("--preset", "none").to_flat() == generic.to_flat()
 
 
+def test_fedtrain_config_prints_what_fedtrain_run_runs(capsys):
+    assert main(["config"]) == 0
+    assert 'plan = "pretrain,finetune,export"' in capsys.readouterr().out
+    assert main(["config", "--run-config", "num-rounds=3"]) == 0
+    assert 'plan = "finetune"' in capsys.readouterr().out
+
+
 def test_an_unknown_preset_is_refused_in_one_line(capsys):
     with pytest.raises(ConfigError, match="unknown preset 'fast'; choose one of main, none"):
         preset("fast")
