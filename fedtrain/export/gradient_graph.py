@@ -471,3 +471,25 @@ def publish_run_graphs(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         model, cfg, spec.input_shape, len(spec.classes), out_dir, batch=cfg.train.batch_size or 64, phases=phases,
         pretrain_batch=cfg.pretrain.pretrain_batch_size or 64,
     )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fedtrain.export.gradient_graph OUT [--config FILE] [--run-config "k=v ..."]``."""
+    import argparse
+
+    from fedtrain.config import load_config
+
+    parser = argparse.ArgumentParser(description="Publish the gradient graphs of a run for ONNX clients.")
+    parser.add_argument("out", type=Path, help="folder to write the graphs and gradient-graphs.json to")
+    parser.add_argument("--config", type=Path, help="the run's TOML config")
+    parser.add_argument("--run-config", default="", help="the run's overrides, e.g. \"dp-level='sample'\"")
+    args = parser.parse_args(argv)
+    cfg = load_config(file=args.config, overrides=args.run_config or None)
+    manifest = publish_run_graphs(cfg, args.out)
+    for name, entry in manifest["graphs"].items():
+        print(f"{name}\t{entry['file']}\t{entry['sha256']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,8 +4,8 @@
 ``SeedSequence(os.urandom(32))``, fresh for every local call. 256 bits from the operating system's CSPRNG mean
 nobody, not even whoever knows the run's seed, can regenerate a call's Poisson batches or noise. The generator
 itself is statistical, not a CSPRNG: an observer of its raw outputs could in principle infer its state, but raw
-draws never leave the device, only noised sums do. Gaussians straight from ``os.urandom`` (Box-Muller) doubled
-the DP epoch's time here (benchmarks/results/edge_client.md), for a difference an attacker cannot observe.
+draws never leave the device, only noised sums do; Gaussians straight from ``os.urandom`` (Box-Muller) were
+slower, for a difference nobody outside the device can observe.
 The torch client's ``os`` mode seeds torch's generator from ``secrets`` the same way. ``dp-noise-seed=run``
 (:class:`SeededDraws`): the same generator seeded with the call's seed, reproducible for experiments. Neither
 closes the floating-point attack on Gaussian noise (Mironov 2012); Opacus' non-secure mode, which the torch

@@ -1,0 +1,344 @@
+"""The torch-free ONNX client against the torch/Opacus client: epoch time, peak RSS, install size, accuracy.
+
+Epoch time: one client holding the whole digits training split (1,293 samples), the digits MLP 64-128-64-10,
+batch 32, 1 thread (torch and onnxruntime), one local epoch per call, DP-SGD (sigma 1.0, C 1.0) and without.
+The four contenders run interleaved in one process (the order rotates every repetition), so shared load
+affects them alike; the median of the repetitions (after a warm-up) is reported. The torch call includes
+Opacus' wrapping (each round makes a fresh PrivacyEngine), the ONNX call the device's whole local call with
+its graphs already loaded (a device loads them once per phase).
+
+Peak RSS: a fresh process per client runtime running three local DP epochs (the ONNX one with torch, Opacus and
+scikit-learn blocked from import). Install size: ``du`` of two fresh venvs made with ``python -m venv`` and
+``pip install`` from the machine's package index: the ONNX client's (flwr, numpy, onnxruntime, dp-accounting)
+and the torch client's (flwr, numpy, torch, opacus, scikit-learn).
+
+Accuracy (``--accuracy``): the digits defaults with sample-level DP (epsilon 3), seeds 0-2, every client on
+torch, every client on ONNX, and half and half.
+
+    python benchmarks/edge_client.py [--edge-venv DIR --torch-venv DIR] [--accuracy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+REPEATS = 9
+OVERRIDES = "hidden-sizes=128,64 activation=relu batch-size=32 local-epochs=1"
+SIGMA = 1.0
+EDGE_PACKAGES = ["flwr==1.42.*", "numpy", "onnxruntime==1.32.0", "dp-accounting==0.6.0"]
+TORCH_PACKAGES = ["flwr==1.42.*", "numpy", "torch==2.13.0", "opacus==1.6.0", "scikit-learn"]
+BASE_PACKAGES = ["flwr==1.42.*", "numpy"]  # what both clients need: the difference is each runtime's own cost
+BLOCK = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "opacus", "sklearn", "functorch"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def _setup(dp: bool) -> tuple[Any, Any]:
+    from fedtrain.config import load_config
+    from fedtrain.data import ArrayDataset, build_federated_data
+
+    cfg = load_config(overrides=OVERRIDES + (" dp-level=sample dp-max-grad-norm=1.0" if dp else ""))
+    fd = build_federated_data(cfg.data, cfg.partition, 0)
+    data = ArrayDataset(
+        np.concatenate([c.train.x for c in fd.clients]), np.concatenate([c.train.y for c in fd.clients]), fd.classes
+    )
+    return cfg, data
+
+
+def _onnx_call(
+    cfg: Any, data: Any, graphs: Path, dp: bool, start: dict[str, np.ndarray], noise: str = "run", clipped: bool = True
+) -> Any:
+    from fedtrain.edge.train.graph import graph_name, load_graph
+    from fedtrain.edge.train.sampling import build_draws
+    from fedtrain.edge.train.trainer import DPSettings, LocalData, train
+
+    graph = load_graph(graphs, graph_name("finetune", -1, dp, clipped=clipped), threads=1)
+    local = LocalData(data.x, data.y)
+    names = list(graph.spec.params)
+
+    def call() -> None:
+        params = {k: v.copy() for k, v in start.items()}
+        dps = DPSettings(SIGMA, cfg.privacy.dp_max_grad_norm) if dp else None
+        train(graph, params, local, cfg.train, lr=0.05, draws=build_draws(noise, 0), trainable=names, dp=dps)
+
+    return call
+
+
+def _torch_call(cfg: Any, data: Any, dp: bool) -> Any:
+    from fedtrain.models import build_model
+    from fedtrain.privacy import dp_train_local
+    from fedtrain.train import train_local
+
+    def call() -> None:
+        model = build_model(cfg.model, data.input_shape, 10)
+        if dp:
+            dp_train_local(model, data, cfg, lr=0.05, seed=0, noise_multiplier=SIGMA)
+        else:
+            train_local(model, data, cfg.train, lr=0.05, seed=0)
+
+    return call
+
+
+def epoch_times(graphs: Path) -> dict[str, Any]:
+    import torch
+
+    from fedtrain.models import build_model
+
+    torch.set_num_threads(1)
+    calls: dict[str, Any] = {}
+    for dp in (True, False):
+        cfg, data = _setup(dp)
+        model = build_model(cfg.model, data.input_shape, 10)
+        start = {k: v.detach().numpy().copy() for k, v in model.named_parameters()}
+        tag = "dp" if dp else "plain"
+        calls[f"torch_{tag}"] = _torch_call(cfg, data, dp)
+        calls[f"onnx_{tag}"] = _onnx_call(cfg, data, graphs, dp, start)
+        if dp:  # the per-sample graph, clipping in numpy: what ghost clipping inside the graph saves
+            calls["onnx_dp_numpy_clip"] = _onnx_call(cfg, data, graphs, dp, start, clipped=False)
+    names = list(calls)
+    for name in names:  # warm-up
+        calls[name]()
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for rep in range(REPEATS):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            calls[name]()
+            samples[name].append(time.perf_counter() - t0)
+    med = {n: statistics.median(s) for n, s in samples.items()}
+    return {
+        "samples": len(_setup(False)[1].y),
+        "seconds_per_epoch": {n: round(v, 4) for n, v in med.items()},
+        "all_seconds": {n: [round(x, 4) for x in s] for n, s in samples.items()},
+        "speedup_dp": round(med["torch_dp"] / med["onnx_dp"], 2),
+        "speedup_plain": round(med["torch_plain"] / med["onnx_plain"], 2),
+    }
+
+
+def child(kind: str, work: str) -> None:
+    """Three local DP epochs in this fresh process; print the peak RSS (MiB)."""
+    from fedtrain.config import RunConfig
+    from fedtrain.data import ArrayDataset
+
+    folder = Path(work)
+    arrays = np.load(folder / "data.npz")
+    data = ArrayDataset(arrays["x"], arrays["y"], tuple(str(c) for c in range(10)))
+    flat = json.loads((folder / "config.json").read_text())
+    if kind == "onnx":
+        from fedtrain.edge.train.client import device_config
+        from fedtrain.edge.train.graph import load_graph
+
+        cfg: RunConfig = device_config(flat)  # torch is blocked here: the registries' names are the server's
+        spec = load_graph(folder / "graphs", "finetune-per-sample").spec
+        rng = np.random.default_rng(0)
+        start = {k: (0.05 * rng.standard_normal(s)).astype(np.float32) for k, s in spec.params.items()}
+        call = _onnx_call(cfg, data, folder / "graphs", True, start)
+    else:
+        import torch
+
+        from fedtrain.config import load_config
+
+        torch.set_num_threads(1)
+        call = _torch_call(load_config(base=flat), data, True)
+    for _ in range(3):
+        call()
+    loaded = sorted(m for m in ("torch", "opacus", "sklearn") if m in sys.modules)
+    # VmHWM, not ru_maxrss: Linux carries the parent's ru_maxrss over fork and exec into the child's
+    peak = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith("VmHWM:")) / 1024  # fmt: skip
+    print(json.dumps({"kind": kind, "peak_rss_mib": round(peak, 1), "loaded": loaded}))
+
+
+def peak_rss(work: Path) -> dict[str, Any]:
+    cfg, data = _setup(True)
+    np.savez(work / "data.npz", x=data.x, y=data.y)
+    (work / "config.json").write_text(json.dumps(cfg.to_flat()))
+    out = {}
+    for kind in ("torch", "onnx"):
+        script = str(Path(__file__).resolve())
+        code = (BLOCK if kind == "onnx" else "") + (
+            f"import runpy, sys; sys.path.insert(0, {str(ROOT)!r}); sys.argv = [{script!r}, '--child', {kind!r}, "
+            f"{str(work)!r}]; runpy.run_path({script!r}, run_name='__main__')"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+        out[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def _du(path: Path) -> int:
+    return int(subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True).stdout.split()[0])
+
+
+def venv_sizes(edge: Path | None, torch_venv: Path | None, base: Path | None, work: Path) -> dict[str, Any]:
+    """Bytes of each client's venv (whole folder and site-packages), building the ones not given."""
+    out: dict[str, Any] = {}
+    for name, given, packages in (
+        ("onnx", edge, EDGE_PACKAGES),
+        ("torch", torch_venv, TORCH_PACKAGES),
+        ("base", base, BASE_PACKAGES),
+    ):
+        venv = given or work / f"venv-{name}"
+        if given is None:
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run([venv / "bin" / "pip", "install", "-q", *packages], check=True, capture_output=True)
+        site = next((venv / "lib").glob("python3*/site-packages"))
+        has_torch = (site / "torch").exists()
+        out[name] = {
+            "packages": packages, "venv_mb": round(_du(venv) / 1e6, 1), "site_packages_mb": round(_du(site) / 1e6, 1),
+            "has_torch": has_torch,
+        }  # fmt: skip
+    out["ratio_venv"] = round(out["torch"]["venv_mb"] / out["onnx"]["venv_mb"], 2)
+    extra = {k: out[k]["venv_mb"] - out["base"]["venv_mb"] for k in ("onnx", "torch")}
+    out["over_base_mb"] = {k: round(v, 1) for k, v in extra.items()}
+    out["ratio_over_base"] = round(extra["torch"] / extra["onnx"], 2)
+    return out
+
+
+def accuracy(graph_dir: Path, out_dir: Path) -> dict[str, Any]:
+    from fedtrain.config import load_config
+    from fedtrain.export.gradient_graph import publish_run_graphs
+    from fedtrain.runtime import run_inprocess
+
+    rows = []
+    for seed in (0, 1, 2):
+        base = f"dp-level=sample seed={seed} progress=false report=false out-dir={out_dir}"
+        cfg = load_config(overrides=base)
+        graphs = graph_dir / f"seed{seed}"
+        publish_run_graphs(cfg, graphs)
+        n = cfg.partition.num_clients
+        onnx = {"client-runtime": "onnx", "gradient-graphs": str(graphs)}
+        arms = {"torch": [{}] * n, "onnx": [onnx] * n, "mixed": [onnx if i % 2 == 0 else {} for i in range(n)]}
+        row: dict[str, Any] = {"seed": seed}
+        for arm, nodes in arms.items():
+            t0 = time.perf_counter()
+            summary = json.loads((run_inprocess(cfg, node_configs=nodes) / "summary.json").read_text())
+            row[arm] = {
+                "test_accuracy": summary["final"]["accuracy"],
+                "epsilon_max": summary["privacy"]["sample"]["epsilon_max"],
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    mean = {arm: statistics.mean(r[arm]["test_accuracy"] for r in rows) for arm in ("torch", "onnx", "mixed")}
+    return {"config": "defaults + dp-level=sample (the DP defaults apply)", "seeds": rows, "mean": mean}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", nargs=2)
+    parser.add_argument("--edge-venv", type=Path)
+    parser.add_argument("--torch-venv", type=Path)
+    parser.add_argument("--base-venv", type=Path)
+    parser.add_argument("--accuracy", action="store_true", help="also the 3-seed accuracy runs (minutes)")
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    from fedtrain.export.gradient_graph import publish_run_graphs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        cfg, _ = _setup(True)
+        publish_run_graphs(cfg, work / "graphs")
+        payload: dict[str, Any] = {
+            "command": "python " + " ".join(["benchmarks/edge_client.py", *sys.argv[1:]]),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs), 1 thread",
+            "setup": f"{OVERRIDES}, sigma {SIGMA}, C 1.0, {REPEATS} interleaved repetitions, median",
+            "targets": {"speedup_dp": ">= 4", "ratio_venv": ">= 5", "accuracy": "within 0.5 points of torch"},
+        }
+        payload["epoch"] = epoch_times(work / "graphs")
+        print(json.dumps(payload["epoch"]), flush=True)
+        payload["peak_rss"] = peak_rss(work)
+        print(json.dumps(payload["peak_rss"]), flush=True)
+        payload["install"] = venv_sizes(args.edge_venv, args.torch_venv, args.base_venv, work)
+        print(json.dumps(payload["install"]), flush=True)
+        if args.accuracy:
+            payload["accuracy"] = accuracy(work / "acc-graphs", work / "runs")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    previous = RESULTS / "edge_client.json"
+    if not args.accuracy and previous.exists():  # keep the last accuracy runs when only timing again
+        old = json.loads(previous.read_text())
+        if "accuracy" in old:
+            payload["accuracy"] = old["accuracy"]
+    previous.write_text(json.dumps(payload, indent=1) + "\n")
+    (RESULTS / "edge_client.md").write_text(render(payload))
+
+
+def render(p: dict[str, Any]) -> str:
+    e, r, i = p["epoch"], p["peak_rss"], p["install"]
+    s = e["seconds_per_epoch"]
+    lines = [
+        "# ONNX client against the torch client",
+        "",
+        f"`{p['command']}`, {p['date']}, {p['machine']}. {p['setup']}; one client with {e['samples']} samples.",
+        "",
+        "| local epoch | torch / Opacus client | ONNX client | ONNX speed-up |",
+        "|---|---|---|---|",
+        f"| DP-SGD | {s['torch_dp']:.3f} s | {s['onnx_dp']:.3f} s | {e['speedup_dp']}x (target >= 4x) |",
+        f"| no DP | {s['torch_plain']:.3f} s | {s['onnx_plain']:.3f} s | {e['speedup_plain']}x |",
+        f"| DP-SGD, per-sample graph clipped in numpy (not what the client runs) | | {s['onnx_dp_numpy_clip']:.3f} s "
+        f"| {s['torch_dp'] / s['onnx_dp_numpy_clip']:.2f}x |",
+        "",
+        "| | torch client | ONNX client |",
+        "|---|---|---|",
+        f"| peak RSS, 3 DP epochs in a fresh process | {r['torch']['peak_rss_mib']} MiB "
+        f"| {r['onnx']['peak_rss_mib']} MiB |",
+        f"| modules loaded of torch, opacus, sklearn | {', '.join(r['torch']['loaded'])} | "
+        f"{', '.join(r['onnx']['loaded']) or 'none'} |",
+        f"| venv (`du -sb`) | {i['torch']['venv_mb']} MB | {i['onnx']['venv_mb']} MB |",
+        f"| of which site-packages | {i['torch']['site_packages_mb']} MB | {i['onnx']['site_packages_mb']} MB |",
+        f"| packages | {', '.join(i['torch']['packages'])} | {', '.join(i['onnx']['packages'])} |",
+        f"| over a venv of flwr and numpy alone ({i['base']['venv_mb']} MB) | {i['over_base_mb']['torch']} MB "
+        f"| {i['over_base_mb']['onnx']} MB |",
+        "",
+        f"The torch venv is {i['ratio_venv']}x the ONNX venv (target >= 5x: **not met**; flwr and its dependencies, "
+        f"{i['base']['venv_mb']} MB, are in both). What each runtime adds to flwr and numpy: torch "
+        f"{i['ratio_over_base']}x the ONNX client's. The ONNX client's share is mostly scipy (dp-accounting needs it) "
+        "and onnxruntime.",
+        "",
+    ]
+    if "accuracy" in p:
+        a = p["accuracy"]
+        lines += [
+            f"## Accuracy: {a['config']}, epsilon 3, delta 1e-5",
+            "",
+            "| seed | all torch | all ONNX | half and half | epsilon max (torch / ONNX / mixed) |",
+            "|---|---|---|---|---|",
+        ]
+        for row in a["seeds"]:
+            eps = " / ".join(f"{row[k]['epsilon_max']:.3f}" for k in ("torch", "onnx", "mixed"))
+            accs = " | ".join(f"{row[k]['test_accuracy']:.4f}" for k in ("torch", "onnx", "mixed"))
+            lines.append(f"| {row['seed']} | {accs} | {eps} |")
+        m = a["mean"]
+        lines += [
+            f"| mean | {m['torch']:.4f} | {m['onnx']:.4f} | {m['mixed']:.4f} | |",
+            "",
+            f"ONNX minus torch: {100 * (m['onnx'] - m['torch']):+.2f} points; mixed minus torch: "
+            f"{100 * (m['mixed'] - m['torch']):+.2f} points (target: within 0.5).",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
