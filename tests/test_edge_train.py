@@ -37,7 +37,8 @@ BASE = {"label-smoothing": SMOOTHING, "hidden-sizes": "64,32", "activation": "ta
 def graphs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = load_config(base=BASE)
     out = tmp_path_factory.mktemp("graphs")
-    publish_gradient_graphs(build_model(cfg.model, SHAPE, K), cfg, SHAPE, K, out, batch=32)
+    kinds = ("clipped", "per-sample", "batch")
+    publish_gradient_graphs(build_model(cfg.model, SHAPE, K), cfg, SHAPE, K, out, batch=32, kinds=kinds)
     return out
 
 

@@ -32,7 +32,8 @@ def graphs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = load_config(base=BASE)
     out = tmp_path_factory.mktemp("graphs")
     model = build_model(cfg.model, SHAPE, K)
-    publish_gradient_graphs(model, cfg, SHAPE, K, out, batch=24, phases=[("autoencoder", LAYER), ("denoising", LAYER)])
+    phases = [("autoencoder", LAYER), ("denoising", LAYER)]
+    publish_gradient_graphs(model, cfg, SHAPE, K, out, batch=24, phases=phases, kinds=("clipped", "batch"))
     return out
 
 

@@ -408,6 +408,7 @@ def publish_gradient_graphs(
     batch: int,
     phases: list[tuple[str, int]] | None = None,
     pretrain_batch: int | None = None,
+    kinds: tuple[str, ...] = ("clipped", "per-sample", "batch", "forward"),
 ) -> dict[str, Any]:
     """Write the run's gradient graphs and a manifest of their sha256 to ``out_dir``; return the manifest.
 
@@ -415,12 +416,14 @@ def publish_gradient_graphs(
     the fine-tuning graphs (a larger logical batch runs in chunks), ``pretrain_batch`` (default ``batch``) that of
     the pretraining ones. Each phase gets a per-sample
     graph (DP-SGD) and a batch graph (no DP); the device picks one and checks its checksum and spec. A forward
-    graph (logits) serves the device's evaluation.
+    graph (logits) serves the device's evaluation. ``kinds`` limits what is written (tests).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     entries: dict[str, Any] = {}
     for objective, layer in phases or [("finetune", -1)]:
         for per_sample, clipped in ((True, True), (True, False), (False, False)):
+            if graph_name("", -1, per_sample, clipped=clipped)[1:] not in kinds:
+                continue
             size = batch if objective == "finetune" else (pretrain_batch or batch)
             if per_sample:  # room for a Poisson batch's spread (+3 sd), so a logical batch is nearly always one run
                 size += math.ceil(3 * math.sqrt(size))
@@ -432,9 +435,10 @@ def publish_gradient_graphs(
             path = out_dir / f"{name}.onnx"
             onnx.save(proto, path)
             entries[name] = {"file": path.name, "sha256": sha256_of(path)}
-    forward = out_dir / "forward.onnx"
-    onnx.save(build_forward_graph(model, input_shape, num_classes, batch=batch), forward)
-    entries[graph_name("forward", -1, False)] = {"file": forward.name, "sha256": sha256_of(forward)}
+    if "forward" in kinds:
+        forward = out_dir / "forward.onnx"
+        onnx.save(build_forward_graph(model, input_shape, num_classes, batch=batch), forward)
+        entries[graph_name("forward", -1, False)] = {"file": forward.name, "sha256": sha256_of(forward)}
     manifest = {"format": GRADIENT_FORMAT, "graphs": entries}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
