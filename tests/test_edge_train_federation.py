@@ -105,3 +105,17 @@ def test_onnx_clients_pretrain_and_finetune_with_dp(small_config, tmp_path: Path
     ]
     for client in summary["privacy"]["sample"]["per_client"].values():  # one accountant over both phases
         assert 0 < client["epsilon"] <= cfg.privacy.dp_target_epsilon
+
+
+@pytest.mark.slow  # SecAgg+'s four stages per round: half a minute on 2 shared cores
+def test_mixed_runtimes_under_secagg_with_both_dp_levels(small_config, tmp_path: Path) -> None:
+    """SecAgg+ (legacy layout, masked sums) and user-level clipping take ONNX nodes' replies unchanged."""
+    cfg = small_config(num_rounds=2, dp_level="both", dp_user_clipping="client", dp_user_noise_multiplier=0.1,
+                       hidden_sizes="16", secure_aggregation=True)  # fmt: skip
+    graphs = tmp_path / "graphs"
+    publish_run_graphs(cfg, graphs)
+    run_dir = run_inprocess(cfg, node_configs=_node_configs(graphs, cfg.partition.num_clients))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed", summary.get("reason")
+    assert summary["privacy"]["sample"]["epsilon_max"] > 0 and summary["privacy"]["user"]["epsilon"] > 0
+    assert len(summary["privacy"]["sample"]["per_client"]) == cfg.partition.num_clients
