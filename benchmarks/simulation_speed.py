@@ -235,6 +235,8 @@ def measure(contender: str, plan: str, dp: bool) -> dict[str, Any]:
         if contender == "floor":
             acc = floor(flat)
         elif contender == "pfl":
+            if dp:  # pfl's DP is central (its own mechanisms and accountants), not Opacus' per-client DP-SGD
+                raise SystemExit("not run: pfl has no per-client DP-SGD to compare with")
             acc = pfl_run(flat)
         elif contender == "flwr":
             acc = fedtrain_flwr(flat, Path(tmp))

@@ -292,10 +292,10 @@ def _private_step(module: nn.Module, fixed: Params, cfg: TrainConfig, dp: DPSett
         den = den.clamp_min(1e-12)
         g = per_sample(p, x, y, w)  # (K, B, ...): the gradient of each sample's own loss term
         # Opacus' hooks see the mean loss's backprops times the batch size: n / sum(d) times each term's gradient.
+        # The scale (>= 0) is folded into the norms and the clip factor: one pass over the per-sample gradients.
         scale = m * (m.sum(1) / den).unsqueeze(1)
-        g = {n: t * scale.view(*scale.shape, *([1] * (t.dim() - 2))) for n, t in g.items()}
-        norms = torch.stack([t.flatten(2).norm(2, dim=-1) for t in g.values()], dim=2).norm(2, dim=2)
-        factor = (dp.max_grad_norm / (norms + 1e-6)).clamp(max=1.0) * m
+        norms = scale * torch.stack([t.flatten(2).norm(2, dim=-1) for t in g.values()], dim=2).norm(2, dim=2)
+        factor = (dp.max_grad_norm / (norms + 1e-6)).clamp(max=1.0) * scale
         summed = {n: torch.einsum("kb,kb...->k...", factor, t) for n, t in g.items()}
         return summed, num / den
 
