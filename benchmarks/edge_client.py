@@ -144,8 +144,8 @@ def child(kind: str, work: str) -> None:
     data = ArrayDataset(arrays["x"], arrays["y"], tuple(str(c) for c in range(10)))
     flat = json.loads((folder / "config.json").read_text())
     if kind == "onnx":
-        from fedtrain.edge.train.client import device_config
         from fedtrain.edge.train.graph import load_graph
+        from fedtrain.federation.onnx_client import device_config
 
         cfg: RunConfig = device_config(flat)  # torch is blocked here: the registries' names are the server's
         spec = load_graph(folder / "graphs", "finetune-per-sample").spec

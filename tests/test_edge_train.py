@@ -206,6 +206,16 @@ def test_epsilon_equals_the_torch_clients(history: list[tuple[float, float, int]
     assert abs(rdp_epsilon(history, 1e-6) - theirs.epsilon(1e-6)) < 1e-9
 
 
+def test_the_device_accountant_uses_the_torch_clients_orders_and_sigma_ceiling() -> None:
+    from fedtrain.edge.train import accountant
+    from fedtrain.privacy import accountant as torch_accountant
+    from fedtrain.privacy import calibration
+
+    assert accountant.RDP_ORDERS == torch_accountant.RDP_ORDERS and accountant.MAX_SIGMA == calibration.MAX_SIGMA
+    acc = EdgeAccountant("rdp", [(1.0, 0.1, 5), (1.2, 0.1, 3)])
+    assert EdgeAccountant.from_state_dict(acc.state_dict()) == acc
+
+
 def test_calibration_gives_the_torch_clients_sigma() -> None:
     for target, segments in ((3.0, [(0.25, 200)]), (1.0, [(0.1, 50), (0.25, 400)]), (8.0, [(0.05, 2000)])):
         ours = calibrate_noise(target_epsilon=target, delta=1e-5, segments=segments)

@@ -12,10 +12,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from fedtrain import wire
 from fedtrain.data import data_source, server_data, spec_to_config
 from fedtrain.edge.errors import EdgeModelError
-from fedtrain.edge.train.client import check_supported, planned_segments, runtime_of
 from fedtrain.export.gradient_graph import publish_run_graphs
 from fedtrain.federation.client import handle_train
 from fedtrain.federation.dp_plan import planned_segments as torch_segments
+from fedtrain.federation.onnx_client import check_supported, planned_segments, runtime_of
 from fedtrain.models import build_model
 from fedtrain.runtime import run_inprocess
 

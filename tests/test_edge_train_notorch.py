@@ -31,8 +31,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1  # what a SuperNode sets for its app
-from fedtrain.edge.train import accountant, client, graph, optim, sampling, trainer  # noqa: F401
-from fedtrain.edge.train.client import handle_evaluate, handle_train
+from fedtrain.edge.train import accountant, graph, optim, sampling, trainer  # noqa: F401
+from fedtrain.federation.onnx_client import handle_evaluate, handle_train
 w = np.load({weights!r})
 spec = json.loads(open({spec!r}).read())
 node = {{"data-path": {data!r}, "partition-id": 0, "num-partitions": 2, "gradient-graphs": {graphs!r},

@@ -13,12 +13,12 @@ import torch
 
 from fedtrain.config import load_config
 from fedtrain.data import ArrayDataset
-from fedtrain.edge.train.client import _settings
 from fedtrain.edge.train.graph import graph_name, load_graph
 from fedtrain.edge.train.sampling import Draws, SeededDraws
 from fedtrain.edge.train.trainer import DPSettings, LocalData, train
 from fedtrain.errors import ExportError
 from fedtrain.export.gradient_graph import build_gradient_graph, publish_gradient_graphs
+from fedtrain.federation.onnx_client import _settings
 from fedtrain.models import build_model
 from fedtrain.pretrain import AUX_PREFIX, pretrain_local
 

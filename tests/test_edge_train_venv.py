@@ -2,7 +2,7 @@
 
 The ServerApp runs here (main venv, in-process grid); each client is a process of the fresh venv, which has no
 torch, Opacus or scikit-learn installed at all, serving fedtrain's ONNX handlers over a pipe
-(:mod:`fedtrain.edge.train.worker`): the grid's messages are serialised with Flower's protobuf serde both ways,
+(:mod:`fedtrain.federation.onnx_worker`): the grid's messages are serialised with Flower's protobuf serde both ways,
 and each worker keeps its node's Context (and so its accountant) for the whole run.
 """
 
@@ -21,8 +21,8 @@ from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 
 from fedtrain.data import load_digits
-from fedtrain.edge.train.worker import OK, read_frame, write_frame
 from fedtrain.export.gradient_graph import publish_run_graphs
+from fedtrain.federation.onnx_worker import OK, read_frame, write_frame
 from fedtrain.runtime import run_inprocess
 from fedtrain.runtime.grid import InProcessGrid
 
@@ -50,7 +50,7 @@ class Bridge:
         pid = int(context.node_config["partition-id"])
         if pid not in self.procs:
             proc = subprocess.Popen(
-                [str(self.py), "-m", "fedtrain.edge.train.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                [str(self.py), "-m", "fedtrain.federation.onnx_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 cwd=self.cwd,
             )  # fmt: skip
             spec = {"node_id": context.node_id, "node_config": dict(context.node_config),

@@ -71,7 +71,7 @@ def _local_model(content: RecordDict, context: Context) -> _Local:
 
 def _onnx_runtime(context: Context) -> bool:
     """Whether this node trains with ONNX Runtime (node config ``client-runtime``, else the run's key)."""
-    from fedtrain.edge.train.client import runtime_of
+    from fedtrain.federation.onnx_client import runtime_of
 
     return runtime_of(config_from_run_config(context.run_config), context.node_config) == "onnx"
 
@@ -80,10 +80,10 @@ def handle_train(msg: Message, context: Context) -> Message:
     """Run this round's local work for the message's phase and reply with the new weights.
 
     Under SecAgg+ the request and reply use Flower's legacy layout and the reply carries the update.
-    A node whose ``client-runtime`` is ``onnx`` trains with :mod:`fedtrain.edge.train.client` (same layout).
+    A node whose ``client-runtime`` is ``onnx`` trains with :mod:`fedtrain.federation.onnx_client` (same layout).
     """
     if _onnx_runtime(context):
-        from fedtrain.edge.train.client import handle_train as onnx_train
+        from fedtrain.federation.onnx_client import handle_train as onnx_train
 
         return onnx_train(msg, context)
     if is_secagg(msg):
@@ -154,7 +154,7 @@ def _reply(arrays: dict[str, torch.Tensor], metrics: dict[str, Any], acc: Client
 def handle_evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this client's local evaluation share."""
     if _onnx_runtime(context):
-        from fedtrain.edge.train.client import handle_evaluate as onnx_evaluate
+        from fedtrain.federation.onnx_client import handle_evaluate as onnx_evaluate
 
         return onnx_evaluate(msg, context)
     local = _local_model(msg.content, context)

@@ -1,6 +1,6 @@
 """The device's privacy accountant: Google's dp-accounting, with the torch client's orders and history.
 
-The torch client's :class:`fedtrain.privacy.accountant.ClientAccountant` asks Opacus' RDP accountant for epsilon
+The torch client's ``fedtrain.privacy.accountant.ClientAccountant`` asks Opacus' RDP accountant for epsilon
 at the whole-number orders :data:`~fedtrain.privacy.accountant.RDP_ORDERS`; this one asks dp-accounting's
 ``RdpAccountant`` (Poisson-subsampled Gaussian, add-or-remove-one) at the same orders and converts with the same
 bound, so both give the same epsilon (``tests/test_edge_train.py`` checks 1e-9). The history, its state in
@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from fedtrain.edge.errors import EdgeModelError
-from fedtrain.privacy.accountant import RDP_ORDERS, ClientAccountant
 
-__all__ = ["EdgeAccountant", "calibrate_noise", "rdp_epsilon"]
+__all__ = ["RDP_ORDERS", "EdgeAccountant", "calibrate_noise", "rdp_epsilon"]
 
-MAX_SIGMA = 1000.0  # fedtrain.privacy.calibration.MAX_SIGMA
+# The torch client's (fedtrain.privacy.accountant.RDP_ORDERS and calibration.MAX_SIGMA; equal, tested): the device
+# layer imports nothing of fedtrain but its errors.
+RDP_ORDERS: tuple[float, ...] = tuple(float(a) for a in range(2, 257))
+MAX_SIGMA = 1000.0
 
 
 @functools.lru_cache(maxsize=4096)
@@ -56,8 +60,15 @@ def rdp_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> fl
     return float(rdp.compute_epsilon(list(RDP_ORDERS), total, delta)[0])
 
 
-class EdgeAccountant(ClientAccountant):
-    """The torch client's accountant (history, merging, state) with dp-accounting's epsilon."""
+@dataclass
+class EdgeAccountant:
+    """One device's DP-SGD history and its epsilon.
+
+    ``fedtrain.privacy.accountant.ClientAccountant``'s history, merging and state, with dp-accounting's epsilon.
+    """
+
+    mechanism: str
+    history: list[tuple[float, float, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.mechanism != "rdp":
@@ -66,9 +77,37 @@ class EdgeAccountant(ClientAccountant):
                 "Opacus'); set dp-accountant='rdp' or client-runtime='torch'"
             )
 
+    @property
+    def steps(self) -> int:
+        return sum(s for _, _, s in self.history)
+
+    def record(self, noise_multiplier: float, sample_rate: float, steps: int) -> None:
+        """Add ``steps`` steps; a segment of the same (sigma, q) as the last is merged into it."""
+        if steps <= 0:
+            return
+        if self.history and self.history[-1][:2] == (noise_multiplier, sample_rate):
+            sigma, q, n = self.history[-1]
+            self.history[-1] = (sigma, q, n + steps)
+        else:
+            self.history.append((noise_multiplier, sample_rate, steps))
+
     def epsilon(self, delta: float, extra: tuple[float, float, int] | None = None) -> float:
+        """Epsilon spent so far, or after ``extra`` more steps (a projection; nothing is recorded)."""
         history = list(self.history) + ([extra] if extra and extra[2] > 0 else [])
         return rdp_epsilon(history, delta) if history else 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "mechanism": self.mechanism,
+            "sigma": [float(a) for a, _, _ in self.history],
+            "q": [float(b) for _, b, _ in self.history],
+            "steps": [int(c) for _, _, c in self.history],
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> EdgeAccountant:
+        history = zip(state["sigma"], state["q"], state["steps"], strict=True)
+        return cls(str(state["mechanism"]), [(float(s), float(q), int(n)) for s, q, n in history])
 
 
 def calibrate_noise(

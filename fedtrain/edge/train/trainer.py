@@ -19,18 +19,53 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from fedtrain.config import TrainConfig
 from fedtrain.edge.errors import EdgeModelError
 from fedtrain.edge.train.graph import GradientGraph
 from fedtrain.edge.train.optim import build_optimizer
 from fedtrain.edge.train.sampling import Draws
 
-__all__ = ["DPSettings", "LocalData", "LocalResult", "balanced_class_weight", "expected_batch", "plan", "train"]
+__all__ = [
+    "DPSettings",
+    "LocalData",
+    "LocalResult",
+    "Settings",
+    "balanced_class_weight",
+    "expected_batch",
+    "plan",
+    "train",
+]
 
 Arrays = dict[str, np.ndarray]
+
+
+class Settings(Protocol):
+    """The local-training settings the trainer reads.
+
+    A ``fedtrain.config.TrainConfig``, not imported: the device layer imports nothing of fedtrain but its errors.
+    """
+
+    @property
+    def optimizer(self) -> str: ...
+    @property
+    def momentum(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def l1(self) -> float: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def local_epochs(self) -> int: ...
+    @property
+    def sampler(self) -> str: ...
+    @property
+    def clip_grad_norm(self) -> float: ...
+    @property
+    def clip_grad_value(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -135,7 +170,7 @@ def train(
     graph: GradientGraph,
     params: Arrays,
     data: LocalData,
-    settings: TrainConfig,
+    settings: Settings,
     *,
     lr: float,
     draws: Draws,
@@ -253,7 +288,7 @@ def _private_step(
     return loss / n, grads
 
 
-def _clip(grads: Arrays, settings: TrainConfig) -> None:
+def _clip(grads: Arrays, settings: Settings) -> None:
     """``clip-grad-value`` then ``clip-grad-norm`` over all trainable gradients, as torch.nn.utils does."""
     if settings.clip_grad_value > 0:
         for k in grads:

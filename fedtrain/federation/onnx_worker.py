@@ -1,6 +1,6 @@
 """Serve the ONNX client's handlers over a pipe: a Flower Message in, its reply out (protobuf, length-prefixed).
 
-``python -m fedtrain.edge.train.worker`` reads one JSON frame (``node_id``, ``node_config``, ``run_config``)
+``python -m fedtrain.federation.onnx_worker`` reads one JSON frame (``node_id``, ``node_config``, ``run_config``)
 that makes the node's :class:`~flwr.app.Context` (kept for the worker's life, so ``Context.state`` holds the
 accountant across rounds as a SuperNode keeps it), then serves train and evaluate messages until stdin closes.
 It lets a process of a venv without torch be a federation's client where no SuperNode runs (the slow test of
@@ -41,7 +41,7 @@ def write_frame(stream: BinaryIO, data: bytes) -> None:
 
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     """Answer every message on ``stdin``; a handler's error goes back as an ``E`` frame with its traceback."""
-    from fedtrain.edge.train.client import handle_evaluate, handle_train
+    from fedtrain.federation.onnx_client import handle_evaluate, handle_train
 
     init = read_frame(stdin)
     if init is None:

@@ -53,8 +53,8 @@ log = logging.getLogger("fedtrain")
 
 RUNTIME_KEY = "client-runtime"  # node config: this node's runtime, over the run's
 GRAPHS_KEY = "gradient-graphs"  # node config: the folder of the published gradient graphs
-STATE_KEY = "fedtrain-dp"  # fedtrain.privacy.client_privacy.STATE_KEY: the same accountant entry
-AUX_PREFIX = "pretrain_aux."  # fedtrain.pretrain.AUX_PREFIX
+STATE_KEY = "fedtrain-dp"  # fedtrain.privacy.client_privacy.STATE_KEY (which imports torch): the same entry
+AUX_PREFIX = "pretrain_aux."  # fedtrain.pretrain.AUX_PREFIX (which imports torch)
 RUNTIMES = ("torch", "onnx")
 
 
@@ -225,9 +225,7 @@ def handle_train(msg: Message, context: Context) -> Message:
 def _load_accountant(context: Context, config: Mapping[str, Any], pid: int, mechanism: str) -> EdgeAccountant:
     """From ``Context.state``, else the server's restore entry, else new (client_privacy.load_accountant)."""
     if STATE_KEY in context.state.config_records:
-        state: dict[str, Any] = dict(context.state.config_records[STATE_KEY])
-        history = list(zip(state["sigma"], state["q"], state["steps"], strict=True))
-        return EdgeAccountant(str(state["mechanism"]), history)
+        return EdgeAccountant.from_state_dict(dict(context.state.config_records[STATE_KEY]))
     acc = EdgeAccountant(mechanism)
     restore = list(config.get(wire.RESTORE_HISTORY, []))
     if pid < len(restore) and restore[pid]:
