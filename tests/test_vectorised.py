@@ -65,6 +65,7 @@ def _assert_same(sequential: list[list[Message]], batched: list[list[Message]]) 
     for seq_round, vec_round in zip(sequential, batched, strict=True):
         for a, b in zip(seq_round, vec_round, strict=True):
             assert not a.has_error(), a.error.reason
+            assert list(a.content.keys()) == list(b.content.keys())  # the ClientApp's records, in its order
             wa, wb = a.content["arrays"].to_torch_state_dict(), b.content["arrays"].to_torch_state_dict()
             assert list(wa) == list(wb)
             for k in wa:

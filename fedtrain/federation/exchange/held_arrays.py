@@ -67,8 +67,15 @@ class HeldArray(Array):
 
 def held_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
     """An :class:`ArrayRecord` of ``state`` (a state dict) made of :class:`HeldArray` s."""
-    record = ArrayRecord()  # filled item by item: ArrayRecord(array_dict=...) would rebuild plain Arrays
+    arrays: dict[str, Array] = {}
     for k, v in state.items():
         values = v.detach().cpu().numpy()
-        record[k] = HeldArray.of(values) if values.ndim else Array.from_numpy_ndarray(values)  # 0-d: as Flower does
+        arrays[k] = HeldArray.of(values) if values.ndim else Array.from_numpy_ndarray(values)  # 0-d: as Flower does
+    record = ArrayRecord()  # not ArrayRecord(array_dict=...): it would rebuild plain Arrays
+    store = record.__dict__.get("_data")
+    if isinstance(store, dict) and not store:  # Flower 1.42's TypedDict store: keys and values are valid by type
+        store.update(arrays)
+    else:
+        for k, a in arrays.items():
+            record[k] = a
     return record

@@ -20,7 +20,7 @@ from typing import Any, Protocol, cast
 from uuid import uuid4
 
 import torch
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from torch import nn
@@ -191,7 +191,6 @@ def _batch_refusal(messages: list[Message], grid: LocalGrid) -> str:
     return ""
 
 
-ReplyFn = Callable[[dict[str, torch.Tensor], dict[str, Any], ClientAccountant | None], RecordDict]
 BudgetFn = Callable[..., tuple[float | None, dict[str, Any], ClientAccountant]]
 
 
@@ -213,9 +212,9 @@ class _Prepared:
 
 def train_batch(messages: list[Message], contexts: dict[int, Context]) -> list[Message]:
     """Every message's reply, as the ClientApp would have sent it; the clients' training done in one call."""
-    # The ClientApp's own budget check and reply layout (imported here: the client module imports the stages,
-    # which import the exchanges).
-    from fedtrain.federation.client import _budget, _reply
+    # The ClientApp's own budget check (imported here: the client module imports the stages, which import the
+    # exchanges).
+    from fedtrain.federation.client import _budget
 
     for m in messages:  # as the grid does: ids on the way in
         m.metadata.__dict__["_message_id"] = uuid4().hex
@@ -233,7 +232,7 @@ def train_batch(messages: list[Message], contexts: dict[int, Context]) -> list[M
         groups.setdefault(key, []).append(p)
     replies: dict[int, Message] = {}
     for (_, lr, mu, depth), group in groups.items():
-        for p, reply in zip(group, _train_group(group, lr, mu, depth, _reply), strict=True):
+        for p, reply in zip(group, _train_group(group, lr, mu, depth), strict=True):
             replies[id(p.msg)] = reply
     out = [replies[id(m)] for m in messages]
     for r in out:
@@ -241,7 +240,7 @@ def train_batch(messages: list[Message], contexts: dict[int, Context]) -> list[M
     return out
 
 
-def _train_group(group: list[_Prepared], lr: float, mu: float, depth: int, reply: ReplyFn) -> list[Message]:
+def _train_group(group: list[_Prepared], lr: float, mu: float, depth: int) -> list[Message]:
     first = group[0]
     cfg = first.cfg
     arrays = first.msg.content.array_records[wire.ARRAYS].to_torch_state_dict()
@@ -259,7 +258,7 @@ def _train_group(group: list[_Prepared], lr: float, mu: float, depth: int, reply
             p.metrics[wire.NUM_EXAMPLES] = 0
             if train_loss_shared(cfg):
                 p.metrics[wire.TRAIN_LOSS] = 0.0
-            replies.append(Message(_content(reply, {**weights, **aux}, p.metrics, p.acc), reply_to=p.msg))
+            replies.append(Message(_content({**weights, **aux}, p.metrics, p.acc), reply_to=p.msg))
             continue
         result = next(results)
         if p.acc is not None and p.sigma is not None:
@@ -269,16 +268,15 @@ def _train_group(group: list[_Prepared], lr: float, mu: float, depth: int, reply
         p.metrics[wire.NUM_EXAMPLES] = result.num_examples
         if train_loss_shared(cfg):
             p.metrics[wire.TRAIN_LOSS] = result.loss
-        replies.append(Message(_content(reply, result.state, p.metrics, p.acc), reply_to=p.msg))
+        replies.append(Message(_content(result.state, p.metrics, p.acc), reply_to=p.msg))
     return replies
 
 
-def _content(
-    reply: ReplyFn, state: dict[str, torch.Tensor], metrics: dict[str, Any], acc: ClientAccountant | None
-) -> RecordDict:
+def _content(state: dict[str, torch.Tensor], metrics: dict[str, Any], acc: ClientAccountant | None) -> RecordDict:
     """The ClientApp's reply layout, with arrays that keep their numpy value (read back twice by the server)."""
-    content = reply({}, metrics, acc)
-    content[wire.ARRAYS] = held_record(state)
+    content = RecordDict({wire.ARRAYS: held_record(state), wire.METRICS: MetricRecord(metrics)})
+    if acc is not None:  # as fedtrain.federation.client._reply lays it out (the tests compare the records)
+        content[wire.DP_HISTORY] = ConfigRecord(acc.state_dict())
     return content
 
 
