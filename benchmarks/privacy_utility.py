@@ -110,7 +110,9 @@ def main(jobs: int = 2) -> None:
     from fedtrain.runtime.batch import run_configs
 
     done: dict[str, Any] = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    runs: list[dict[str, Any]] = done.get("runs", []) if done.get("format") == "ablation/1" else []
+    if done.get("format") != "ablation/1":  # an earlier benchmark's results: start afresh
+        done = {}
+    runs: list[dict[str, Any]] = done.get("runs", [])
     have = {(r["epsilon"], r["method"], r["seed"]) for r in runs}
     todo = [t for t in _configs() if (t["epsilon"], t["method"], t["seed"]) not in have]
     payload = {
