@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from torch import nn
 
 from fedtrain import wire
@@ -23,6 +23,7 @@ from fedtrain.data import ClientData, data_source, received_spec
 from fedtrain.federation.client_tasks import LocalCall, client_task, config_number
 from fedtrain.federation.context import config_from_run_config
 from fedtrain.federation.dp_plan import planned_segments
+from fedtrain.federation.exchange.held_arrays import held_record
 from fedtrain.federation.secagg_client import as_fitres, from_fitins, is_secagg
 from fedtrain.logging import get_logger
 from fedtrain.models import build_model
@@ -145,7 +146,8 @@ def _budget(
 
 
 def _reply(arrays: dict[str, torch.Tensor], metrics: dict[str, Any], acc: ClientAccountant | None = None) -> RecordDict:
-    content = RecordDict({wire.ARRAYS: ArrayRecord(arrays), wire.METRICS: MetricRecord(metrics)})
+    # Arrays that keep their numpy value: the same bytes and object id as Flower's, read back without parsing.
+    content = RecordDict({wire.ARRAYS: held_record(arrays), wire.METRICS: MetricRecord(metrics)})
     if acc is not None:  # the whole history, so the server's ledger can rebuild and audit every epsilon
         content[wire.DP_HISTORY] = ConfigRecord(acc.state_dict())
     return content
