@@ -199,3 +199,18 @@ def test_small_budget_defaults_pick_the_linear_recipe_and_keep_what_the_user_set
     large = load_config(overrides="dp-level=sample dp-target-epsilon=3")  # unchanged at the default budget
     assert (large.model.model, large.strategy.server_averaging, large.train.batch_size) == ("mlp", "none", 16)
     assert load_config(file=None, overrides=small.to_flat()) == small  # resolved once: final
+
+
+@pytest.mark.slow  # ONNX export: about 25 s on a shared machine
+def test_the_exported_model_is_the_average_not_the_last_iterate(small_config):
+    cfg = small_config(num_rounds=3, fraction_evaluate=0.0, server_averaging="polyak", plan="finetune,export",
+                       export_formats="fp32", export_latency_calls=0, export_checkpoint="latest",
+                       export_ort=False)  # fmt: skip
+    run_dir = run_inprocess(cfg)
+    last = RunFolder(run_dir).read_metrics()[-1]
+    exported = json.loads((run_dir / "export" / "export.json").read_text())
+    fp32 = next(r for r in exported["rows"] if r["format"] == "fp32")
+    assert fp32["accuracy"] == pytest.approx(last["test_accuracy"], abs=1e-9)  # the model the run evaluated
+    state = RunFolder(run_dir).load_checkpoint("latest")["state"]["strategy"]["server-averaging"]
+    iterate, average = state["iterate"], state["average"]
+    assert int(state["count"]) == 3 and any(not torch.equal(iterate[k], average[k]) for k in iterate)
