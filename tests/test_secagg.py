@@ -227,3 +227,45 @@ def test_user_level_dp_survives_a_dropout_as_a_zero_update(small_config):
     assert summary["status"] == "completed", summary.get("reason")
     assert [r["clients_trained"] for r in _records(run_dir)] == [4, 5]
     assert _records(run_dir)[0].get("secagg_clipped", 0) == 0  # the range is C: nothing can be clipped
+
+
+def _without_dp_evidence(partitions: set[int]):
+    """A ClientApp whose ``partitions`` strip the DP evidence from their SecAgg+ reply (a client without DP-SGD)."""
+    from fedtrain import wire
+
+    app = build_client_app()
+
+    def client(msg: Message, context: Context) -> Message:
+        reply = app(msg, context)
+        metrics = reply.content.config_records.get("fitres.metrics")
+        if metrics is not None and int(context.node_config["partition-id"]) in partitions:
+            for key in (*wire.DP_EVIDENCE, wire.DP_HISTORY):
+                metrics.pop(key, None)
+        return reply
+
+    return client
+
+
+def test_a_reply_without_dp_evidence_is_left_out_of_the_masked_sum(small_config):
+    # One of four clients sends a masked update but no DP evidence: it is dropped before the masked vectors are
+    # summed, Flower unmasks the round without it, and the other three are aggregated and accounted.
+    cfg = small_config(num_clients=4, min_clients=2, num_rounds=2, dp_level="sample", **SECAGG)
+    run_dir = run_inprocess(cfg, grid=InProcessGrid(_without_dp_evidence({0}), 4, cfg.to_flat()))
+    summary, records = _summary(run_dir), _records(run_dir)
+    assert summary["status"] == "completed", summary.get("reason")
+    assert [r["clients_trained"] for r in records] == [3, 3]
+    assert all(sorted(r["trained_partitions"]) == [1, 2, 3] for r in records)
+    assert all(r["secagg_attempts"] == 1 and r["secagg_halted"] == [] for r in records)
+    assert set(summary["privacy"]["sample"]["per_client"]) == {"1", "2", "3"}  # never counted as private
+    arrays = RunFolder(run_dir).load_checkpoint("latest")["arrays"]
+    assert all(np.isfinite(v.numpy()).all() for v in arrays.values())
+    assert records[-1]["test_accuracy"] > 0.2
+
+
+def test_a_secagg_run_where_no_client_ran_dp_fails_saying_so(small_config):
+    cfg = small_config(num_clients=3, min_clients=2, num_rounds=2, dp_level="sample", **SECAGG)
+    run_dir = run_inprocess(cfg, grid=InProcessGrid(_without_dp_evidence({0, 1, 2}), 3, cfg.to_flat()))
+    summary = _summary(run_dir)
+    assert summary["status"] == "failed"
+    assert summary["reason"].startswith("no client ran DP: all 3 replies lacked DP evidence")
+    assert "left out of the masked sum" in summary["reason"]

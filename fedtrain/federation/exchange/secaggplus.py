@@ -43,6 +43,7 @@ __all__ = ["ProtocolAttempt", "SecAggPlusExchange", "auto_clipping_range"]
 log = get_logger()
 _STAGE_NAMES = {"setup": "setup", "share_keys": "share-keys", "collect_masked_vectors": "collect", "unmask": "unmask"}
 _STAGE_ORDER = [*_STAGE_NAMES.values(), ""]
+_DP_EVIDENCE = (*wire.DP_EVIDENCE, wire.DP_HISTORY)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class ProtocolAttempt:
     nodes: list[int]
     reports: dict[int, dict[str, Any]] = field(default_factory=dict)  # node -> its fitres metrics (trained)
     lost: dict[int, str] = field(default_factory=dict)  # node -> the stage it was lost in
+    refused: dict[int, dict[str, Any]] = field(default_factory=dict)  # node -> its metrics: no DP evidence
     mean_update: list[np.ndarray] | None = None  # the unmasked weighted mean; None when the protocol halted
     halted_in: str = ""
     shares: int = 0
@@ -61,8 +63,8 @@ class ProtocolAttempt:
 class _RecordingGrid(Grid):
     """The run's grid, recording each protocol stage's replies and losses (Flower counts failures twice)."""
 
-    def __init__(self, grid: Grid, attempt: ProtocolAttempt) -> None:
-        self.grid, self.attempt = grid, attempt
+    def __init__(self, grid: Grid, attempt: ProtocolAttempt, *, require_dp_evidence: bool = False) -> None:
+        self.grid, self.attempt, self.require_dp_evidence = grid, attempt, require_dp_evidence
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         sent = list(messages)
@@ -84,9 +86,18 @@ class _RecordingGrid(Grid):
             if node not in answered and node not in self.attempt.lost:
                 self.attempt.lost[node] = stage
         if stage == "collect":
+            kept = []
             for m in replies:
-                if not m.has_error():
-                    self.attempt.reports[m.metadata.src_node_id] = _report(m.content)
+                report = {} if m.has_error() else _report(m.content)
+                if report and self.require_dp_evidence and any(k not in report for k in _DP_EVIDENCE):
+                    # Left out before the masked vectors are summed: Flower unmasks the round as if this node had
+                    # dropped out (its pairwise masks rebuilt from the shares), so the others' updates still count.
+                    self.attempt.refused[m.metadata.src_node_id] = report
+                    continue
+                if report:
+                    self.attempt.reports[m.metadata.src_node_id] = report
+                kept.append(m)
+            replies = kept
         return replies
 
     # The workflow only sends and receives; the rest is the run's grid.
@@ -281,7 +292,7 @@ class SecAggPlusExchange(MessageExchange):
             return attempt
         state = random.getstate()
         try:
-            workflow(_RecordingGrid(r.grid, attempt), legacy)
+            workflow(_RecordingGrid(r.grid, attempt, require_dp_evidence=self.cfg.sample_dp), legacy)
         except _AttemptAbortedError:
             pass
         except (ArithmeticError, ValueError) as err:
@@ -315,11 +326,10 @@ class SecAggPlusExchange(MessageExchange):
         declined = [rep for rep in reports if rep.get(wire.DP_DECLINED)]
         failures = [f"node {n}: lost in SecAgg+ {stage or 'stage'} (attempt {i + 1})"
                     for i, a in enumerate(attempts) for n, stage in a.lost.items()]  # fmt: skip
-        evidence = (*wire.DP_EVIDENCE, wire.DP_HISTORY)
         refused = [
-            f"partition {rep.get(wire.PARTITION_ID)}: a SecAgg+ update without DP evidence"
-            for rep in final.reports.values()
-            if self.cfg.sample_dp and any(k not in rep for k in evidence)
+            f"node {n} (partition {rep.get(wire.PARTITION_ID)}): a SecAgg+ update without DP evidence, left out of "
+            "the masked sum"
+            for n, rep in final.refused.items()
         ]
         clipped = sum(int(rep.get(wire.SECAGG_CLIPPED, 0)) for rep in final.reports.values())
         values = sum(int(rep.get(wire.SECAGG_VALUES, 0)) for rep in final.reports.values())
@@ -348,7 +358,7 @@ class SecAggPlusExchange(MessageExchange):
         def aggregate() -> ArrayRecord | None:
             if halted and self.cfg.secagg.secagg_halt_policy == "skip":
                 return r.arrays  # the round is skipped: the model stays (metrics say so)
-            if final.mean_update is None or refused or not trained:
+            if final.mean_update is None or not trained:
                 return None
             update = final.mean_update
             cohort = list(final.reports.values())
