@@ -334,6 +334,7 @@ def build_gradient_graph(
         entry.key, entry.value = GRADIENT_PREFIX + key, json.dumps(value)
     proto.producer_name = "fedtrain"
     onnx.checker.check_model(proto, full_check=True)
+    _check_outputs(proto, spec)
     return proto
 
 
@@ -368,7 +369,38 @@ def build_forward_graph(
         entry = proto.metadata_props.add()
         entry.key, entry.value = GRADIENT_PREFIX + key, json.dumps(value)
     onnx.checker.check_model(proto, full_check=True)
+    _check_outputs(proto, spec)
     return proto
+
+
+def _check_outputs(proto: onnx.ModelProto, spec: GradientSpec) -> None:
+    """Run the graph once in onnxruntime (what the device will run) and check its opset and output shapes.
+
+    Raises
+    ------
+    ExportError
+        When the graph needs another opset or an output's shape is not what the spec promises.
+    """
+    import numpy as np
+    import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
+
+    opsets = {o.domain: o.version for o in proto.opset_import}
+    if opsets.get("", opsets.get("ai.onnx")) != OPSET or set(opsets) - {"", "ai.onnx"}:
+        raise ExportError(f"the gradient graph uses opsets {opsets}; the device runtime takes opset {OPSET} only")
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {}
+    for i in session.get_inputs():
+        shape = [d if isinstance(d, int) else spec.batch for d in i.shape]
+        dtype = np.int64 if i.type == "tensor(int64)" else np.float32
+        feed[i.name] = np.zeros(shape, dtype=dtype) if dtype is np.int64 else np.ones(shape, dtype=dtype)
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed), strict=True))
+    lead = [spec.batch] if spec.per_sample and not spec.clipped else []
+    for name, shape in spec.params.items():
+        key = "logits" if spec.objective == "forward" else f"grad.{name}"
+        want = [spec.batch, spec.num_classes] if spec.objective == "forward" else [*lead, *shape]
+        got = list(outputs[key].shape)
+        if got != want:
+            raise ExportError(f"the gradient graph's output {key} has shape {got}, its spec says {want}")
 
 
 def _example_inputs(
