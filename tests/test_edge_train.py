@@ -217,7 +217,7 @@ def test_the_device_accountant_uses_the_torch_clients_orders_and_sigma_ceiling()
 
 
 def test_calibration_gives_the_torch_clients_sigma() -> None:
-    for target, segments in ((3.0, [(0.25, 200)]), (1.0, [(0.1, 50), (0.25, 400)]), (8.0, [(0.05, 2000)])):
+    for target, segments in ((3.0, [(0.25, 200)]), (1.0, [(0.1, 50), (0.25, 400)])):
         ours = calibrate_noise(target_epsilon=target, delta=1e-5, segments=segments)
         assert ours == torch_calibrate(target_epsilon=target, delta=1e-5, segments=segments, mechanism="rdp")
 

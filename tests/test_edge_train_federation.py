@@ -19,6 +19,7 @@ from fedtrain.federation.onnx_client import check_supported, planned_segments, r
 from fedtrain.models import build_model
 from fedtrain.runtime import run_inprocess
 
+DP_GRAPHS = ("clipped", "forward")  # what a DP client runs: trace no more
 DP = {"dp_level": "sample", "batch_size": 30, "hidden_sizes": "16", "num_clients": 4, "num_rounds": 3}
 
 
@@ -29,7 +30,7 @@ def _node_configs(graphs: Path, n: int) -> list[dict]:
 def test_mixed_runtimes_complete_a_dp_run_with_one_accountant_each(small_config, tmp_path: Path) -> None:
     cfg = small_config(**DP)
     graphs = tmp_path / "graphs"
-    publish_run_graphs(cfg, graphs)
+    publish_run_graphs(cfg, graphs, kinds=DP_GRAPHS)
     run_dir = run_inprocess(cfg, node_configs=_node_configs(graphs, 4))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds"] == 3
@@ -44,7 +45,7 @@ def test_onnx_reply_has_the_torch_reply_layout(small_config, tmp_path: Path) -> 
     """Same request to a torch and an ONNX node: the same record names, array names, shapes and metric keys."""
     cfg = small_config(**DP)
     graphs = tmp_path / "graphs"
-    publish_run_graphs(cfg, graphs)
+    publish_run_graphs(cfg, graphs, kinds=DP_GRAPHS)
     spec = server_data(cfg).spec
     model = build_model(cfg.model, spec.input_shape, len(spec.classes))
     config = ConfigRecord({wire.PHASE: "finetune", wire.LR: 0.1, wire.GLOBAL_ROUND: 1, **spec_to_config(spec)})
@@ -95,7 +96,7 @@ def test_onnx_clients_pretrain_and_finetune_with_dp(small_config, tmp_path: Path
     phases = {"plan": "pretrain,finetune", "pretrain_method": "denoising", "pretrain_rounds": 1}
     cfg = small_config(**{**DP, "num_rounds": 2, "hidden_sizes": "16,8", **phases})
     graphs = tmp_path / "graphs"
-    manifest = publish_run_graphs(cfg, graphs)
+    manifest = publish_run_graphs(cfg, graphs, kinds=DP_GRAPHS)
     assert {"denoising-layer0-clipped", "denoising-layer1-clipped", "finetune-clipped"} <= set(manifest["graphs"])
     nodes = [{"client-runtime": "onnx", "gradient-graphs": str(graphs)}] * 4
     summary = json.loads((run_inprocess(cfg, node_configs=nodes) / "summary.json").read_text())
@@ -113,7 +114,7 @@ def test_mixed_runtimes_under_secagg_with_both_dp_levels(small_config, tmp_path:
     cfg = small_config(num_rounds=2, dp_level="both", dp_user_clipping="client", dp_user_noise_multiplier=0.1,
                        hidden_sizes="16", secure_aggregation=True)  # fmt: skip
     graphs = tmp_path / "graphs"
-    publish_run_graphs(cfg, graphs)
+    publish_run_graphs(cfg, graphs, kinds=DP_GRAPHS)
     run_dir = run_inprocess(cfg, node_configs=_node_configs(graphs, cfg.partition.num_clients))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed", summary.get("reason")

@@ -487,8 +487,12 @@ def run_phases(cfg: RunConfig) -> list[tuple[str, int]]:
     return phases
 
 
-def publish_run_graphs(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
+def publish_run_graphs(
+    cfg: RunConfig, out_dir: Path, *, kinds: tuple[str, ...] = ("clipped", "per-sample", "batch", "forward")
+) -> dict[str, Any]:
     """Every gradient graph ``cfg``'s plan needs, for the federation's inputs and classes, in ``out_dir``.
+
+    ``kinds`` limits the graphs written (:func:`publish_gradient_graphs`).
 
     Raises
     ------
@@ -505,7 +509,7 @@ def publish_run_graphs(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         check_traceable(cfg, objective)
     return publish_gradient_graphs(
         model, cfg, spec.input_shape, len(spec.classes), out_dir, batch=cfg.train.batch_size or 64, phases=phases,
-        pretrain_batch=cfg.pretrain.pretrain_batch_size or 64,
+        pretrain_batch=cfg.pretrain.pretrain_batch_size or 64, kinds=kinds,
     )  # fmt: skip
 
 
