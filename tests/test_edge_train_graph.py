@@ -166,3 +166,16 @@ def test_build_refuses_a_model_that_is_not_the_mlp() -> None:
     cfg = load_config(base={})
     with pytest.raises(ExportError, match="MLP"):
         build_gradient_graph(torch.nn.Linear(64, 10), cfg, SHAPE, K, per_sample=True, batch=4)
+
+
+@pytest.mark.slow  # traces four graphs: about 15 s on 2 shared cores
+def test_publish_command_writes_the_manifest_and_checksums(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedtrain.export.gradient_graph import main
+
+    assert main([str(tmp_path / "g"), "--run-config", "hidden-sizes='8' dp-level='sample'"]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    kinds = ("finetune-clipped", "finetune-per-sample", "finetune-batch", "forward-batch")
+    assert {name for name, _, _ in lines} == set(kinds)
+    for name, _, digest in lines:
+        load_graph(tmp_path / "g", name)  # the device accepts each: checksum, format, opset
+        assert len(digest) == 64
