@@ -33,7 +33,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.supercore.task_identity import TaskIdentity
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1  # what a SuperNode sets for its app
 from fedtrain.edge.train import accountant, graph, optim, sampling, trainer  # noqa: F401
-from fedtrain.federation.onnx_client import handle_evaluate, handle_train
+from fedtrain.federation.onnx_app import build_onnx_client_app
+app = build_onnx_client_app()  # the ClientApp with its mods (SecAgg+, user-level clipping): no torch either
 w = np.load({weights!r})
 spec = json.loads(open({spec!r}).read())
 node = {{"data-path": {data!r}, "partition-id": 0, "num-partitions": 2, "gradient-graphs": {graphs!r},
@@ -44,12 +45,12 @@ out = {{"rounds": []}}
 for rnd in (1, 2):
     config = ConfigRecord({{"phase": "finetune", "lr": 0.1, "global-round": rnd, **spec}})
     content = RecordDict({{"arrays": ArrayRecord({{k: Array(v) for k, v in arrays.items()}}), "config": config}})
-    reply = handle_train(Message(content, dst_node_id=1, message_type="train"), context).content
+    reply = app(Message(content, dst_node_id=1, message_type="train"), context).content
     arrays = {{k: reply["arrays"][k].numpy() for k in reply["arrays"]}}
     m = dict(reply["metrics"])
     out["rounds"].append({{"epsilon": m["dp-epsilon"], "sigma": m["dp-sigma"], "q": m["dp-q"], "steps": m["dp-steps"],
                           "finite": bool(all(np.isfinite(v).all() for v in arrays.values()))}})
-ev = handle_evaluate(Message(content, dst_node_id=1, message_type="evaluate"), context).content
+ev = app(Message(content, dst_node_id=1, message_type="evaluate"), context).content
 out["eval"] = dict(ev["metrics"])
 out["loaded"] = sorted(m for m in {blocked!r} if m in sys.modules)
 print(json.dumps(out))

@@ -1,4 +1,4 @@
-"""Serve the ONNX client's handlers over a pipe: a Flower Message in, its reply out (protobuf, length-prefixed).
+"""Serve the ONNX ClientApp over a pipe: a Flower Message in, its reply out (protobuf, length-prefixed).
 
 ``python -m fedtrain.federation.onnx_worker`` reads one JSON frame (``node_id``, ``node_config``, ``run_config``)
 that makes the node's :class:`~flwr.app.Context` (kept for the worker's life, so ``Context.state`` holds the
@@ -41,7 +41,7 @@ def write_frame(stream: BinaryIO, data: bytes) -> None:
 
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     """Answer every message on ``stdin``; a handler's error goes back as an ``E`` frame with its traceback."""
-    from fedtrain.federation.onnx_client import handle_evaluate, handle_train
+    from fedtrain.federation.onnx_app import build_onnx_client_app
 
     init = read_frame(stdin)
     if init is None:
@@ -51,11 +51,11 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, node_id, node_id  # a SuperNode sets these
     context = Context(run_id=1, node_id=node_id, node_config=spec["node_config"], state=RecordDict(),
                       run_config=spec["run_config"])  # fmt: skip
+    app = build_onnx_client_app()  # with its mods, as a SuperNode would run it
     while (frame := read_frame(stdin)) is not None:
         msg = message_from_proto(ProtoMessage.FromString(frame))
-        handler = handle_train if msg.metadata.message_type.split(".")[0] == "train" else handle_evaluate
         try:
-            reply = handler(msg, context)
+            reply = app(msg, context)
         except Exception:  # the caller raises it, with the device's traceback
             write_frame(stdout, FAILED + traceback.format_exc().encode())
             continue
