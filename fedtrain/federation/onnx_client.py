@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +33,7 @@ from fedtrain.edge.train.sampling import build_draws
 from fedtrain.edge.train.trainer import DPSettings, LocalData, balanced_class_weight, plan, train
 from fedtrain.federation.context import config_from_run_config
 from fedtrain.federation.secagg_client import as_fitres, from_fitins, is_secagg
+from fedtrain.logging import get_logger
 from fedtrain.privacy.unaccounted import train_loss_shared
 from fedtrain.registry import RegistryNames
 
@@ -49,7 +49,7 @@ __all__ = [
     "runtime_of",
 ]
 
-log = logging.getLogger("fedtrain")
+log = get_logger()
 
 RUNTIME_KEY = "client-runtime"  # node config: this node's runtime, over the run's
 GRAPHS_KEY = "gradient-graphs"  # node config: the folder of the published gradient graphs
