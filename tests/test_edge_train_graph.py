@@ -150,6 +150,7 @@ def test_device_refuses_a_changed_graph_or_another_model(setup, tmp_path: Path) 
         ({"model": "cnn"}, "model='cnn'"),
         ({"dropout": 0.2}, "dropout=0.2"),
         ({"loss": "gce"}, "loss='gce'"),
+        ({"activation": "prelu"}, "activation='prelu'"),
     ],
 )
 def test_unsupported_model_or_objective_is_refused_by_name(overrides: dict, key: str) -> None:
@@ -179,3 +180,33 @@ def test_publish_command_writes_the_manifest_and_checksums(tmp_path: Path, capsy
     for name, _, digest in lines:
         load_graph(tmp_path / "g", name)  # the device accepts each: checksum, format, opset
         assert len(digest) == 64
+
+
+@pytest.mark.parametrize("activation", ["gelu", "sigmoid", "leaky_relu", "elu"])
+def test_clipped_graph_of_a_residual_mlp_equals_clipped_torch_func_gradients(activation: str) -> None:
+    """Every activation but prelu, with residual blocks: the DP graph's sums are Opacus' clip of torch.func's."""
+    cfg = load_config(base={"hidden-sizes": "16,16", "residual": True, "activation": activation})
+    model = build_model(cfg.model, SHAPE, K, seed=4)
+    proto = build_gradient_graph(model, cfg, SHAPE, K, per_sample=True, batch=12, clipped=True)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x, y, cw = _batch(12, seed=3, size=12)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    feed = {**_params(model), "x": x, "y": y, "mask": np.ones(12, np.float32), "class_weight": cw,
+            "max_grad_norm": np.array(0.2, np.float32), "trainable": np.ones(len(params), np.float32)}  # fmt: skip
+    out = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed), strict=True))
+
+    def per_sample(p, xi, yi):
+        logits = torch.func.functional_call(model, p, (xi.unsqueeze(0),))
+        return F.cross_entropy(logits, yi.unsqueeze(0), weight=torch.from_numpy(cw), reduction="none")[0]
+
+    grads = torch.func.vmap(torch.func.grad(per_sample), in_dims=(None, 0, 0))(
+        params, torch.from_numpy(x), torch.from_numpy(y)
+    )
+    norms = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in grads.values()))
+    factor = (0.2 / (norms + 1e-6)).clamp(max=1.0)
+    assert (factor < 1).any()
+    for name, g in grads.items():
+        want = torch.einsum("i,i...->...", factor, g).numpy()
+        np.testing.assert_allclose(out[f"grad.{name}"], want, rtol=0, atol=1e-6, err_msg=name)

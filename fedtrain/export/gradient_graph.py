@@ -86,6 +86,11 @@ def check_traceable(cfg: RunConfig, objective: str) -> None:
             "GroupNorm per-sample gradients under vmap are not validated against Opacus here; train it with "
             "client-runtime='torch'"
         )
+    if m.activation == "prelu":
+        raise ExportError(
+            "activation='prelu': its learnable slope is a parameter outside the linear layers, which the DP graph's "
+            "ghost clipping does not cover; use another activation or client-runtime='torch'"
+        )
     if m.dropout > 0:
         raise ExportError(
             f"dropout={m.dropout}: a gradient graph has no random dropout masks; set dropout=0 or use "

@@ -72,6 +72,7 @@ def check_supported(cfg: RunConfig) -> None:
     checks = {
         "model": (m.model == "mlp", f"model={m.model!r} (gradient graphs cover model='mlp')"),
         "dropout": (m.dropout == 0, f"dropout={m.dropout} (no random masks in a gradient graph)"),
+        "activation": (m.activation != "prelu", "activation='prelu' (a learnable slope outside the linear layers)"),
         "loss": (t.loss == "cross-entropy", f"loss={t.loss!r} (the graphs compute cross-entropy)"),
         "optimizer": (t.optimizer in OPTIMIZERS, f"optimizer={t.optimizer!r} (not in the device's numpy optimizers)"),
         "pretrain-optimizer": (
