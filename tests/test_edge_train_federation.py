@@ -23,6 +23,14 @@ DP_GRAPHS = ("clipped", "forward")  # what a DP client runs: trace no more
 DP = {"dp_level": "sample", "batch_size": 30, "hidden_sizes": "16", "num_clients": 4, "num_rounds": 3}
 
 
+@pytest.fixture(autouse=True)
+def _task_identity() -> None:
+    """What a SuperNode sets before it calls a ClientApp (a Message needs it when built outside a run)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+
+
 def _node_configs(graphs: Path, n: int) -> list[dict]:
     return [{"client-runtime": "onnx", "gradient-graphs": str(graphs)} if i % 2 == 0 else {} for i in range(n)]
 
@@ -120,3 +128,27 @@ def test_mixed_runtimes_under_secagg_with_both_dp_levels(small_config, tmp_path:
     assert summary["status"] == "completed", summary.get("reason")
     assert summary["privacy"]["sample"]["epsilon_max"] > 0 and summary["privacy"]["user"]["epsilon"] > 0
     assert len(summary["privacy"]["sample"]["per_client"]) == cfg.partition.num_clients
+
+
+def test_budget_guard_declines_as_the_torch_client(small_config, tmp_path: Path) -> None:
+    """A round that would pass the budget is declined by both runtimes alike: weights back as sent, same figures."""
+    cfg = small_config(**{**DP, "dp_noise_multiplier": 0.8, "dp_target_epsilon": 2.0})
+    graphs = tmp_path / "graphs"
+    publish_run_graphs(cfg, graphs, kinds=DP_GRAPHS)
+    spec = server_data(cfg).spec
+    model = build_model(cfg.model, spec.input_shape, len(spec.classes))
+    config = ConfigRecord({wire.PHASE: "finetune", wire.LR: 0.1, wire.GLOBAL_ROUND: 3, **spec_to_config(spec)})
+    content = RecordDict({wire.ARRAYS: ArrayRecord(model.state_dict()), wire.CONFIG: config})
+    spent = {"mechanism": "rdp", "sigma": [0.8], "q": [0.25], "steps": [40]}  # earlier rounds: epsilon just under 2
+    replies = {}
+    for runtime in ("torch", "onnx"):
+        node = {"partition-id": 0, "num-partitions": 4, "client-runtime": runtime, "gradient-graphs": str(graphs)}
+        state = RecordDict({"fedtrain-dp": ConfigRecord(spent)})
+        context = Context(run_id=1, node_id=1, node_config=node, state=state, run_config=cfg.to_flat())
+        replies[runtime] = handle_train(Message(content, dst_node_id=1, message_type="train"), context).content
+    tm, om = (replies[r].metric_records[wire.METRICS] for r in ("torch", "onnx"))
+    assert tm[wire.DP_DECLINED] == om[wire.DP_DECLINED] == 1 and om[wire.NUM_EXAMPLES] == 0
+    assert abs(float(om[wire.DP_EPSILON]) - float(tm[wire.DP_EPSILON])) < 1e-9
+    sent = model.state_dict()
+    for k, v in replies["onnx"].array_records[wire.ARRAYS].items():
+        np.testing.assert_array_equal(v.numpy(), sent[k].numpy())
