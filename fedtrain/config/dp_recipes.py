@@ -6,14 +6,14 @@ import functools
 import math
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 if TYPE_CHECKING:
     from fedtrain.config.schema import RunConfig
 
 __all__ = ["check_dp_recipes", "gaussian_epsilon", "normalization_noise", "normalization_segments"]
 
-_ORDERS = np.arange(2.0, 257.0)  # fedtrain.privacy.accountant.RDP_ORDERS (config sits below privacy)
+# fedtrain.privacy.accountant.RDP_ORDERS (config sits below privacy). Plain floats: the config package must import
+# without numpy (fedtrain.deploy's CLI runs on machines that have only the standard library and flwr's extras).
+_ORDERS = tuple(float(a) for a in range(2, 257))
 
 
 def gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
@@ -22,9 +22,10 @@ def gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
     RDP of order a is ``a / (2 z^2)`` exactly; the conversion is Opacus' (Balle et al. 2020) at the same orders,
     so this equals ``epsilon_of("rdp", [(z, 1.0, 1)], delta)`` (tests/test_dp_recipes_accounting.py).
     """
-    a = _ORDERS
-    eps = a / (2 * noise_multiplier**2) - (math.log(delta) + np.log(a)) / (a - 1) + np.log((a - 1) / a)
-    return float(np.nanmin(eps))
+    log_delta = math.log(delta)
+    return min(
+        a / (2 * noise_multiplier**2) - (log_delta + math.log(a)) / (a - 1) + math.log((a - 1) / a) for a in _ORDERS
+    )
 
 
 @functools.lru_cache(maxsize=32)
