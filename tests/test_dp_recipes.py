@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -214,3 +215,32 @@ def test_the_exported_model_is_the_average_not_the_last_iterate(small_config):
     state = RunFolder(run_dir).load_checkpoint("latest")["state"]["strategy"]["server-averaging"]
     iterate, average = state["iterate"], state["average"]
     assert int(state["count"]) == 3 and any(not torch.equal(iterate[k], average[k]) for k in iterate)
+
+
+def test_multiplicity_of_an_identity_augmentation_changes_nothing_under_dp(small_config):
+    # k copies of each record with no shift: averaged before clipping, they are that record's own gradient, so the
+    # clipped sum, the noise and the weights are those of the run without augmentation. Averaging after clipping,
+    # or clipping each copy, would differ wherever a record's gradient is clipped.
+    from fedtrain.results import RunFolder
+    from fedtrain.runtime import run_inprocess
+
+    dp = {"dp_level": "sample", "num_rounds": 1, "dp_max_grad_norm": 0.1, "dp_grad_sample_mode": "hooks"}
+    plain = run_inprocess(small_config(**dp, run_name="plain"))
+    same = run_inprocess(small_config(**dp, augment="shift", augment_shift=0.0, augment_multiplicity=4, run_name="k4"))
+    a, b = (RunFolder(r).load_checkpoint("latest")["arrays"] for r in (plain, same))
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ("augment-multiplicity=4", "nothing to multiply with augment='none'"),
+        ("augment=shift dp-level=sample dp-grad-sample-mode=ghost", "dp-grad-sample-mode='hooks'"),
+        ("normalize=dp-standard dp-level=sample dp-noise-seed=os", "dp-noise-seed='run'"),
+        ("normalize=dp-standard dp-level=sample client-runtime=onnx", "client-runtime='torch'"),
+    ],
+)
+def test_recipe_keys_that_would_be_ignored_or_weaker_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(overrides=overrides)

@@ -308,6 +308,34 @@ def test_noise_from_os_entropy_is_not_reproducible(small_config):
     assert not all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _poisson_masks(cfg, monkeypatch) -> list[list[int]]:
+    """Every Poisson batch Opacus drew in one run of ``cfg`` (its sampler's index lists, in order)."""
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    drawn: list[list[int]] = []
+    original = UniformWithReplacementSampler.__iter__
+
+    def spy(self):
+        for batch in original(self):
+            drawn.append([int(i) for i in batch])
+            yield batch
+
+    monkeypatch.setattr(UniformWithReplacementSampler, "__iter__", spy)
+    run_inprocess(cfg)
+    monkeypatch.setattr(UniformWithReplacementSampler, "__iter__", original)
+    return drawn
+
+
+def test_poisson_sampling_draws_from_the_noise_seed(small_config, monkeypatch):
+    # Under dp-noise-seed=os the batches' membership must not follow from the published seed either, or the
+    # accountant's amplification by subsampling would not hold against whoever knows it.
+    run = small_config(**DP, num_rounds=1)
+    assert _poisson_masks(run, monkeypatch) == _poisson_masks(run, monkeypatch)  # dp-noise-seed=run: reproducible
+    os_seeded = small_config(**DP, dp_noise_seed="os", num_rounds=1)
+    first, second = _poisson_masks(os_seeded, monkeypatch), _poisson_masks(os_seeded, monkeypatch)
+    assert len(first) > 10 and first != second
+
+
 @pytest.mark.parametrize("clipping", ["server", "client", "adaptive-server", "adaptive-client"])
 def test_user_level_dp_runs_every_phase_of_a_pretraining_plan(small_config, clipping):
     cfg = small_config(dp_level="user", dp_user_clipping=clipping, plan="pretrain,finetune", pretrain_rounds=1,

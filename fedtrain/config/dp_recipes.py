@@ -52,9 +52,29 @@ def normalization_segments(cfg: RunConfig) -> list[tuple[float, float, int]]:
     return [(normalization_noise(cfg.data.normalize_dp_share, pc.dp_target_epsilon, pc.dp_delta), 1.0, 1)]
 
 
+def _check_augment(cfg: RunConfig) -> list[str]:
+    """Augmentation keys that would be ignored, or fail only once clients train."""
+    tc, problems = cfg.train, []
+    if tc.augment_multiplicity > 1 and tc.augment == "none":
+        problems.append(
+            f"augment-multiplicity={tc.augment_multiplicity} has nothing to multiply with augment='none': set "
+            "augment='shift' or 'shift-rotate', or augment-multiplicity=1"
+        )
+    if tc.augment != "none" and cfg.sample_dp and cfg.privacy.dp_grad_sample_mode in ("ew", "ghost"):
+        problems.append(
+            f"augment={tc.augment!r} under DP-SGD needs per-sample gradients of the augmented batch: set "
+            f"dp-grad-sample-mode='hooks' (or 'auto'), not {cfg.privacy.dp_grad_sample_mode!r}"
+        )
+    return problems
+
+
 def check_dp_recipes(cfg: RunConfig) -> list[str]:
-    """``normalize=dp-standard`` needs sample-level DP with a finite budget, simulated partitions, no SecAgg+."""
-    problems: list[str] = []
+    """Cross-key rules of the recipe keys: augmentation, and the needs of ``normalize=dp-standard``.
+
+    dp-standard needs sample-level DP with a finite budget, simulated partitions, no SecAgg+, noise from ``seed``
+    and torch clients.
+    """
+    problems = _check_augment(cfg)
     if cfg.data.normalize != "dp-standard":
         return problems
     why = "normalize='dp-standard' spends part of each client's sample-level budget"
@@ -70,4 +90,14 @@ def check_dp_recipes(cfg: RunConfig) -> list[str]:
         )
     if cfg.secagg.secure_aggregation:
         problems.append(f"{why}; it is not yet combined with secure-aggregation=true: use normalize='range'")
+    if cfg.privacy.dp_noise_seed == "os":
+        problems.append(
+            f"{why}; its noise is drawn from `seed` so that every process derives the same normaliser, which "
+            "dp-noise-seed='os' promises not to do: use normalize='range', or dp-noise-seed='run'"
+        )
+    if cfg.runtime.client_runtime == "onnx":
+        problems.append(
+            f"{why}; the ONNX client's accountant does not record the release yet: use normalize='range' or "
+            "client-runtime='torch'"
+        )
     return problems

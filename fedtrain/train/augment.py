@@ -27,14 +27,19 @@ if TYPE_CHECKING:
 
 __all__ = ["Augmented", "augment_images", "augmented", "fold_grad_samples"]
 
+_STREAM = 0x6175_6D65  # separates the augmentations' stream from the call's other draws of the same seed
 
-def augment_images(x: torch.Tensor, *, max_shift: float, max_rotation: float) -> torch.Tensor:
+
+def augment_images(
+    x: torch.Tensor, *, max_shift: float, max_rotation: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A random shift (pixels) and rotation (degrees) of each image in ``x`` of shape ``(B, C, H, W)``."""
     b, _, h, w = x.shape
-    angle = (torch.rand(b) * 2 - 1) * math.radians(max_rotation)
+    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(max_rotation)
     # affine_grid works in [-1, 1] coordinates: one pixel is 2 / size.
-    tx = torch.randint(-int(max_shift), int(max_shift) + 1, (b,)).to(x.dtype) * 2 / w
-    ty = torch.randint(-int(max_shift), int(max_shift) + 1, (b,)).to(x.dtype) * 2 / h
+    shift = int(max_shift)
+    tx = torch.randint(-shift, shift + 1, (b,), generator=generator).to(x.dtype) * 2 / w
+    ty = torch.randint(-shift, shift + 1, (b,), generator=generator).to(x.dtype) * 2 / h
     cos, sin = torch.cos(angle).to(x.dtype), torch.sin(angle).to(x.dtype)
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
     grid = functional.affine_grid(theta, list(x.shape), align_corners=False)
@@ -52,6 +57,8 @@ class Augmented:
     multiplicity: int
     max_shift: float
     max_rotation: float
+    # Its own stream: drawing from torch's default generator would move the DP noise drawn after it.
+    generator: torch.Generator | None = None
 
     @property
     def supervised(self) -> bool:
@@ -64,16 +71,21 @@ class Augmented:
                 f"{tuple(x.shape[1:])}: use augment='none' for tabular data"
             )
         k = self.multiplicity
-        xs = augment_images(x.repeat_interleave(k, 0), max_shift=self.max_shift, max_rotation=self.max_rotation)
+        copies = x.repeat_interleave(k, 0)
+        xs = augment_images(copies, max_shift=self.max_shift, max_rotation=self.max_rotation, generator=self.generator)
         return self.inner(module, xs, y.repeat_interleave(k, 0))
 
 
-def augmented(objective: Objective, settings: TrainConfig) -> Objective:
-    """A supervised ``objective`` on augmented batches when ``augment`` is on, else ``objective`` itself."""
+def augmented(objective: Objective, settings: TrainConfig, *, seed: int = 0) -> Objective:
+    """A supervised ``objective`` on augmented batches when ``augment`` is on, else ``objective`` itself.
+
+    ``seed`` seeds the augmentations' own generator (the call's seed: data-independent, so it may be public).
+    """
     if settings.augment == "none" or not objective.supervised:
         return objective
     rotation = settings.augment_rotation if settings.augment == "shift-rotate" else 0.0
-    return Augmented(objective, settings.augment_multiplicity, settings.augment_shift, rotation)
+    generator = torch.Generator().manual_seed(seed ^ _STREAM)
+    return Augmented(objective, settings.augment_multiplicity, settings.augment_shift, rotation, generator)
 
 
 def fold_grad_samples(params: list[nn.Parameter], multiplicity: int) -> None:

@@ -222,7 +222,7 @@ def run_local(
                 "per-sample gradient at dp-max-grad-norm itself, and its accounting assumes uniform Poisson "
                 "sampling; set clip-grad-norm=0, clip-grad-value=0 and sampler='uniform'"
             )
-    objective = augmented(objective, settings)  # augment: k shifted/rotated copies of each record per batch
+    objective = augmented(objective, settings, seed=seed)  # augment: k shifted/rotated copies of each record
     module.train()
     optimizer = build_optimizer([p for p in module.parameters() if p.requires_grad], settings, lr)
     balanced = objective.supervised and settings.sampler == "weighted"
