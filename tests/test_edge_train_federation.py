@@ -97,6 +97,11 @@ def test_runtime_switch_and_refusals(small_config) -> None:
         check_supported(small_config(dp_level="sample", dp_accountant="prv"))
     with pytest.raises(EdgeModelError, match="pretrain-method='rbm'"):
         check_supported(small_config(plan="pretrain,finetune", pretrain_method="rbm"))
+    # a node that chose onnx in its own node config, in a run whose keys it would not honour
+    with pytest.raises(EdgeModelError, match="augment='shift'"):
+        check_supported(small_config(augment="shift"))
+    with pytest.raises(EdgeModelError, match="normalize='dp-standard'"):
+        check_supported(small_config(dp_level="sample", normalize="dp-standard"))
 
 
 @pytest.mark.slow  # ten graphs to trace (two layers and fine-tuning), then a three-phase run: about a minute

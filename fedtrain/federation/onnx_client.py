@@ -88,6 +88,11 @@ def check_supported(cfg: RunConfig) -> None:
             not cfg.sample_dp or cfg.privacy.dp_accountant == "rdp",
             f"dp-accountant={cfg.privacy.dp_accountant!r} (the device accounts with dp-accounting's RDP)",
         ),
+        "augment": (t.augment == "none", f"augment={t.augment!r} (the graphs take the batch as it is)"),
+        "normalize": (
+            cfg.data.normalize != "dp-standard",
+            "normalize='dp-standard' (the device's accountant does not record the release)",
+        ),
     }
     refused = [why for ok, why in checks.values() if not ok]
     if refused:

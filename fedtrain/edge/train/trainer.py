@@ -209,7 +209,7 @@ def train(
     total, count = 0.0, 0
     for _ in range(settings.local_epochs):
         if dp is not None:
-            batches = [draws.poisson(n, q) for _ in range(round(1 / q))]
+            batches = [draws.poisson(n, q) for _ in range(int(1 / q))]  # Opacus' count: int, as its sampler
         else:
             order = draws.permutation(n)
             batches = [order[i : i + size] for i in range(0, n, size)]
