@@ -157,3 +157,28 @@ def test_budget_guard_declines_as_the_torch_client(small_config, tmp_path: Path)
     sent = model.state_dict()
     for k, v in replies["onnx"].array_records[wire.ARRAYS].items():
         np.testing.assert_array_equal(v.numpy(), sent[k].numpy())
+
+
+def test_the_shipped_client_app_loads_where_torch_cannot_be_imported() -> None:
+    # A torch-free SuperNode loads clients.client_app:app (what flwr runs); each node picks its handlers at its
+    # first message, so only a node on client-runtime='torch' ever imports torch.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'opacus', 'sklearn'): sys.modules[m] = None\n"
+        "import clients.client_app as c\n"
+        "from fedtrain.federation.apps import _handlers\n"
+        "from flwr.app import Context, RecordDict\n"
+        "node = {'client-runtime': 'onnx'}\n"
+        "ctx = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})\n"
+        "train, _ = _handlers(ctx)\n"
+        "assert train.__module__ == 'fedtrain.federation.onnx_client', train.__module__\n"
+        "print(type(c.app).__name__)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ClientApp"

@@ -7,15 +7,36 @@ imports the app folders.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedtrain.federation.client import handle_evaluate, handle_train
 from fedtrain.federation.secagg_client import secagg_mod
 from fedtrain.privacy.client_mods import user_dp_clipping_mod
 
 __all__ = ["build_client_app", "build_server_app"]
+
+
+Handler = Callable[[Message, Context], Message]
+
+
+def _handlers(context: Context) -> tuple[Handler, Handler]:
+    """This node's handlers, imported at its first message: torch + Opacus, or ONNX Runtime on a node without torch.
+
+    Chosen by the node config's ``client-runtime`` (else the run's); importing the torch handlers at load time would
+    keep a torch-free SuperNode from loading this ClientApp at all.
+    """
+    from fedtrain.federation.onnx_client import device_config, runtime_of
+
+    if runtime_of(device_config(context.run_config), context.node_config) == "onnx":
+        from fedtrain.federation import onnx_client
+
+        return onnx_client.handle_train, onnx_client.handle_evaluate
+    from fedtrain.federation import client
+
+    return client.handle_train, client.handle_evaluate
 
 
 def build_client_app() -> ClientApp:
@@ -27,12 +48,12 @@ def build_client_app() -> ClientApp:
     @app.train(mods=[secagg_mod, user_dp_clipping_mod])
     def train(msg: Message, context: Context) -> Message:
         """Train the global model on this node's local data."""
-        return handle_train(msg, context)
+        return _handlers(context)[0](msg, context)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         """Evaluate the global model on this node's local evaluation share."""
-        return handle_evaluate(msg, context)
+        return _handlers(context)[1](msg, context)
 
     return app
 
