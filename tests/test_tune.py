@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,7 +61,9 @@ def test_search_selects_on_validation_and_composes_every_trials_privacy(tmp_path
         for pid, c in json.loads((run / "privacy.json").read_text())["sample"]["clients"].items():
             histories.setdefault(pid, []).extend((s["noise_multiplier"], s["sample_rate"], s["steps"])
                                                  for s in c["segments"])  # fmt: skip
-    assert privacy["epsilon_search"] == pytest.approx(max(epsilon_of("rdp", h, 1e-5) for h in histories.values()))
+    # Worst client per trial is at least each client's own composition (same partitions here), and close to it.
+    per_client = max(epsilon_of("rdp", h, 1e-5) for h in histories.values())
+    assert per_client <= privacy["epsilon_search"] < 1.1 * per_client
     assert "together spend" in privacy["statement"]
     best = load_config(file=result.folder / "best.toml")
     assert best.train.learning_rate == pytest.approx(result.best_params["learning-rate"])
@@ -78,3 +81,30 @@ def test_tune_without_a_validation_split_is_refused(tmp_path):
     base = load_config(overrides=f"{SMALL} val-fraction=0")
     with pytest.raises(ConfigError, match="val-fraction"):
         run_tune(base, parse_space("learning-rate=float:0.1:0.2"), trials=1, out_dir=tmp_path)
+
+
+def test_the_search_composes_each_trials_worst_client_when_partitions_differ(tmp_path):
+    # Two trials whose partitions swap a large and a small client: composing by partition id would pair each
+    # client's large-q history with a small-q one; a record that sat with the large client both times spends twice
+    # the large history, which is what the search must report.
+    from fedtrain.tune.privacy import search_privacy
+
+    big, small = (1.0, 0.5, 40), (1.0, 0.05, 40)
+
+    def trial(name: str, first: tuple, second: tuple) -> Path:
+        run = tmp_path / name
+        run.mkdir()
+        clients = {
+            pid: {"segments": [{"noise_multiplier": z, "sample_rate": q, "steps": n}],
+                  "epsilon": epsilon_of("rdp", [(z, q, n)], 1e-5)}
+            for pid, (z, q, n) in (("0", first), ("1", second))
+        }  # fmt: skip
+        (run / "privacy.json").write_text(json.dumps({"sample": {"clients": clients}}))
+        return run
+
+    cfg = load_config(overrides="dp-level=sample")
+    out = search_privacy(cfg, [trial("a", big, small), trial("b", small, big)])
+    assert out["epsilon_search"] == pytest.approx(epsilon_of("rdp", [big, big], 1e-5), rel=1e-9)
+    assert out["epsilon_search"] > epsilon_of("rdp", [big, small], 1e-5)  # what composing by partition id gave
+    (tmp_path / "c").mkdir()  # a trial that recorded no DP history: no finite epsilon for the search
+    assert search_privacy(cfg, [tmp_path / "a", tmp_path / "c"])["epsilon_search"] == float("inf")

@@ -72,15 +72,27 @@ def _rdp_per_step(sigma: float, q: float) -> np.ndarray:
     return out
 
 
+def rdp_curve(history: list[tuple[float, float, int]]) -> np.ndarray:
+    """The RDP of a ``(sigma, q, steps)`` history at every order of :data:`RDP_ORDERS` (composition adds them)."""
+    curve = np.zeros(len(RDP_ORDERS))
+    for sigma, q, steps in history:
+        curve = curve + _rdp_per_step(float(sigma), float(q)) * steps
+    return curve
+
+
+def epsilon_from_rdp(curve: np.ndarray, delta: float) -> float:
+    """Epsilon of an RDP curve at :data:`RDP_ORDERS`, converted as Opacus does (Balle et al. 2020)."""
+    from fedtrain.privacy.opacus_api import rdp_privacy_spent  # Opacus only when an epsilon is asked for
+
+    with _loose_orders_ok():
+        eps, _ = rdp_privacy_spent(orders=list(RDP_ORDERS), rdp=curve, delta=delta)
+    return float(eps)
+
+
 @ACCOUNTANTS.register("rdp")
 def _rdp(history: list[tuple[float, float, int]], delta: float) -> float:
     """Renyi DP (Mironov 2017) at :data:`RDP_ORDERS`, converted as Opacus does (Balle et al. 2020)."""
-    from fedtrain.privacy.opacus_api import rdp_privacy_spent  # Opacus only when an epsilon is asked for
-
-    rdp = sum(_rdp_per_step(float(sigma), float(q)) * steps for sigma, q, steps in history)
-    with _loose_orders_ok():
-        eps, _ = rdp_privacy_spent(orders=list(RDP_ORDERS), rdp=rdp, delta=delta)
-    return float(eps)
+    return epsilon_from_rdp(rdp_curve(history), delta)
 
 
 @ACCOUNTANTS.register("prv")
