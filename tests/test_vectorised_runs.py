@@ -136,3 +136,16 @@ def test_the_sweep_runs_on_the_vectorised_exchange_when_it_covers_the_plan():
     assert _vectorised(flat)["round-exchange"] == "vectorised"
     assert _vectorised({**flat, "dropout": 0.1})["round-exchange"] == "message"  # not covered: as configured
     assert _vectorised({**flat, "round-exchange": "secaggplus"})["round-exchange"] == "secaggplus"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"strategy": "fedprox", "proximal_mu": 0.1, "fraction_train": 0.67},
+        {"model": "cnn", "cnn_channels": "4", "cnn_groups": 2, "num_rounds": 1, **DP},
+    ],
+    ids=["fedprox-sampled", "cnn-dp"],
+)
+def test_strategies_sampling_and_the_cnn_run_the_same(small_config, overrides):
+    seq, vec = _both(small_config, **overrides)
+    _assert_equal_runs(seq, vec)
