@@ -44,7 +44,7 @@ REPORT_ARMS = {
 
 
 def _run(changes: dict, seed: int, out: Path) -> dict:
-    cfg = load_config(base=preset("main"), overrides={**QUIET, **changes, "seed": seed, "out-dir": str(out)})
+    cfg = load_config(preset=preset("main"), overrides={**QUIET, **changes, "seed": seed, "out-dir": str(out)})
     t0 = time.perf_counter()
     run_dir = run_inprocess(cfg)
     wall = time.perf_counter() - t0

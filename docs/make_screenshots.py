@@ -29,7 +29,7 @@ def main() -> None:
         sys.exit(f"error: {NO_CHROMIUM}")
     out = ROOT / "docs" / "img" / "report.png"
     with tempfile.TemporaryDirectory() as tmp:
-        run = run_inprocess(load_config(base=preset("main"), overrides={**OVERRIDES, "out-dir": tmp}))
+        run = run_inprocess(load_config(preset=preset("main"), overrides={**OVERRIDES, "out-dir": tmp}))
         with open_page(run / "report.html", 1000, 1250) as (page, _):
             page.screenshot(path=str(out))  # the top of the page: headline, privacy statement, provenance
     print(out)

@@ -57,18 +57,17 @@ def _resolve(args: argparse.Namespace, extra: dict | None = None):
         folder = RunFolder.open(args.resume)
         base = load_config(file=folder.path / "config.toml").to_flat()
         overrides["resume-dir"] = str(folder.path)
-    elif getattr(args, "preset", "none") != "none":
-        base = _preset_base(args)
+    preset = None if base is not None else _preset_keys(args)
     overrides.update(extra or {})
-    return load_config(base=base, file=args.config, overrides=overrides)
+    return load_config(base=base, preset=preset, file=args.config, overrides=overrides)
 
 
-def _preset_base(args: argparse.Namespace) -> dict[str, Any] | None:
-    """``fedtrain run``'s base: the main job when no config is given (``--preset auto``), or the named preset."""
+def _preset_keys(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``fedtrain run``'s preset: the main job when no config is given (``--preset auto``), or the one named."""
     from fedtrain.config.presets import preset
     from fedtrain.logging import get_logger
 
-    name = args.preset
+    name = getattr(args, "preset", "none")
     if name == "auto":
         name = "none" if (args.config or args.run_config) else "main"
     if name == "none":

@@ -45,6 +45,16 @@ def test_fedtrain_config_prints_what_fedtrain_run_runs(capsys):
     assert 'plan = "finetune"' in capsys.readouterr().out
 
 
+def test_preset_keys_count_as_set_and_other_budgets_keep_the_whole_path():
+    # At epsilon 1 the DP defaults would switch an unset model to the linear recipe (15 rounds, batch 64); the
+    # preset's keys are set, and layer-wise pretraining keeps its MLP.
+    cfg = _cfg("--preset", "main", "--run-config", "dp-target-epsilon=1")
+    assert cfg.model.model == "mlp" and cfg.phases == ["pretrain", "finetune", "export"]
+    assert cfg.strategy.num_rounds == 30 and cfg.train.batch_size == 16
+    plain = load_config(overrides="dp-level=sample dp-target-epsilon=1 plan=pretrain,finetune")
+    assert plain.model.model == "mlp"  # pretraining needs the MLP: the small-budget recipe steps aside
+
+
 def test_an_unknown_preset_is_refused_in_one_line(capsys):
     with pytest.raises(ConfigError, match="unknown preset 'fast'; choose one of main, none"):
         preset("fast")
@@ -81,7 +91,7 @@ def test_the_report_states_what_pretraining_bought_for_the_preset_itself():
     from fedtrain.results.report import _pretraining_note
 
     summary = {
-        "config": {**load_config(base=preset("main")).to_flat()},
+        "config": {**load_config(preset=preset("main")).to_flat()},
         "pretraining": {"rounds": 5, "layers": 1, "epsilon_after": 1.5, "steps_after": 20, "steps_total": 230},
         "privacy": {"sample": {"epsilon_max": 3.0}},
     }

@@ -67,10 +67,15 @@ NONE_APPLIED = "none"
 
 
 def _small_budget(cfg: RunConfig, user_set: Set[str]) -> bool:
-    """Whether the small-budget recipe applies: a sample-level target below SMALL_EPSILON, a linear or unset model."""
+    """Whether the small-budget recipe applies.
+
+    It needs a sample-level target below SMALL_EPSILON, a linear or unset model, and no layer-wise pretraining
+    (which needs the MLP that the linear recipe replaces).
+    """
     pc = cfg.privacy
     small = pc.dp_target_epsilon < SMALL_EPSILON and pc.dp_noise_multiplier == 0
-    return cfg.sample_dp and small and ("model" not in user_set or cfg.model.model == "linear")
+    free_model = ("model" not in user_set or cfg.model.model == "linear") and "pretrain" not in cfg.phases
+    return cfg.sample_dp and small and free_model
 
 
 def _table(cfg: RunConfig, user_set: Set[str] = frozenset()) -> dict[str, Any]:

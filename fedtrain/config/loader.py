@@ -382,8 +382,12 @@ def load_config(
     file: str | Path | None = None,
     overrides: Mapping[str, Any] | str | None = None,
     base: Mapping[str, Any] | None = None,
+    preset: Mapping[str, Any] | None = None,
 ) -> RunConfig:
-    """Return the validated config: defaults, then ``base``, then ``file``, then ``overrides``.
+    """Return the validated config: defaults, then ``base``, then ``preset``, then ``file``, then ``overrides``.
+
+    A ``preset``'s keys (:mod:`fedtrain.config.presets`) count as set, as the file's and the overrides' do, so the
+    DP defaults never replace them; ``base`` keys count as set only with a value other than the generic default.
 
     Under DP, the keys the user did not set then take DP-suited defaults
     (:mod:`fedtrain.config.dp_defaults`); the result records them in ``dp-defaults-applied`` and
@@ -401,7 +405,7 @@ def load_config(
         overrides = parse_overrides(overrides)
     if overrides:
         given.update(overrides)
-    values: dict[str, Any] = {**(base or {}), **given}
+    values: dict[str, Any] = {**(base or {}), **(preset or {}), **given}
 
     keys = flat_keys()
     problems: list[str] = []
@@ -423,7 +427,7 @@ def load_config(
     if problems:
         raise ConfigError(problems)
     cfg = RunConfig(**{s: cls(**per_section[s]) for s, cls in SECTIONS.items()})
-    cfg = apply_dp_defaults(cfg, _user_set(given, base, checked))
+    cfg = apply_dp_defaults(cfg, _user_set({**(preset or {}), **given}, base, checked))
     problems = _cross_checks(cfg)
     if problems:
         raise ConfigError(problems)

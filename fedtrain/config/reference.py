@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fedtrain.config.dp_defaults import DP_DEFAULTS, SAMPLE_DP_DEFAULTS
+from fedtrain.config.dp_defaults import DP_DEFAULTS, SAMPLE_DP_DEFAULTS, SMALL_EPSILON, SMALL_EPSILON_DP_DEFAULTS
 from fedtrain.config.loader import flat_keys, toml_value
 from fedtrain.config.schema import SECTIONS, RunConfig
 
@@ -74,7 +74,16 @@ def _dp_defaults_section(defaults: Mapping[str, Any]) -> list[str]:
         "| key | generic default | DP default | applies under |",
         "|---|---|---|---|",
     ]
-    for table, levels in ((DP_DEFAULTS, "`sample`, `user`, `both`"), (SAMPLE_DP_DEFAULTS, "`sample`, `both`")):
+    small = (
+        f"`sample`, `both` with `dp-target-epsilon` < {SMALL_EPSILON:g} (no fixed sigma), the model unset or "
+        "`linear`, no `pretrain` in the plan"
+    )
+    tables = (
+        (DP_DEFAULTS, "`sample`, `user`, `both`"),
+        (SAMPLE_DP_DEFAULTS, "`sample`, `both`"),
+        (SMALL_EPSILON_DP_DEFAULTS, small),
+    )
+    for table, levels in tables:
         for key, value in table.items():
             lines.append(f"| `{key}` | `{toml_value(defaults[key])}` | `{toml_value(value)}` | {levels} |")
     lines += [
