@@ -149,3 +149,15 @@ def test_the_sweep_runs_on_the_vectorised_exchange_when_it_covers_the_plan():
 def test_strategies_sampling_and_the_cnn_run_the_same(small_config, overrides):
     seq, vec = _both(small_config, **overrides)
     _assert_equal_runs(seq, vec)
+
+
+def test_a_resumed_dp_run_equals_the_straight_sequential_run(small_config):
+    # The clients' Context.state is gone after the restart: the vectorised path rebuilds each accountant from the
+    # history the server sends back, as the ClientApp does.
+    straight = _outcome(run_inprocess(small_config(num_rounds=3, **DP)))
+    first = run_inprocess(small_config(num_rounds=1, round_exchange="vectorised", **DP))
+    resumed = _outcome(run_inprocess(small_config(num_rounds=3, round_exchange="vectorised", resume_dir=str(first),
+                                                  **DP)))  # fmt: skip
+    assert resumed[1]["privacy"] == straight[1]["privacy"]
+    for k in straight[2]:
+        np.testing.assert_allclose(resumed[2][k], straight[2][k], atol=1e-5)
