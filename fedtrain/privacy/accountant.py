@@ -13,11 +13,11 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
+from fedtrain.dp_history import DPHistory
 from fedtrain.registry import Registry
 
 __all__ = ["ACCOUNTANTS", "RDP_ORDERS", "Accountant", "ClientAccountant", "epsilon_of"]
@@ -107,47 +107,14 @@ def _prv(history: list[tuple[float, float, int]], delta: float) -> float:
 
 
 @dataclass
-class ClientAccountant:
-    """History of one client's DP-SGD steps and the epsilon they spend."""
-
-    mechanism: str
-    history: list[tuple[float, float, int]] = field(default_factory=list)
+class ClientAccountant(DPHistory):
+    """History of one client's DP-SGD steps and the epsilon they spend, by the accountant ``mechanism``."""
 
     def __post_init__(self) -> None:
         ACCOUNTANTS.get(self.mechanism)  # a ConfigError naming the choices
 
-    @property
-    def steps(self) -> int:
-        return sum(s for _, _, s in self.history)
-
-    def record(self, noise_multiplier: float, sample_rate: float, steps: int) -> None:
-        """Add ``steps`` DP-SGD steps; segments with the same (sigma, q) are merged (PRV slows with segments)."""
-        if steps <= 0:
-            return
-        if self.history and self.history[-1][:2] == (noise_multiplier, sample_rate):
-            sigma, q, n = self.history[-1]
-            self.history[-1] = (sigma, q, n + steps)
-        else:
-            self.history.append((noise_multiplier, sample_rate, steps))
-
-    def epsilon(self, delta: float, extra: tuple[float, float, int] | None = None) -> float:
-        """Epsilon spent so far, or after ``extra`` more steps (a projection; nothing is recorded)."""
-        history = list(self.history) + ([extra] if extra and extra[2] > 0 else [])
-        if not history:
-            return 0.0
+    def spent(self, history: list[tuple[float, float, int]], delta: float) -> float:
         return epsilon_of(self.mechanism, history, delta)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "mechanism": self.mechanism,
-            "sigma": [float(a) for a, _, _ in self.history],
-            "q": [float(b) for _, b, _ in self.history],
-            "steps": [int(c) for _, _, c in self.history],
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> ClientAccountant:
-        return cls(str(state["mechanism"]), list(zip(state["sigma"], state["q"], state["steps"], strict=True)))
 
 
 def epsilon_of(mechanism: str, history: list[tuple[float, float, int]], delta: float) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from fedtrain.dp_history import search_sigma
 from fedtrain.errors import ConfigError
 from fedtrain.privacy.accountant import epsilon_of
 
@@ -55,13 +56,4 @@ def calibrate_noise(
     def spent(sigma: float) -> float:
         return epsilon_of(mechanism, [*fixed, *((sigma, q, n) for q, n in segments)], delta)
 
-    low, high = 0.0, 1.0
-    while spent(high) > target_epsilon:
-        low, high = high, 2 * high
-    while high - low > 1e-6 and target_epsilon - spent(high) > tolerance:
-        mid = (low + high) / 2
-        if spent(mid) > target_epsilon:
-            low = mid
-        else:
-            high = mid
-    return high
+    return search_sigma(spent, target_epsilon, tolerance)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from fedtrain.dp_history import DPHistory, search_sigma
 from fedtrain.edge.errors import EdgeModelError
 
 __all__ = ["RDP_ORDERS", "EdgeAccountant", "calibrate_noise", "rdp_epsilon"]
@@ -61,14 +61,11 @@ def rdp_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> fl
 
 
 @dataclass
-class EdgeAccountant:
+class EdgeAccountant(DPHistory):
     """One device's DP-SGD history and its epsilon.
 
     ``fedtrain.privacy.accountant.ClientAccountant``'s history, merging and state, with dp-accounting's epsilon.
     """
-
-    mechanism: str
-    history: list[tuple[float, float, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.mechanism != "rdp":
@@ -77,37 +74,8 @@ class EdgeAccountant:
                 "Opacus'); set dp-accountant='rdp' or client-runtime='torch'"
             )
 
-    @property
-    def steps(self) -> int:
-        return sum(s for _, _, s in self.history)
-
-    def record(self, noise_multiplier: float, sample_rate: float, steps: int) -> None:
-        """Add ``steps`` steps; a segment of the same (sigma, q) as the last is merged into it."""
-        if steps <= 0:
-            return
-        if self.history and self.history[-1][:2] == (noise_multiplier, sample_rate):
-            sigma, q, n = self.history[-1]
-            self.history[-1] = (sigma, q, n + steps)
-        else:
-            self.history.append((noise_multiplier, sample_rate, steps))
-
-    def epsilon(self, delta: float, extra: tuple[float, float, int] | None = None) -> float:
-        """Epsilon spent so far, or after ``extra`` more steps (a projection; nothing is recorded)."""
-        history = list(self.history) + ([extra] if extra and extra[2] > 0 else [])
-        return rdp_epsilon(history, delta) if history else 0.0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "mechanism": self.mechanism,
-            "sigma": [float(a) for a, _, _ in self.history],
-            "q": [float(b) for _, b, _ in self.history],
-            "steps": [int(c) for _, _, c in self.history],
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any]) -> EdgeAccountant:
-        history = zip(state["sigma"], state["q"], state["steps"], strict=True)
-        return cls(str(state["mechanism"]), [(float(s), float(q), int(n)) for s, q, n in history])
+    def spent(self, history: list[tuple[float, float, int]], delta: float) -> float:
+        return rdp_epsilon(history, delta)
 
 
 def calibrate_noise(
@@ -132,13 +100,4 @@ def calibrate_noise(
             f"dp-target-epsilon={target_epsilon} is too small for {sum(n for _, n in segments)} steps: the smallest "
             f"epsilon reachable with this plan is about {floor:.3g}; raise the budget or plan fewer rounds or epochs"
         )
-    low, high = 0.0, 1.0
-    while spent(high) > target_epsilon:
-        low, high = high, 2 * high
-    while high - low > 1e-6 and target_epsilon - spent(high) > tolerance:
-        mid = (low + high) / 2
-        if spent(mid) > target_epsilon:
-            low = mid
-        else:
-            high = mid
-    return high
+    return search_sigma(spent, target_epsilon, tolerance)
