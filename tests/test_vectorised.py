@@ -204,3 +204,18 @@ def test_clients_are_chunked_by_memory_and_chunks_change_nothing():
 def test_ghost_clipping_matches(mode):
     # auto picks ghost clipping for an MLP at batch-size >= 128; Opacus sums the same clipped per-sample gradients
     _assert_same(*_replies({**DP, "dp-grad-sample-mode": mode, "batch-size": 128}))
+
+
+def test_poisson_masks_come_from_the_noise_seed_not_the_run_seed():
+    import numpy as np
+
+    from fedtrain.config import TrainConfig
+    from fedtrain.train.batched import ClientJob, DPSettings, _poisson_batches
+
+    job = ClientJob(x=np.zeros((50, 2), np.float32), y=np.zeros(50, np.int64), seed=1, class_weight=torch.ones(2),
+                    noise_seed=987654321, noise_multiplier=1.0)  # fmt: skip
+    batches, _ = _poisson_batches(job, TrainConfig(batch_size=10), {"w": torch.Size([2])}, DPSettings(1.0))
+    gen = torch.Generator().manual_seed(987654321)
+    torch.empty((), dtype=torch.int64).random_(generator=gen)
+    first = (torch.rand(50, generator=gen) < 0.2).nonzero().reshape(-1)
+    assert torch.equal(batches[0], first)

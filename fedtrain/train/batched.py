@@ -36,9 +36,9 @@ class ClientJob:
 
     x: np.ndarray
     y: np.ndarray
-    seed: int  # the loader's seed (batch order, Poisson masks)
+    seed: int  # the loader's seed (batch order without DP)
     class_weight: torch.Tensor
-    noise_seed: int = 0  # DP-SGD: the seed of the noise generator
+    noise_seed: int = 0  # DP-SGD: the seed of the Poisson masks and the noise
     noise_multiplier: float = 0.0
 
 
@@ -98,12 +98,16 @@ def _plain_batches(job: ClientJob, cfg: TrainConfig) -> list[torch.Tensor]:
 def _poisson_batches(
     job: ClientJob, cfg: TrainConfig, shapes: dict[str, torch.Size], dp: DPSettings
 ) -> tuple[list[torch.Tensor], list[Params | None]]:
-    """Opacus' draws: masks from the loader's generator (a base seed per epoch first), noise per non-empty step."""
+    """Opacus' draws: masks from the loader's generator (a base seed per epoch first), noise per non-empty step.
+
+    Both generators start from the noise seed: the private session reseeds the loader's generator with it, so
+    under ``dp-noise-seed=os`` no mask follows from the public run seed (fedtrain.privacy.dp_sgd).
+    """
     n = len(job.y)
     size = n if cfg.batch_size == 0 else min(cfg.batch_size, n)
     q = 1 / math.ceil(n / size)  # 1 / len(loader), as make_private sets it
     steps = int(1 / q)
-    loader_gen = torch.Generator().manual_seed(job.seed)
+    loader_gen = torch.Generator().manual_seed(job.noise_seed)
     noise_gen = torch.Generator().manual_seed(job.noise_seed)
     std = job.noise_multiplier * dp.max_grad_norm
     batches: list[torch.Tensor] = []
