@@ -142,13 +142,15 @@ def test_the_sweep_runs_on_the_vectorised_exchange_when_it_covers_the_plan():
     "overrides",
     [
         {"strategy": "fedprox", "proximal_mu": 0.1, "fraction_train": 0.67},
+        {"server_averaging": "ema", "server_ema_decay": 0.5, "num_rounds": 3},
         {"model": "cnn", "cnn_channels": "4", "cnn_groups": 2, "num_rounds": 1, **DP},
     ],
-    ids=["fedprox-sampled", "cnn-dp"],
+    ids=["fedprox-sampled", "server-ema", "cnn-dp"],
 )
-def test_strategies_sampling_and_the_cnn_run_the_same(small_config, overrides):
+def test_strategies_sampling_and_the_cnn_run_the_same(small_config, fedtrain_log, overrides):
     seq, vec = _both(small_config, **overrides)
     _assert_equal_runs(seq, vec)
+    assert not [line for line in fedtrain_log if "round-exchange=vectorised" in line]  # trained batched
 
 
 def test_a_resumed_dp_run_equals_the_straight_sequential_run(small_config):

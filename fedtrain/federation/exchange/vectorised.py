@@ -67,6 +67,7 @@ HANDLED = frozenset(
     # the server's side: strategies, evaluation, stopping, outputs, export
     "round-exchange strategy num-rounds fraction-train fraction-evaluate min-clients proximal-mu "
     "server-learning-rate server-momentum server-eta server-tau trimmed-beta krum-malicious "
+    "server-averaging server-ema-decay server-averaging-start "
     "early-stopping-patience early-stopping-min-delta runtime seed torch-threads round-timeout inprocess-workers "
     "out-dir run-name resume-dir progress report "
     "secagg-num-shares secagg-reconstruction-threshold secagg-clipping-range secagg-quantization-range "
