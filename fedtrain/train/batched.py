@@ -219,14 +219,16 @@ def _train_chunk(
     step_grads = _plain_step(module, fixed, anchor, cfg, mu) if dp is None else _private_step(module, fixed, cfg, dp)
     rows = torch.arange(k).unsqueeze(1)
     ebs = torch.tensor([_expected_batch(len(j.y), cfg) for j in jobs], dtype=torch.float32)
+    taken = torch.zeros(k, dtype=torch.long)  # steps each client has taken (an empty Poisson batch takes none)
     for s in range(index.shape[0]):
+        taken = taken + active[s].to(torch.long)
         x, y, m = xs[rows, index[s]], ys[rows, index[s]], mask[s].to(xs.dtype)
         grads, loss = step_grads(params, x, y, m, weights)
         if dp is not None:
             grads = _noised(grads, noise, s, active[s], ebs)
         elif cfg.clip_grad_value > 0 or cfg.clip_grad_norm > 0:
             grads = clip_grads(grads, cfg)
-        params, state = opt.step(params, grads, state, lr, s + 1, active[s], cfg)
+        params, state = opt.step(params, grads, state, lr, taken.clamp(min=1), active[s], cfg)
         if dp is not None and (mu > 0 or cfg.l1 > 0):  # decoupled penalty steps after each private step
             params = _penalty_step(params, anchor, active[s], lr, mu, cfg.l1)
         n = m.sum(1).to(torch.float64)

@@ -33,12 +33,12 @@ def _where(active: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.
 class FunctionalOptimizer:
     """``init(params) -> state`` and ``step(params, grads, state, lr, t, active) -> (params, state)``.
 
-    ``t`` is the 1-based step of every active client (all clients step from the first batch on, so the
-    active ones share it).
+    ``t`` holds each client's own 1-based count of the steps it has taken, this one included: under DP-SGD a
+    client skips the step of an empty Poisson batch, and torch.optim's bias corrections count only real steps.
     """
 
     init: Callable[[Params], State]
-    step: Callable[[Params, Params, State, float, int, torch.Tensor, TrainConfig], tuple[Params, State]]
+    step: Callable[[Params, Params, State, float, torch.Tensor, torch.Tensor, TrainConfig], tuple[Params, State]]
 
 
 def _zeros(*names: str) -> Callable[[Params], State]:
@@ -51,13 +51,13 @@ def _decayed(g: torch.Tensor, p: torch.Tensor, cfg: TrainConfig) -> torch.Tensor
 
 def _sgd_family(momentum: bool, nesterov: bool) -> FunctionalOptimizer:
     def step(
-        params: Params, grads: Params, state: State, lr: float, t: int, active: torch.Tensor, cfg: TrainConfig
+        params: Params, grads: Params, state: State, lr: float, t: torch.Tensor, active: torch.Tensor, cfg: TrainConfig
     ) -> tuple[Params, State]:
         new_p, new_buf = {}, {}
         for k, p in params.items():
             g = _decayed(grads[k], p, cfg)
             if momentum and cfg.momentum != 0:
-                buf = g.clone() if t == 1 else cfg.momentum * state["buf"][k] + g  # torch's first step: buf = g
+                buf = cfg.momentum * state["buf"][k] + g  # from a zero buffer: torch's first step, buf = g
                 new_buf[k] = _where(active, buf, state["buf"][k])
                 g = g + cfg.momentum * buf if nesterov else buf
             new_p[k] = _where(active, p - lr * g, p)
@@ -67,7 +67,7 @@ def _sgd_family(momentum: bool, nesterov: bool) -> FunctionalOptimizer:
 
 
 def _adagrad_step(
-    params: Params, grads: Params, state: State, lr: float, t: int, active: torch.Tensor, cfg: TrainConfig
+    params: Params, grads: Params, state: State, lr: float, t: torch.Tensor, active: torch.Tensor, cfg: TrainConfig
 ) -> tuple[Params, State]:
     new_p, new_sum = {}, {}
     for k, p in params.items():
@@ -79,7 +79,7 @@ def _adagrad_step(
 
 
 def _rmsprop_step(
-    params: Params, grads: Params, state: State, lr: float, t: int, active: torch.Tensor, cfg: TrainConfig
+    params: Params, grads: Params, state: State, lr: float, t: torch.Tensor, active: torch.Tensor, cfg: TrainConfig
 ) -> tuple[Params, State]:
     alpha, eps = 0.99, 1e-8
     new_p: Params = {}
@@ -104,12 +104,13 @@ def _adam_family(decoupled: bool) -> FunctionalOptimizer:
     b1, b2, eps = 0.9, 0.999, 1e-8
 
     def step(
-        params: Params, grads: Params, state: State, lr: float, t: int, active: torch.Tensor, cfg: TrainConfig
+        params: Params, grads: Params, state: State, lr: float, t: torch.Tensor, active: torch.Tensor, cfg: TrainConfig
     ) -> tuple[Params, State]:
         new_p: Params = {}
         new_state: State = {"m": {}, "v": {}}
-        c1, c2 = 1 - b1**t, 1 - b2**t
         for k, p in params.items():
+            shape = (-1, *([1] * (p.dim() - 1)))  # each client's own step count, over its parameters
+            c1, c2 = (1 - b1 ** t.to(p.dtype)).view(shape), (1 - b2 ** t.to(p.dtype)).view(shape)
             g = grads[k]
             if decoupled:
                 p_dec = p * (1 - lr * cfg.weight_decay)
