@@ -21,9 +21,15 @@ def _outcome(run_dir):
     return [r["test_accuracy"] for r in RunFolder(run_dir).read_metrics()], summary, arrays
 
 
-def test_two_workers_give_the_same_dp_run(small_config):
+def test_two_workers_give_the_same_dp_run(small_config, monkeypatch):
+    from fedtrain.runtime.pool import ClientPool
+
     one = _outcome(run_inprocess(small_config(num_rounds=2, **DP)))
+    calls: list[int] = []
+    run = ClientPool.run
+    monkeypatch.setattr(ClientPool, "run", lambda self, pairs: calls.append(len(pairs)) or run(self, pairs))
     two = _outcome(run_inprocess(small_config(num_rounds=2, inprocess_workers=2, **DP)))
+    assert sum(calls) >= 2 * 3  # every train message of both rounds went through the worker processes
     assert one[0] == two[0] and one[1]["privacy"] == two[1]["privacy"]  # Context.state came back from the workers
     for k in one[2]:
         np.testing.assert_array_equal(np.asarray(one[2][k]), np.asarray(two[2][k]))

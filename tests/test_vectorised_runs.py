@@ -62,10 +62,11 @@ def test_a_run_equals_the_sequential_run(small_config, fedtrain_log):
     assert not [line for line in fedtrain_log if "round-exchange=vectorised" in line]  # nothing fell back
 
 
-def test_a_dp_run_equals_the_sequential_run_epsilon_per_client(small_config):
+def test_a_dp_run_equals_the_sequential_run_epsilon_per_client(small_config, fedtrain_log):
     seq, vec = _both(small_config, num_rounds=3, **DP)
     _assert_equal_runs(seq, vec)
     assert vec[1]["privacy"] == seq[1]["privacy"]  # every client's epsilon, delta, accountant
+    assert not [line for line in fedtrain_log if "round-exchange=vectorised" in line]  # nothing fell back
 
 
 def test_pretraining_rounds_fall_back_and_finetuning_rounds_do_not(small_config, fedtrain_log):
