@@ -70,7 +70,9 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     """
     builder = MODELS.get(cfg.model)
     with torch.random.fork_rng():
-        torch.manual_seed(seed)
+        # The CPU generator only: torch.manual_seed also formats a stack trace per lazy accelerator backend
+        # (milliseconds per client and message); models are built on the CPU.
+        torch.random.default_generator.manual_seed(seed)
         model = builder(cfg, input_shape, num_classes)
         initialize(model, cfg.init, cfg.activation)
     return model

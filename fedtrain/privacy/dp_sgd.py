@@ -132,7 +132,7 @@ class PrivateTraining:
         if self.grad_sample_mode == "ghost" and criterion is None:
             raise ModelError("dp-grad-sample-mode='ghost' needs a supervised loss; use 'hooks' for per-sample losses")
         with torch.random.fork_rng(), warnings.catch_warnings():
-            torch.manual_seed(self.noise_seed)  # noise and the objective's own draws
+            torch.random.default_generator.manual_seed(self.noise_seed)  # noise, the objective's draws (CPU)
             if session.loader.generator is not None:  # Opacus' Poisson sampler draws from the loader's generator
                 session.loader.generator.manual_seed(self.noise_seed)  # (the same seed unless dp-noise-seed=os)
             # Known and documented (docs/privacy.md): noise from torch's PRNG, not a CSPRNG; and the
