@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fedtrain.config import RunConfig, load_config
+from fedtrain.logging import get_logger
 
 SMALL = {
     "num-clients": 3,
@@ -37,3 +40,14 @@ def _own_data_cache(tmp_path_factory):
     import os
 
     os.environ.setdefault("FEDTRAIN_CACHE_DIR", str(tmp_path_factory.mktemp("fedtrain-cache")))
+
+
+@pytest.fixture
+def fedtrain_log() -> Iterator[list[str]]:
+    """Every message fedtrain's logger emits during the test, in order."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    get_logger().addHandler(handler)
+    yield lines
+    get_logger().removeHandler(handler)

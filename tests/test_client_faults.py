@@ -9,10 +9,9 @@ than the round's timeout (real seconds plus simulated ones), as Flower's grid do
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,6 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Message
 
 from fedtrain.federation import build_client_app
-from fedtrain.logging import get_logger
 from fedtrain.results import RunFolder
 from fedtrain.runtime import InProcessGrid, run_inprocess
 
@@ -91,16 +89,6 @@ def _dtype(received: dict, sent: dict) -> dict:
 def oversized(received: dict, sent: dict) -> dict:
     """An update 1000x larger than an honest one: global + 1000 * (local - global)."""
     return {k: received[k] + 1000.0 * (sent[k] - received[k]) for k in sent}
-
-
-@pytest.fixture
-def fedtrain_log() -> Iterator[list[str]]:
-    lines: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
-    get_logger().addHandler(handler)
-    yield lines
-    get_logger().removeHandler(handler)
 
 
 def _run(cfg, client, grid_cls=InProcessGrid) -> tuple[dict, list[dict], Path]:

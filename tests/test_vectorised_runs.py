@@ -7,8 +7,6 @@ every client's epsilon); what the batched trainer does not cover runs on the Cli
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +17,10 @@ from fedtrain.data.federated import write_node_files
 from fedtrain.errors import ConfigError
 from fedtrain.federation.apps import build_client_app
 from fedtrain.federation.exchange.vectorised import refusal
-from fedtrain.logging import get_logger
 from fedtrain.results import RunFolder
 from fedtrain.runtime import InProcessGrid, run_inprocess
 
 DP = {"dp_level": "sample", "dp_noise_multiplier": 1.0, "dp_target_epsilon": 50.0, "dp_grad_sample_mode": "hooks"}
-
-
-@pytest.fixture
-def fedtrain_log() -> Iterator[list[str]]:
-    lines: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
-    get_logger().addHandler(handler)
-    yield lines
-    get_logger().removeHandler(handler)
 
 
 def _outcome(run_dir: Path) -> tuple[list[float], dict, dict]:
