@@ -70,23 +70,13 @@ def _local_model(content: RecordDict, context: Context) -> _Local:
     return _Local(cfg, client, source.partition_id, model, aux)
 
 
-def _onnx_runtime(context: Context) -> bool:
-    """Whether this node trains with ONNX Runtime (node config ``client-runtime``, else the run's key)."""
-    from fedtrain.federation.onnx_client import runtime_of
-
-    return runtime_of(config_from_run_config(context.run_config), context.node_config) == "onnx"
-
-
 def handle_train(msg: Message, context: Context) -> Message:
     """Run this round's local work for the message's phase and reply with the new weights.
 
-    Under SecAgg+ the request and reply use Flower's legacy layout and the reply carries the update.
-    A node whose ``client-runtime`` is ``onnx`` trains with :mod:`fedtrain.federation.onnx_client` (same layout).
+    Under SecAgg+ the request and reply use Flower's legacy layout and the reply carries the update. This is the
+    torch runtime; :func:`fedtrain.federation.apps.build_client_app` sends an ``onnx`` node's messages to
+    :mod:`fedtrain.federation.onnx_client` instead (same layout).
     """
-    if _onnx_runtime(context):
-        from fedtrain.federation.onnx_client import handle_train as onnx_train
-
-        return onnx_train(msg, context)
     if is_secagg(msg):
         return Message(as_fitres(msg.content, train(from_fitins(msg.content), context)), reply_to=msg)
     return Message(train(msg.content, context), reply_to=msg)
@@ -154,11 +144,7 @@ def _reply(arrays: dict[str, torch.Tensor], metrics: dict[str, Any], acc: Client
 
 
 def handle_evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the received global model on this client's local evaluation share."""
-    if _onnx_runtime(context):
-        from fedtrain.federation.onnx_client import handle_evaluate as onnx_evaluate
-
-        return onnx_evaluate(msg, context)
+    """Evaluate the received global model on this client's local evaluation share (the torch runtime)."""
     local = _local_model(msg.content, context)
     client = local.client
     # A client without an evaluation share reports on its training data with weight 0.
