@@ -72,12 +72,10 @@ def _preset_keys(args: argparse.Namespace) -> dict[str, Any] | None:
         name = "none" if (args.config or args.run_config) else "main"
     if name == "none":
         return None
-    get_logger().info(
-        "Preset %r: %s (--preset none starts from the generic defaults)",
-        name,
-        " ".join(f"{k}={v}" for k, v in preset(name).items()),
-    )
-    return preset(name)
+    keys = preset(name)
+    pairs = " ".join(f"{k}={v}" for k, v in keys.items())
+    get_logger().info("Preset %r: %s (--preset none starts from the generic defaults)", name, pairs)
+    return keys
 
 
 def _print_summary(run_dir: Path) -> None:
