@@ -1,4 +1,4 @@
-"""The ONNX client trains in a process where torch, Opacus and scikit-learn cannot be imported."""
+"""The ONNX client trains in a process where torch, Opacus, scikit-learn, scipy and dp-accounting cannot be imported."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from fedtrain.privacy.accountant import ClientAccountant
 
 ROOT = Path(__file__).resolve().parents[1]
 DP_GRAPHS = ("clipped", "forward")  # what a DP client runs: trace no more
-BLOCKED = ("torch", "opacus", "sklearn", "functorch", "torchvision")
+BLOCKED = ("torch", "opacus", "sklearn", "functorch", "torchvision", "scipy", "dp_accounting")
 
 _SCRIPT = """
 import json, sys
