@@ -126,6 +126,8 @@ def test_no_source_paths_or_stack_traces_ship(exported_run):
         model = onnx.load(path)
         assert all(len(n.metadata_props) == 0 for n in model.graph.node), path.name
         assert len(model.graph.metadata_props) == 0 and not model.graph.value_info, path.name
+        assert all(len(v.metadata_props) == 0 for v in [*model.graph.input, *model.graph.output]), path.name
+        assert all(not n.name for n in model.graph.node), path.name
         assert b"/work/" not in path.read_bytes() and b".py" not in path.read_bytes(), path.name
 
 
@@ -147,6 +149,20 @@ def test_int8_static_clips_to_the_calibrated_range_and_keeps_the_normalisation_f
         path.append(node.op_type)
     assert path[-1] == "QuantizeLinear" and set(path[:-1]) <= {"Reshape", "Flatten"}
     assert len(NORMALIZATION_NODES) == 3
+
+
+def test_int8_static_carries_no_qdq_that_changes_nothing(exported_run):
+    """The logits leave the last layer in fp32, and no DequantizeLinear of weights or biases has a zero-point."""
+    model = onnx.load(exported_run / "export" / "model-int8-static.onnx")
+    producer = {o: n for n in model.graph.node for o in n.output}
+    assert producer["logits"].op_type == "Gemm"
+    inits = {i.name: i for i in model.graph.initializer}
+    dequantized = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    kinds = {inits[n.input[0]].data_type for n in dequantized}
+    assert kinds == {onnx.TensorProto.INT8, onnx.TensorProto.INT32}  # weights and biases are there ...
+    assert all(len(n.input) == 2 for n in dequantized)  # ... without their all-zero zero-points
+    used = {name for n in model.graph.node for name in n.input}
+    assert set(inits) <= used  # nothing left behind
 
 
 def test_fedtrain_export_rewrites_a_finished_run(exported_run, tmp_path, capsys):

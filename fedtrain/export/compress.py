@@ -106,7 +106,51 @@ def to_int8_static(model: onnx.ModelProto, calibration: np.ndarray) -> tuple[onn
             nodes_to_exclude=list(NORMALIZATION_NODES),
             op_types_to_quantize=list(_WEIGHTED_OPS),  # QDQ around norms and pools costs bytes, gains nothing
         )
-        return onnx.load(out), (low, high)
+        return _trim_qdq(onnx.load(out)), (low, high)
+
+
+def _trim_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop what the quantizer writes that changes nothing but bytes: the output's Q/DQ pair, zero zero-points.
+
+    - The logits are quantised then dequantised right before the graph output; without the pair the last layer
+      returns its fp32 result (one rounding fewer, and the pair's nodes and constants gone).
+    - A DequantizeLinear of int8 weights or int32 biases carries an all-zero zero-point; the input is optional
+      and defaults to zero of the data's own type, so it is left out. (QuantizeLinear keeps its zero-point: its
+      type is the output's.)
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    outputs = {o.name for o in graph.output}
+    for dq in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in outputs]:
+        q = producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or uses.get(q.output[0]) != 1:
+            continue
+        source = producer.get(q.input[0])
+        if source is None or uses.get(q.input[0]) != 1 or q.input[0] in outputs:
+            continue
+        source.output[list(source.output).index(q.input[0])] = dq.output[0]
+        graph.node.remove(q)
+        graph.node.remove(dq)
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3:
+            continue
+        data, zero = inits.get(node.input[0]), inits.get(node.input[2])
+        if data is None or zero is None or data.data_type not in (onnx.TensorProto.INT8, onnx.TensorProto.INT32):
+            continue
+        if not numpy_helper.to_array(zero).any():
+            del node.input[2]
+    used = {name for node in graph.node for name in node.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return model
 
 
 def to_int8_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -114,6 +114,8 @@ def _strip(model: onnx.ModelProto) -> None:
         node.doc_string = ""
     del model.graph.value_info[:]
     del model.graph.metadata_props[:]  # torch.export's graph signature and range constraints
+    for value in [*model.graph.input, *model.graph.output]:
+        del value.metadata_props[:]  # torch.export's input spec and original names
     del model.metadata_props[:]
     model.graph.doc_string = ""
     model.doc_string = ""
@@ -210,7 +212,7 @@ def _is_default(attr: onnx.AttributeProto) -> bool:
 
 
 def compact(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with short tensor and node names, no shape annotations and only the opsets its nodes use.
+    """A copy with short tensor names, no node names, no shape annotations and only the opsets its nodes use.
 
     Names like ``hidden.0.linear.weight_DequantizeLinear_Output`` are stored at every use; in a small int8
     model they are a tenth of the file. Attributes equal to the spec's defaults are dropped. The graph's input
@@ -229,8 +231,8 @@ def compact(model: onnx.ModelProto) -> onnx.ModelProto:
 
     for init in graph.initializer:
         init.name = short(init.name)
-    for i, node in enumerate(graph.node):
-        node.name = f"n{i}"
+    for node in graph.node:
+        node.name = ""  # optional in ONNX; runtimes name nodes themselves
         if node.op_type in _DEFAULTS_OF and node.domain in ("", "ai.onnx"):
             kept_attrs = [a for a in node.attribute if not _is_default(a)]
             del node.attribute[:]
