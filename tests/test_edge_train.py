@@ -159,7 +159,7 @@ def test_one_local_epoch_equals_the_torch_client(graphs: Path, case: dict, dp: b
             model, theirs, _ = dp_train_local(
                 model, data, cfg, lr=lr, seed=seed, noise_multiplier=sigma, proximal_mu=mu
             )
-        assert len(rec.batches) == 5 and len(rec.noise) == 6 * (5 - sum(not b for b in rec.batches))
+        assert len(rec.batches) == 5 and len(rec.noise) == 6 * 5  # noise on every step, an empty batch's too
     else:
         replay = Replay(_torch_orders(cfg, seed))
         ours = train(graph, params, local, cfg.train, lr=lr, draws=replay, trainable=list(start), proximal_mu=mu)
@@ -190,6 +190,63 @@ def test_frozen_layers_stay_and_are_left_out_of_the_clipping(graphs: Path) -> No
     for k, p in model.named_parameters():
         np.testing.assert_allclose(params[k], p.detach().numpy(), rtol=0, atol=1e-5)
     np.testing.assert_array_equal(params["hidden.0.linear.weight"], start["hidden.0.linear.weight"])
+
+
+def _small(n: int) -> ArrayDataset:
+    full = _data(2)
+    return ArrayDataset(full.x[:n], full.y[:n], full.classes)
+
+
+def _empty_seed(n: int, q: float, steps: int, *, every: bool) -> int:
+    """A seed of the device's draws whose Poisson batches are all empty (``every``) or mix empty and not."""
+    for seed in range(10_000):
+        draws = SeededDraws(seed)
+        sizes = [len(draws.poisson(n, q)) for _ in range(steps)]
+        if (not any(sizes)) if every else (0 in sizes and any(sizes)):
+            return seed
+    raise AssertionError("no such seed")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_an_empty_poisson_batch_steps_as_the_torch_client(graphs: Path, optimizer: str) -> None:
+    # 6 records at batch-size 2: q = 1/3, 3 steps an epoch; the seed's 9 batches include empty and non-empty ones.
+    extra = {"optimizer": optimizer, "momentum": 0.9, "weight-decay": 0.01, "l1": 1e-3}
+    cfg = load_config(base={**BASE, **DP, **extra, "batch-size": 2, "local-epochs": 3, "learning-rate": 0.05})
+    data, sigma, mu = _small(6), 0.8, 0.01
+    seed = _empty_seed(6, 1 / 3, 9, every=False)
+    lr = 0.001 if optimizer == "adam" else 0.05
+    model = build_model(cfg.model, SHAPE, K, seed=5)
+    start = {k: v.detach().numpy().copy() for k, v in model.named_parameters()}
+    params = {k: v.copy() for k, v in start.items()}
+    rec = Recording(seed)
+    graph = load_graph(graphs, graph_name("finetune", -1, True, clipped=optimizer != "sgd"))
+    ours = train(graph, params, LocalData(data.x, data.y), cfg.train, lr=lr, draws=rec, trainable=list(start),
+                 dp=DPSettings(sigma, 1.0), proximal_mu=mu)  # fmt: skip
+    assert 0 in [len(b) for b in rec.batches] and len(rec.noise) == 9 * len(start)  # noise on every step
+    with _replay_into_opacus(rec):
+        model, theirs, _ = dp_train_local(model, data, cfg, lr=lr, seed=seed, noise_multiplier=sigma, proximal_mu=mu)
+    for k, p in model.named_parameters():
+        np.testing.assert_allclose(params[k], p.detach().numpy(), rtol=0, atol=1e-5)
+    assert ours.loss == pytest.approx(theirs.loss, abs=1e-5)
+    assert (ours.num_examples, ours.steps) == (theirs.num_examples, theirs.steps) == (6, 9)
+
+
+def test_an_empty_poisson_batch_moves_the_weights_by_the_noise_alone(graphs: Path) -> None:
+    # 3 records at batch-size 1: q = 1/3 and Opacus' expected batch size int(3 q) = 1; every batch of the seed empty.
+    cfg = load_config(base={**BASE, **DP, "optimizer": "sgd", "momentum": 0.0, "weight-decay": 0.0,
+                            "batch-size": 1, "local-epochs": 1})  # fmt: skip
+    data, lr = _small(3), 0.05
+    seed = _empty_seed(3, 1 / 3, 3, every=True)
+    model = build_model(cfg.model, SHAPE, K, seed=5)
+    start = {k: v.detach().numpy().copy() for k, v in model.named_parameters()}
+    params = {k: v.copy() for k, v in start.items()}
+    rec = Recording(seed)
+    result = train(load_graph(graphs, "finetune-clipped"), params, LocalData(data.x, data.y), cfg.train, lr=lr,
+                   draws=rec, trainable=list(start), dp=DPSettings(1.0, 1.0))  # fmt: skip
+    assert result.steps == 3 and result.loss == 0.0 and len(rec.noise) == 3 * len(start)
+    for i, k in enumerate(start):
+        noise = sum(rec.noise[s * len(start) + i] for s in range(3))
+        np.testing.assert_allclose(params[k], start[k] - np.float32(lr) * noise, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,7 @@ class PrivateTraining:
                 _fold_before_clipping(dp_opt, self.augment_multiplicity)
             yield _PrivateSession(
                 module=gsm, trained=session.trained, optimizer=dp_opt, loader=dp_loader, objective=objective,
-                max_physical_batch_size=self.max_physical_batch_size,
+                max_physical_batch_size=self.max_physical_batch_size, ghost=self.grad_sample_mode == "ghost",
             )  # fmt: skip
 
 
@@ -183,6 +183,7 @@ def _fold_before_clipping(optimizer: DPOptimizer, multiplicity: int) -> None:
 @dataclass(frozen=True)
 class _PrivateSession(Session):
     max_physical_batch_size: int = 0
+    ghost: bool = False  # dp-grad-sample-mode='ghost': Opacus' optimizer sums the clipped grad, not grad_sample
 
     def epoch(self) -> AbstractContextManager[Iterable[Batch]]:
         if self.max_physical_batch_size > 0:
@@ -196,6 +197,23 @@ class _PrivateSession(Session):
 
     def stepped(self) -> bool:
         return not self._dp._is_last_step_skipped  # False after a physical sub-batch of BatchMemoryManager
+
+    def empty_batch(self) -> bool:
+        """Ready the step of an empty Poisson batch: noise on a zero sum, over Opacus' expected batch size.
+
+        Opacus steps on the zero-length batches its DPDataLoader yields, and the accountant counts the step:
+        skipping it would release a noiseless model on that event, a privacy loss nothing accounts for.
+
+        Without the forward pass Opacus would run on a ``(0, ...)`` batch (its ``ew`` mode and the augmentations
+        reject one): no per-sample gradients for ``hooks``/``ew`` (``grad_sample``), a zero gradient for
+        ``ghost`` (its optimizer sums ``grad``); the same numbers, and no draw from the call's generators.
+        """
+        for p in self._dp.params:
+            if self.ghost:
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad_sample = p.new_zeros((0, *p.shape))
+        return True
 
     @property
     def _dp(self) -> DPOptimizer:

@@ -60,8 +60,8 @@ class _Steps:
 
     index: torch.Tensor  # (S, K, B) long
     mask: torch.Tensor  # (S, K, B) bool
-    active: torch.Tensor  # (S, K) bool: client k takes step s
-    noise: list[list[Params | None]]  # DP-SGD: [k][s] the step's noise per trainable parameter, else empty
+    active: torch.Tensor  # (S, K) bool: client k takes step s (s < its own number of steps)
+    noise: list[list[Params]]  # DP-SGD: [k][s] the step's noise per trainable parameter, else empty
 
 
 def _pad_steps(batches: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -74,7 +74,7 @@ def _pad_steps(batches: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.T
         for s, idx in enumerate(client):
             index[s, k, : len(idx)] = idx
             mask[s, k, : len(idx)] = True
-            active[s, k] = len(idx) > 0  # an empty Poisson batch: no step (run_local skips it)
+            active[s, k] = True  # an empty Poisson batch too: its step is noise alone (run_local's rule)
     return index, mask, active
 
 
@@ -97,8 +97,10 @@ def _plain_batches(job: ClientJob, cfg: TrainConfig) -> list[torch.Tensor]:
 
 def _poisson_batches(
     job: ClientJob, cfg: TrainConfig, shapes: dict[str, torch.Size], dp: DPSettings
-) -> tuple[list[torch.Tensor], list[Params | None]]:
-    """Opacus' draws: masks from the loader's generator (a base seed per epoch first), noise per non-empty step.
+) -> tuple[list[torch.Tensor], list[Params]]:
+    """Opacus' draws: masks from the loader's generator (a base seed per epoch first), noise on every step.
+
+    An empty batch draws its noise too: the accountant counts its step, so it releases noise on a zero sum.
 
     Both generators start from the noise seed: the private session reseeds the loader's generator with it, so
     under ``dp-noise-seed=os`` no mask follows from the public run seed (fedtrain.privacy.dp_sgd).
@@ -111,15 +113,13 @@ def _poisson_batches(
     noise_gen = torch.Generator().manual_seed(job.noise_seed)
     std = job.noise_multiplier * dp.max_grad_norm
     batches: list[torch.Tensor] = []
-    noise: list[Params | None] = []
+    noise: list[Params] = []
     for _ in range(cfg.local_epochs):
         torch.empty((), dtype=torch.int64).random_(generator=loader_gen)  # the DataLoader iterator's base seed
         for _ in range(steps):
             idx = (torch.rand(n, generator=loader_gen) < q).nonzero().reshape(-1)
             batches.append(idx)
-            if len(idx) == 0:
-                noise.append(None)
-            elif std == 0:
+            if std == 0:
                 noise.append({k: torch.zeros(s) for k, s in shapes.items()})
             else:
                 noise.append({k: torch.normal(0, std, size=s, generator=noise_gen) for k, s in shapes.items()})
@@ -198,7 +198,7 @@ def _train_chunk(
     shapes = {n: start[n].shape for n in trainable}
     if dp is None:
         index, mask, active = _pad_steps([_plain_batches(j, cfg) for j in jobs])
-        noise: list[list[Params | None]] = []
+        noise: list[list[Params]] = []
     else:
         drawn = [_poisson_batches(j, cfg, shapes, dp) for j in jobs]
         index, mask, active = _pad_steps([b for b, _ in drawn])
@@ -219,7 +219,7 @@ def _train_chunk(
     step_grads = _plain_step(module, fixed, anchor, cfg, mu) if dp is None else _private_step(module, fixed, cfg, dp)
     rows = torch.arange(k).unsqueeze(1)
     ebs = torch.tensor([_expected_batch(len(j.y), cfg) for j in jobs], dtype=torch.float32)
-    taken = torch.zeros(k, dtype=torch.long)  # steps each client has taken (an empty Poisson batch takes none)
+    taken = torch.zeros(k, dtype=torch.long)  # steps each client has taken (clients of a chunk take different counts)
     for s in range(index.shape[0]):
         taken = taken + active[s].to(torch.long)
         x, y, m = xs[rows, index[s]], ys[rows, index[s]], mask[s].to(xs.dtype)
@@ -321,9 +321,7 @@ def _private_step(module: nn.Module, fixed: Params, cfg: TrainConfig, dp: DPSett
     return step
 
 
-def _noised(
-    summed: Params, noise: list[list[Params | None]], s: int, active: torch.Tensor, ebs: torch.Tensor
-) -> Params:
+def _noised(summed: Params, noise: list[list[Params]], s: int, active: torch.Tensor, ebs: torch.Tensor) -> Params:
     out = {}
     for n, t in summed.items():
         draws = [_draw(nz, s, n, t.shape[1:]) for nz in noise]
@@ -332,9 +330,8 @@ def _noised(
     return out
 
 
-def _draw(noise: list[Params | None], s: int, name: str, shape: torch.Size) -> torch.Tensor:
-    step = noise[s] if s < len(noise) else None
-    return step[name] if step is not None else torch.zeros(shape)
+def _draw(noise: list[Params], s: int, name: str, shape: torch.Size) -> torch.Tensor:
+    return noise[s][name] if s < len(noise) else torch.zeros(shape)  # past a client's last step: it is inactive
 
 
 def _penalty_step(params: Params, anchor: Params, active: torch.Tensor, lr: float, mu: float, l1: float) -> Params:

@@ -33,8 +33,9 @@ def _where(active: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.
 class FunctionalOptimizer:
     """``init(params) -> state`` and ``step(params, grads, state, lr, t, active) -> (params, state)``.
 
-    ``t`` holds each client's own 1-based count of the steps it has taken, this one included: under DP-SGD a
-    client skips the step of an empty Poisson batch, and torch.optim's bias corrections count only real steps.
+    ``t`` holds each client's own 1-based count of the steps it has taken, this one included: the clients of a
+    chunk take different numbers of steps (their record counts differ), and torch.optim's bias corrections count
+    each client's own. Under DP-SGD an empty Poisson batch is a step too (noise alone), as in run_local.
     """
 
     init: Callable[[Params], State]

@@ -13,7 +13,9 @@ means something:
 - ``clip-grad-norm`` / ``clip-grad-value`` between backward and step; a privacy engine clips per
   sample instead, so they are refused there (the config loader refuses them first);
 - ``sampler`` for supervised objectives only (it needs labels); ``class-weights`` and
-  ``label-smoothing`` are part of the supervised criterion.
+  ``label-smoothing`` are part of the supervised criterion;
+- under a privacy engine an empty Poisson batch is a step like any other, on noise alone (the accountant
+  counts it; :meth:`Session.empty_batch`), with weight decay and the decoupled penalties.
 """
 
 from __future__ import annotations
@@ -120,6 +122,10 @@ class Session:
     def stepped(self) -> bool:
         """Whether the last ``optimizer.step()`` was a logical step (not a physical sub-batch)."""
         return True
+
+    def empty_batch(self) -> bool:
+        """Ready the optimizer to step on an empty batch; whether it should (no: a plain loader yields none)."""
+        return False
 
 
 class Privacy(Protocol):
@@ -251,19 +257,23 @@ def _epoch_losses(
     """Train one epoch; yield each batch's mean loss and size."""
     with s.epoch() as batches:
         for x, y in batches:
-            if len(y) == 0:  # an empty Poisson batch; still counted as a step (conservative)
-                continue
             s.optimizer.zero_grad(set_to_none=True)
-            loss = s.objective(s.module, x, y)
-            (loss if private else penalties.add_to(loss, s.trained)).backward()
-            if settings.clip_grad_value > 0:
-                nn.utils.clip_grad_value_(s.trained.parameters(), settings.clip_grad_value)
-            if settings.clip_grad_norm > 0:
-                nn.utils.clip_grad_norm_(s.trained.parameters(), settings.clip_grad_norm)
+            if len(y) == 0:  # an empty Poisson batch: no records, no forward (0 examples in the mean loss)
+                if not s.empty_batch():
+                    continue
+                value = 0.0
+            else:
+                loss = s.objective(s.module, x, y)
+                (loss if private else penalties.add_to(loss, s.trained)).backward()
+                if settings.clip_grad_value > 0:
+                    nn.utils.clip_grad_value_(s.trained.parameters(), settings.clip_grad_value)
+                if settings.clip_grad_norm > 0:
+                    nn.utils.clip_grad_norm_(s.trained.parameters(), settings.clip_grad_norm)
+                value = float(loss.detach())
             s.optimizer.step()
             if private and s.stepped():
                 penalties.step(s.trained, lr)
-            yield float(loss.detach()), len(y)
+            yield value, len(y)
 
 
 def train_local(

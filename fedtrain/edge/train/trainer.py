@@ -3,10 +3,10 @@
 It does what :func:`fedtrain.train.loop.run_local` does with torch (and Opacus under DP), setting by setting:
 
 - DP-SGD: ``steps = epochs * ceil(N / batch)`` Poisson batches at ``q = 1 / ceil(N / batch)`` (Opacus' rate);
-  an empty batch takes no step (as the torch loop skips it; the accountant still counts it); per-sample
-  gradients clipped to ``C`` over the trainable parameters (factor ``min(1, C / (norm + 1e-6))``), summed,
-  Gaussian noise of std ``sigma * C`` added per parameter, divided by Opacus' expected batch size
-  ``int(N * q)``; L1 and FedProx's proximal term as decoupled steps after each private step;
+  an empty batch still takes its step, on noise alone (the accountant counts it; Opacus and the torch loop step
+  on it); per-sample gradients clipped to ``C`` over the trainable parameters (factor
+  ``min(1, C / (norm + 1e-6))``), summed, Gaussian noise of std ``sigma * C`` added per parameter, divided by
+  Opacus' expected batch size ``int(N * q)``; L1 and FedProx's proximal term as decoupled steps after each private step;
 - without DP: shuffled batches of ``batch`` (the last one smaller), the batch gradient plus the L1 and proximal
   penalties' gradients, ``clip-grad-value`` then ``clip-grad-norm``;
 - the optimizer's weight decay inside the update (:mod:`fedtrain.edge.train.optim`).
@@ -214,9 +214,7 @@ def train(
             order = draws.permutation(n)
             batches = [order[i : i + size] for i in range(0, n, size)]
         for idx in batches:
-            if len(idx) == 0:  # an empty Poisson batch: no step (the torch loop's rule), still counted
-                continue
-            if dp is not None:
+            if dp is not None:  # every Poisson batch steps, an empty one on noise alone: each step is counted
                 loss = _private_step(graph, params, data, idx, dp, trainable, draws, expected_batch(n, q))
                 opt.step(params, {k: loss[1][k] for k in trainable})
                 penalties.step(params, trainable, lr)
@@ -261,12 +259,16 @@ def _private_step(
     draws: Draws,
     expected: int,
 ) -> tuple[float, Arrays]:
-    """The batch's mean loss and the noisy clipped mean gradient (Opacus' clip, sum, noise, scale)."""
+    """The batch's mean loss and the noisy clipped mean gradient (Opacus' clip, sum, noise, scale).
+
+    An empty batch runs no graph: a zero sum, the noise, a loss of 0 (it adds no record to the mean).
+    """
     n = len(idx)
-    coef = np.float32(n / _weight_sum(data, idx))  # Opacus' per-sample gradients of a mean loss: n * d(mean)/d(x_i)
     summed = {k: np.zeros_like(params[k]) for k in trainable}
     loss = 0.0
-    for chunk in _chunks(idx, graph.spec.batch):
+    chunks = _chunks(idx, graph.spec.batch) if n else []
+    coef = np.float32(n / _weight_sum(data, idx) if n else 0.0)  # Opacus' per-sample gradients: n * d(mean)/d(x_i)
+    for chunk in chunks:
         feed = _feed(graph, data, chunk, np.full(len(chunk), coef), draws)
         if graph.spec.clipped:  # the graph clips and sums: the per-sample gradients stay inside onnxruntime
             feed["max_grad_norm"] = np.array(dp.max_grad_norm, dtype=np.float32)
@@ -285,7 +287,7 @@ def _private_step(
             summed[k] += np.tensordot(factor, per[k][:m], axes=1)
     std = dp.noise_multiplier * dp.max_grad_norm
     grads = {k: (summed[k] + draws.normal(summed[k].shape, std)) / np.float32(expected) for k in trainable}
-    return loss / n, grads
+    return (loss / n if n else 0.0), grads
 
 
 def _clip(grads: Arrays, settings: Settings) -> None:
