@@ -22,12 +22,23 @@ __all__ = ["build_client_app", "build_server_app"]
 Handler = Callable[[Message, Context], Message]
 
 
+_RUNTIME_KEY = "client-runtime"  # fedtrain.federation.onnx_client.RUNTIME_KEY (which imports onnxruntime)
+
+
 def _handlers(context: Context) -> tuple[Handler, Handler]:
     """This node's handlers, imported at its first message: torch + Opacus, or ONNX Runtime on a node without torch.
 
     Chosen by the node config's ``client-runtime`` (else the run's); importing the torch handlers at load time would
-    keep a torch-free SuperNode from loading this ClientApp at all.
+    keep a torch-free SuperNode from loading this ClientApp at all. A plain ``torch`` is read off the configs as they
+    are: the ONNX client's module (onnxruntime, the edge trainer) is imported only where it may run or must refuse.
     """
+    from fedtrain.config.schema import RuntimeConfig
+
+    raw = context.node_config.get(_RUNTIME_KEY, context.run_config.get(_RUNTIME_KEY, RuntimeConfig.client_runtime))
+    if str(raw).strip() == "torch":
+        from fedtrain.federation import client as torch_client
+
+        return torch_client.handle_train, torch_client.handle_evaluate
     from fedtrain.federation.onnx_client import device_config, runtime_of
 
     if runtime_of(device_config(context.run_config), context.node_config) == "onnx":
