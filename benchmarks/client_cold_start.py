@@ -3,17 +3,19 @@
 Flower's Deployment Engine starts a new ``flwr-clientapp`` process for every message (flwr 1.42), so each
 train or evaluate message pays Python's start-up, every import of the ClientApp module and the loading of the
 node's data again. This benchmark records one real train and one evaluate message of a node-local-data run
-(``data-source=node``, one npz file per node, as ``fedtrain split`` writes them), then replays each in fresh
-processes, timing:
+(``data-source=node``, one npz per node, as ``fedtrain split`` writes them) and one train message of the same run
+with sample-level DP, then replays each in fresh processes, timing:
 
 - ``import``: ``import clients.client_app`` (what the ClientApp process does first);
-- ``handle``: the handler on the recorded message (data loading, model built from the message, local work);
+- ``handle``: the handler on the recorded message (imports it makes, data loading, model built from the message,
+  local work);
 - ``process``: the whole fresh process, start to exit, as the SuperNode sees it.
 
-Runs are interleaved with a bare ``python -c "import flwr.clientapp"`` process (Flower's own floor) so machine
-noise hits both alike.
+Several checkouts can be timed in one run (``--root before=/tmp/wt-before --root after=.``, worktrees of two
+commits): every repeat runs a bare ``python -c "import flwr.clientapp"`` process (Flower's own floor), then each
+message under each checkout, interleaved, so machine noise hits all alike.
 
-    python benchmarks/client_cold_start.py [--repeats 5] [--out benchmarks/results/client_cold_start.md]
+    python benchmarks/client_cold_start.py [--repeats 5] [--root LABEL=PATH ...] [--out PATH.md]
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
+
+from flwr.app import Message
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,7 +54,7 @@ print(json.dumps({"import": t1 - t0, "handle": t2 - t1}))
 
 
 def _record(work: Path) -> dict[str, Path]:
-    """Run a 1-round node-local federation in-process and pickle its first train and evaluate message."""
+    """Run 1-round node-local federations in-process and pickle their first train and evaluate message."""
     from fedtrain.cli import main as fedtrain_main
     from fedtrain.config import load_config
     from fedtrain.federation import build_client_app
@@ -58,28 +63,32 @@ def _record(work: Path) -> dict[str, Path]:
 
     nodes = work / "nodes"
     fedtrain_main(["split", str(nodes), "--run-config", "num-clients=2", "--server-test"])
-    cfg = load_config(overrides={"num-clients": 2, "num-rounds": 1, "min-clients": 2, "data-source": "node",
-                                 "classes": "0,1,2,3,4,5,6,7,8,9", "input-shape": "1,8,8", "input-max": 16.0,
-                                 "normalize": "range", "server-data-path": str(nodes / "server-test.npz"),
-                                 "fraction-evaluate": 1.0, "progress": False, "report": False,
-                                 "out-dir": str(work / "runs")})  # fmt: skip
     node_configs = [{"data-path": str(nodes / f"client-{i}.npz")} for i in range(2)]
     recorded: dict[str, Path] = {}
+    # Client-side evaluation is refused under sample DP (unnoised statistics): the DP run records its train message.
+    for prefix, extra in (("", {"fraction-evaluate": 1.0}), ("dp-", {"dp-level": "sample", "fraction-evaluate": 0.0})):
+        cfg = load_config(overrides={"num-clients": 2, "num-rounds": 1, "min-clients": 2, "data-source": "node",
+                                     "classes": "0,1,2,3,4,5,6,7,8,9", "input-shape": "1,8,8", "input-max": 16.0,
+                                     "normalize": "range", "server-data-path": str(nodes / "server-test.npz"),
+                                     "progress": False, "report": False, "out-dir": str(work / "runs"),
+                                     **extra})  # fmt: skip
 
-    class Recording(InProcessGrid):
-        def push_messages(self, messages):  # type: ignore[no-untyped-def]
-            messages = list(messages)
-            for m in messages:
-                kind = m.metadata.message_type.split(".")[0]
-                if kind not in recorded:
-                    path = work / f"{kind}.pkl"
-                    with path.open("wb") as fh:
-                        pickle.dump((m, self.contexts[m.metadata.dst_node_id]), fh)
-                    recorded[kind] = path
-            return super().push_messages(messages)
+        class Recording(InProcessGrid):
+            tag = prefix
 
-    grid = Recording(build_client_app(), 2, cfg.to_flat(), node_configs=node_configs)
-    run_inprocess(cfg, grid=grid)
+            def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+                messages = list(messages)
+                for m in messages:
+                    kind = self.tag + m.metadata.message_type.split(".")[0]
+                    if kind not in recorded:
+                        path = work / f"{kind}.pkl"
+                        with path.open("wb") as fh:
+                            pickle.dump((m, self.contexts[m.metadata.dst_node_id]), fh)
+                        recorded[kind] = path
+                return super().push_messages(messages)
+
+        grid = Recording(build_client_app(), 2, cfg.to_flat(), node_configs=node_configs)
+        run_inprocess(cfg, grid=grid)
     return recorded
 
 
@@ -89,51 +98,85 @@ def _fresh(args: list[str], root: Path) -> tuple[float, str]:
     return time.perf_counter() - t0, out
 
 
+def _root(text: str) -> tuple[str, Path]:
+    label, sep, path = text.partition("=")
+    if not sep or not label or not path:
+        raise argparse.ArgumentTypeError(f"--root {text!r}: expected LABEL=PATH, e.g. before=/tmp/wt-before")
+    if not (Path(path) / "clients" / "client_app.py").is_file():
+        raise argparse.ArgumentTypeError(f"--root {text!r}: {path} has no clients/client_app.py (not a checkout)")
+    return label, Path(path).resolve()
+
+
+def _commit(root: Path) -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                           text=True).stdout.strip()  # fmt: skip
+    return (done.stdout.strip() or "?") + (" + uncommitted edits" if dirty else "")
+
+
+def _table(med: dict[str, dict[str, float]], floor: float) -> list[str]:
+    lines = [
+        "| message | fresh process (s) | of which `import clients.client_app` (s) | handler (s) | process / floor |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, m in med.items():
+        ratio = m["process"] / floor
+        lines.append(f"| {kind} | {m['process']:.2f} | {m['import']:.2f} | {m['handle']:.2f} | {ratio:.2f}x |")
+    lines.append(f"| floor (`import flwr.clientapp`) | {floor:.2f} | | | 1.00x |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "client_cold_start.md")
-    parser.add_argument("--label", default="", help="a note for the header, e.g. the commit measured")
-    parser.add_argument("--root", type=Path, default=ROOT, help="checkout whose ClientApp is timed (a worktree)")
+    parser.add_argument("--label", default="", help="a note for the header")
+    parser.add_argument("--root", type=_root, action="append", default=[],
+                        help="LABEL=PATH: a checkout to time (a worktree); repeat to compare")  # fmt: skip
     args = parser.parse_args()
+    roots: dict[str, Path] = dict(args.root) or {"this checkout": ROOT}
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         recorded = _record(Path(tmp))
-        rows: dict[str, dict[str, list[float]]] = {k: {"import": [], "handle": [], "process": []} for k in recorded}
+        rows: dict[str, dict[str, dict[str, list[float]]]] = {
+            label: {k: {"import": [], "handle": [], "process": []} for k in recorded} for label in roots
+        }
         floor: list[float] = []
-        for _ in range(args.repeats):  # interleaved: floor, train, evaluate, floor, ...
-            floor.append(_fresh([sys.executable, "-c", "import flwr.clientapp, flwr.app"], args.root)[0])
+        for _ in range(args.repeats):  # interleaved: floor, then every message under every checkout, again
+            floor.append(_fresh([sys.executable, "-c", "import flwr.clientapp, flwr.app"], ROOT)[0])
             for kind, path in recorded.items():
-                wall, out = _fresh([sys.executable, "-c", _CHILD, str(path)], args.root)
-                parts = json.loads(out.strip().splitlines()[-1])
-                rows[kind]["process"].append(wall)
-                rows[kind]["import"].append(parts["import"])
-                rows[kind]["handle"].append(parts["handle"])
-    med = {k: {p: statistics.median(v) for p, v in parts.items()} for k, parts in rows.items()}
-    load = os.getloadavg()[0]
+                for label, root in roots.items():
+                    wall, out = _fresh([sys.executable, "-c", _CHILD, str(path)], root)
+                    parts = json.loads(out.strip().splitlines()[-1])
+                    rows[label][kind]["process"].append(wall)
+                    rows[label][kind]["import"].append(parts["import"])
+                    rows[label][kind]["handle"].append(parts["handle"])
+    load_end = os.getloadavg()
+    fl = statistics.median(floor)
+    med = {lb: {k: {p: statistics.median(v) for p, v in r[k].items()} for k in r} for lb, r in rows.items()}
     note = f" ({args.label})" if args.label else ""
+    flags = "".join(f" --root {lb}=..." for lb in roots) if args.root else ""
     lines = [
         "# ClientApp cold start per message",
         "",
-        f"`python benchmarks/client_cold_start.py --repeats {args.repeats}`{note}"
-        f" on {time.strftime('%Y-%m-%d')} ({platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; load average {load:.2f} at the end, machine shared).",
+        f"`python benchmarks/client_cold_start.py --repeats {args.repeats}{flags}`{note} on "
+        f"{time.strftime('%Y-%m-%d %H:%M')} ({platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end, "
+        "machine shared with other work).",
         "",
-        "One recorded message of a 2-node, node-local-data run (npz per node, MLP defaults), replayed in a fresh "
-        "process each time; medians of the repeats. Floor: a process that only imports `flwr.clientapp` and "
-        "`flwr.app`, Flower's own minimum per message.",
-        "",
-        "| message | fresh process (s) | of which `import clients.client_app` (s) | handler (s) | process / floor |",
-        "|---|---|---|---|---|",
+        "One recorded message of a 2-node, node-local-data run (npz per node, MLP defaults; `dp-train`: the same run "
+        "with `dp-level=sample`, whose defaults are a 128-unit MLP and batch 16), replayed in a fresh process each "
+        "time; medians of the repeats. Floor: a process that only imports `flwr.clientapp` and `flwr.app`, Flower's "
+        "own minimum per message.",
     ]
-    fl = statistics.median(floor)
-    for kind, m in med.items():
-        ratio = m["process"] / fl
-        lines.append(f"| {kind} | {m['process']:.2f} | {m['import']:.2f} | {m['handle']:.2f} | {ratio:.2f}x |")
-    lines.append(f"| floor (`import flwr.clientapp`) | {fl:.2f} | | | 1.00x |")
+    for label, root in roots.items():
+        lines += ["", f"## {label}: `{_commit(root)}`", "", *_table(med[label], fl)]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.write_text(text, encoding="utf-8")
-    args.out.with_suffix(".json").write_text(json.dumps({"rows": rows, "floor": floor}, indent=2) + "\n")
+    meta = {"roots": {lb: _commit(r) for lb, r in roots.items()}, "load_start": load_start, "load_end": load_end,
+            "repeats": args.repeats}  # fmt: skip
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "floor": floor}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

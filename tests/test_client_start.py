@@ -6,10 +6,12 @@ import json
 import pickle
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.app import Message
 
 from fedtrain.data.cache import cached, checksum
 from fedtrain.data.loaders import load_dataset
@@ -51,7 +53,7 @@ def train_messages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     class Recording(InProcessGrid):
         name = ""
 
-        def push_messages(self, messages):  # type: ignore[no-untyped-def]
+        def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
             messages = list(messages)
             for m in messages:
                 if m.metadata.message_type.startswith("train") and self.name not in recorded:
