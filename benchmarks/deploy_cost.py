@@ -14,11 +14,17 @@ change of load on the machine hits every arm alike), one ``flwr run`` of each ar
 - ``fedtrain``: the same without DP (``fraction-evaluate=0``, so one message per node and round, as in the
   other arms).
 
+- ``fedtrain@LABEL``, ``fedtrain-dp@LABEL`` (``--also LABEL=PATH``, repeatable): the same two runs with the app of
+  another checkout (a worktree of an earlier commit), on the same deployment, interleaved with the others.
+
 Then the same two fedtrain configs on the in-process grid (``run_inprocess`` with the same node configs). Round 1
-of every run is reported apart (it installs the app on the SuperNodes) and left out of the medians.
+of every run is reported apart (it installs the app on the SuperNodes) and left out of the medians. The fedtrain
+that the benchmark, its ``fedtrain`` commands and the app use is this checkout's (``PYTHONPATH``), or the other
+checkout's for an ``@LABEL`` arm (its FAB's files come first on the ClientApp's path).
 
     python benchmarks/deploy_cost.py                   # writes benchmarks/results/deploy_cost.{json,md}
     python benchmarks/deploy_cost.py --rounds 3 --repeats 1 --out /tmp/dc
+    python benchmarks/deploy_cost.py --also before=/tmp/wt-before
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's fedtrain, not whichever the environment has installed
 NOOP = ROOT / "benchmarks" / "deploy-noop"
 BIN = Path(sys.executable).parent
 TAG = "FEDTRAIN_DEPLOY_COST_TAG"
@@ -84,7 +91,7 @@ class Deployment:
         self.work, self.port, self.tag = work, port, tag
         self.kit, self.data, self.cli = work / "kit", work / "data", work / "home" / "cli"
         self.env = {**os.environ, TAG: tag, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-                    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+                    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT)}  # fmt: skip
 
     def _run(self, *cmd: object, home: Path | None = None) -> str:
         env = {**self.env, **({"FLWR_HOME": str(home)} if home else {})}
@@ -163,17 +170,19 @@ def _newest(folder: Path) -> Path:
     return max((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
 
 
-def run_arm(dep: Deployment, arm: str, rounds: int, rep: int) -> dict[str, Any]:
-    out_dir = dep.work / "runs" / f"{arm}-{rep}"
+def run_arm(dep: Deployment, arm: str, rounds: int, rep: int, apps: dict[str, Path]) -> dict[str, Any]:
+    """One ``flwr run`` of ``arm`` (``noop``, ``fedtrain``, ``fedtrain-dp``, or one of those two ``@LABEL``)."""
+    out_dir = dep.work / "runs" / f"{arm.replace('@', '-at-')}-{rep}"
     out_dir.mkdir(parents=True)
+    base, _, label = arm.partition("@")
     if arm == "noop":
         out_file = out_dir / "seconds.json"
-        cfg = f"num-rounds={rounds} num-nodes=2 num-params={NUM_PARAMS} out-file='{out_file}'"
-        _, wall = dep.flwr_run(NOOP, cfg)
+        noop_config = f"num-rounds={rounds} num-nodes=2 num-params={NUM_PARAMS} out-file='{out_file}'"
+        _, wall = dep.flwr_run(NOOP, noop_config)
         seconds = json.loads(out_file.read_text())["seconds"]
     else:
-        cfg = fedtrain_config(dep.data, out_dir, rounds, dp=arm == "fedtrain-dp")
-        _, wall = dep.flwr_run(ROOT, _toml(cfg))
+        cfg = fedtrain_config(dep.data, out_dir, rounds, dp=base == "fedtrain-dp")
+        _, wall = dep.flwr_run(apps[label] if label else ROOT, _toml(cfg))
         run_dir = _newest(out_dir)
         assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
         seconds = _round_seconds(run_dir)
@@ -194,6 +203,13 @@ def run_inprocess_arm(dep: Deployment, arm: str, rounds: int, rep: int) -> dict[
     seconds = _round_seconds(run_dir)
     print(f"  in-process {arm} (repeat {rep}): rounds {[round(s, 3) for s in seconds]} s", flush=True)
     return {"arm": f"inprocess-{arm}", "repeat": rep, "seconds": seconds, "wall": wall}
+
+
+def _commit(root: Path) -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                           text=True).stdout.strip()  # fmt: skip
+    return (done.stdout.strip() or "?") + (" + uncommitted edits" if dirty else "")
 
 
 def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -232,6 +248,9 @@ def write_markdown(path: Path, meta: dict[str, Any], table: dict[str, dict[str, 
         "- `fedtrain-dp`: the walkthrough's run (`deploy/examples/loopback.sh`: node-local data, sample-level DP); "
         "`fedtrain`: the same model without DP. Their seconds are `metrics.jsonl`'s per round (train exchange and "
         "aggregation).",
+        "- `*@LABEL`: the same run with the app of another checkout (`--also LABEL=PATH`: "
+        + ", ".join(f"{k}: {v}" for k, v in meta.get("also", {}).items())
+        + ").",
         "- `inprocess-*`: the same configs and node files on fedtrain's in-process grid (no SuperLink, no processes).",
         "- Where the difference goes: every message starts a fresh ClientApp process on its SuperNode, and the two "
         "SuperNodes share the machine's cores with the SuperLink; fedtrain's import and data load per message are "
@@ -248,7 +267,19 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=19480)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="deploy_cost")
+    parser.add_argument("--also", action="append", default=[], metavar="LABEL=PATH",
+                        help="time the fedtrain arms of another checkout too (a worktree), interleaved")  # fmt: skip
     args = parser.parse_args()
+    apps: dict[str, Path] = {}
+    for item in args.also:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not (Path(path) / "clients" / "client_app.py").is_file():
+            parser.error(f"--also {item!r}: expected LABEL=PATH of a fedtrain checkout (with clients/client_app.py)")
+        apps[label] = Path(path).resolve()
+    arms = ["noop"]
+    for base in ("fedtrain-dp", "fedtrain"):  # each fedtrain arm beside its other checkouts' runs
+        arms += [f"{base}@{label}" for label in apps] + [base]
+    load_start = os.getloadavg()
     tag = uuid.uuid4().hex
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="deploy-cost-") as tmp:
@@ -256,8 +287,8 @@ def main() -> None:
         try:
             dep.up()
             for rep in range(args.repeats):
-                for arm in ("noop", "fedtrain-dp", "fedtrain"):
-                    results.append(run_arm(dep, arm, args.rounds, rep))
+                for arm in arms:
+                    results.append(run_arm(dep, arm, args.rounds, rep, apps))
                 for arm in ("fedtrain-dp", "fedtrain"):
                     results.append(run_inprocess_arm(dep, arm, args.rounds, rep))
         finally:
@@ -265,7 +296,9 @@ def main() -> None:
         assert not _tagged(tag), "a process the benchmark started is still alive"
     meta = {"command": " ".join(["python benchmarks/deploy_cost.py", *sys.argv[1:]]), "machine": platform.machine(),
             "cpus": os.cpu_count(), "flwr": version("flwr"), "rounds": args.rounds,
-            "repeats": args.repeats, "load": f", load average {os.getloadavg()[0]:.2f} at the end"}  # fmt: skip
+            "repeats": args.repeats, "also": {k: _commit(v) for k, v in apps.items()}, "commit": _commit(ROOT),
+            "load": f", at {_commit(ROOT)}, load average {load_start[0]:.2f} at the start and "
+                    f"{os.getloadavg()[0]:.2f} at the end"}  # fmt: skip
     table = summarise(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "table": table, "runs": results}, indent=1))
