@@ -86,6 +86,19 @@ def test_a_train_message_in_a_fresh_process_imports_no_dynamo_onnx_or_server_sid
     assert imported == ([] if name == "plain" else ["opacus"])  # Opacus only where DP-SGD runs
 
 
+def test_the_client_app_process_freezes_its_heap_before_the_interpreter_collects_it_at_exit():
+    # atexit runs last-registered first: this probe, registered before the import, runs after the ClientApp's hook.
+    code = (
+        "import atexit, gc\n"
+        "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count()))\n"
+        "import clients.client_app\n"
+        "print('frozen before exit:', gc.get_freeze_count())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    lines = dict(line.split(": ") for line in out.strip().splitlines() if line.startswith("frozen"))
+    assert int(lines["frozen before exit"]) == 0 and int(lines["frozen at exit"]) > 10_000
+
+
 def _csv(path: Path, rows: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     lines = ["a,b,label"] + [f"{rng.normal():.4f},{rng.normal():.4f},{i % 2}" for i in range(rows)]
