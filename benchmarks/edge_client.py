@@ -7,16 +7,20 @@ affects them alike; the median of the repetitions (after a warm-up) is reported.
 Opacus' wrapping (each round makes a fresh PrivacyEngine), the ONNX call the device's whole local call with
 its graphs already loaded (a device loads them once per phase).
 
-Peak RSS: a fresh process per client runtime running three local DP epochs (the ONNX one with torch, Opacus and
-scikit-learn blocked from import). Install size: ``du`` of two fresh venvs made with ``python -m venv`` and
-``pip install`` from the machine's package index: the ONNX client's (flwr, numpy, onnxruntime, dp-accounting)
-and the torch client's (flwr, numpy, torch, opacus, scikit-learn).
+Peak RSS: a fresh process per client runtime running three local DP epochs (the ONNX one with torch, Opacus,
+scikit-learn, scipy and dp-accounting blocked from import). Install size: ``du`` of fresh venvs made with
+``python -m venv`` and ``pip install`` from the machine's package index: the ONNX client's, by
+deploy/edge-train-requirements.txt's recipe (its requirements, then flwr with ``--no-deps``), the same runtime
+with all of flwr's declared dependencies, the torch client's (flwr, numpy, torch, opacus, scikit-learn) and flwr
+with numpy alone; fedtrain itself (3 MB) is in none of them. Each venv's size per installed package (the files
+of its RECORD, byte-compiled files included) shows what makes up the figures.
 
 Accuracy (``--accuracy``): the digits defaults with sample-level DP (epsilon 3), seeds 0..N-1 (``--seeds``,
 3 by default), every client on torch, every client on ONNX, and half and half; paired differences with 95 %
 t-intervals. Without ``--accuracy`` the last accuracy results are kept.
 
-    python benchmarks/edge_client.py [--edge-venv DIR --torch-venv DIR --base-venv DIR] [--accuracy [--seeds N]]
+    python benchmarks/edge_client.py [--edge-venv DIR --edge-full-venv DIR --torch-venv DIR --base-venv DIR]
+        [--accuracy [--seeds N]]
 """
 
 from __future__ import annotations
@@ -40,14 +44,34 @@ RESULTS = ROOT / "benchmarks" / "results"
 REPEATS = 9
 OVERRIDES = "hidden-sizes=128,64 activation=relu batch-size=32 local-epochs=1"
 SIGMA = 1.0
-EDGE_PACKAGES = ["flwr==1.42.*", "numpy", "onnxruntime==1.32.0", "dp-accounting==0.6.0"]
-TORCH_PACKAGES = ["flwr==1.42.*", "numpy", "torch==2.13.0", "opacus==1.6.0", "scikit-learn"]
-BASE_PACKAGES = ["flwr==1.42.*", "numpy"]  # what both clients need: the difference is each runtime's own cost
+EDGE_REQUIREMENTS = ROOT / "deploy" / "edge-train-requirements.txt"
+# Each venv: the pip install lines that make it (one list of arguments per line).
+VENV_RECIPES: dict[str, list[list[str]]] = {
+    "onnx": [["-r", str(EDGE_REQUIREMENTS)], ["--no-deps", "flwr==1.42.*"]],  # the device's recipe
+    "onnx_full_flwr": [["flwr==1.42.*", "numpy", "onnxruntime==1.32.0"]],  # the same with all flwr declares
+    "torch": [["flwr==1.42.*", "numpy", "torch==2.13.0", "opacus==1.6.0", "scikit-learn"]],
+    "base": [["flwr==1.42.*", "numpy"]],  # what both clients need: the difference is each runtime's own cost
+}
+# Bytes per installed distribution of the running venv: every file its RECORD lists (pyc included), each file once.
+PACKAGE_SIZES = """
+import importlib.metadata as md, json
+from pathlib import Path
+seen, out = set(), {}
+for d in md.distributions():
+    total = 0
+    for f in d.files or []:
+        p = Path(d.locate_file(f)).resolve()
+        if p not in seen and p.is_file():
+            seen.add(p)
+            total += p.stat().st_size
+    out[d.metadata["Name"]] = out.get(d.metadata["Name"], 0) + total
+print(json.dumps(out))
+"""
 BLOCK = """
 import sys
 class _Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "opacus", "sklearn", "functorch"):
+        if name.split(".")[0] in ("torch", "opacus", "sklearn", "functorch", "scipy", "dp_accounting"):
             raise ImportError("blocked: " + name)
 sys.meta_path.insert(0, _Block())
 """
@@ -162,7 +186,7 @@ def child(kind: str, work: str) -> None:
         call = _torch_call(load_config(base=flat), data, True)
     for _ in range(3):
         call()
-    loaded = sorted(m for m in ("torch", "opacus", "sklearn") if m in sys.modules)
+    loaded = sorted(m for m in ("torch", "opacus", "sklearn", "scipy", "dp_accounting") if m in sys.modules)
     # VmHWM, not ru_maxrss: Linux carries the parent's ru_maxrss over fork and exec into the child's
     peak = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                 if line.startswith("VmHWM:")) / 1024  # fmt: skip
@@ -189,34 +213,39 @@ def _du(path: Path) -> int:
     return int(subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True).stdout.split()[0])
 
 
-def venv_sizes(edge: Path | None, torch_venv: Path | None, base: Path | None, work: Path) -> dict[str, Any]:
-    """Bytes of each client's venv (whole folder and site-packages), building the ones not given."""
+def _recipe_text(recipe: list[list[str]]) -> str:
+    return "; ".join("pip install " + " ".join(a.replace(str(ROOT) + "/", "") for a in args) for args in recipe)
+
+
+def venv_sizes(given: dict[str, Path | None], work: Path) -> dict[str, Any]:
+    """Bytes of each venv (whole folder, site-packages, per package), building the ones not given."""
     out: dict[str, Any] = {}
-    for name, given, packages in (
-        ("onnx", edge, EDGE_PACKAGES),
-        ("torch", torch_venv, TORCH_PACKAGES),
-        ("base", base, BASE_PACKAGES),
-    ):
-        venv = given or work / f"venv-{name}"
-        if given is None:
+    for name, recipe in VENV_RECIPES.items():
+        venv = given.get(name) or work / f"venv-{name}"
+        if given.get(name) is None:
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            subprocess.run([venv / "bin" / "pip", "install", "-q", *packages], check=True, capture_output=True)
+            for args in recipe:
+                subprocess.run([venv / "bin" / "pip", "install", "-q", *args], check=True, capture_output=True)
         site = next((venv / "lib").glob("python3*/site-packages"))
-        has_torch = (site / "torch").exists()
+        sizes = json.loads(
+            subprocess.run([venv / "bin" / "python", "-c", PACKAGE_SIZES], capture_output=True, text=True,
+                           check=True).stdout
+        )  # fmt: skip
         out[name] = {
-            "packages": packages, "venv_mb": round(_du(venv) / 1e6, 1), "site_packages_mb": round(_du(site) / 1e6, 1),
-            "has_torch": has_torch,
+            "recipe": _recipe_text(recipe), "venv_mb": round(_du(venv) / 1e6, 1),
+            "site_packages_mb": round(_du(site) / 1e6, 1), "has_torch": (site / "torch").exists(),
+            "packages_mb": {k: round(v / 1e6, 2) for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])},
         }  # fmt: skip
     out["ratio_venv"] = round(out["torch"]["venv_mb"] / out["onnx"]["venv_mb"], 2)
-    extra = {k: out[k]["venv_mb"] - out["base"]["venv_mb"] for k in ("onnx", "torch")}
+    out["target_onnx_venv_mb"] = round(out["torch"]["venv_mb"] / 5, 1)
+    extra = {k: out[k]["venv_mb"] - out["base"]["venv_mb"] for k in ("onnx", "onnx_full_flwr", "torch")}
     out["over_base_mb"] = {k: round(v, 1) for k, v in extra.items()}
-    out["ratio_over_base"] = round(extra["torch"] / extra["onnx"], 2)
     return out
 
 
 def _paired(rows: list[dict[str, Any]], arm: str) -> dict[str, float]:
     """Mean of ``arm`` minus torch over the seeds, with a 95 % t-interval of the paired difference."""
-    from scipy import stats
+    from scipy import stats  # type: ignore[import-untyped, unused-ignore]
 
     diff = [r[arm]["test_accuracy"] - r["torch"]["test_accuracy"] for r in rows]
     mean = statistics.mean(diff)
@@ -239,7 +268,11 @@ def accuracy(graph_dir: Path, out_dir: Path, seeds: int) -> dict[str, Any]:
         publish_run_graphs(cfg, graphs)
         n = cfg.partition.num_clients
         onnx = {"client-runtime": "onnx", "gradient-graphs": str(graphs)}
-        arms = {"torch": [{}] * n, "onnx": [onnx] * n, "mixed": [onnx if i % 2 == 0 else {} for i in range(n)]}
+        arms: dict[str, list[dict[str, Any]]] = {
+            "torch": [{}] * n,
+            "onnx": [onnx] * n,
+            "mixed": [onnx if i % 2 == 0 else {} for i in range(n)],
+        }
         row: dict[str, Any] = {"seed": seed}
         for arm, nodes in arms.items():
             t0 = time.perf_counter()
@@ -260,7 +293,8 @@ def accuracy(graph_dir: Path, out_dir: Path, seeds: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--child", nargs=2)
-    parser.add_argument("--edge-venv", type=Path)
+    parser.add_argument("--edge-venv", type=Path, help="a venv made by deploy/edge-train-requirements.txt's recipe")
+    parser.add_argument("--edge-full-venv", type=Path, help="flwr, numpy and onnxruntime, pip's full dependencies")
     parser.add_argument("--torch-venv", type=Path)
     parser.add_argument("--base-venv", type=Path)
     parser.add_argument("--accuracy", action="store_true", help="also the accuracy runs (about a minute a seed)")
@@ -286,7 +320,9 @@ def main() -> None:
         print(json.dumps(payload["epoch"]), flush=True)
         payload["peak_rss"] = peak_rss(work)
         print(json.dumps(payload["peak_rss"]), flush=True)
-        payload["install"] = venv_sizes(args.edge_venv, args.torch_venv, args.base_venv, work)
+        given = {"onnx": args.edge_venv, "onnx_full_flwr": args.edge_full_venv, "torch": args.torch_venv,
+                 "base": args.base_venv}  # fmt: skip
+        payload["install"] = venv_sizes(given, work)
         print(json.dumps(payload["install"]), flush=True)
         if args.accuracy:
             payload["accuracy"] = accuracy(work / "acc-graphs", work / "runs", args.seeds)
@@ -320,18 +356,17 @@ def render(p: dict[str, Any]) -> str:
         "|---|---|---|",
         f"| peak RSS, 3 DP epochs in a fresh process | {r['torch']['peak_rss_mib']} MiB "
         f"| {r['onnx']['peak_rss_mib']} MiB |",
-        f"| modules loaded of torch, opacus, sklearn | {', '.join(r['torch']['loaded'])} | "
+        f"| modules loaded of torch, opacus, sklearn, scipy, dp_accounting | {', '.join(r['torch']['loaded'])} | "
         f"{', '.join(r['onnx']['loaded']) or 'none'} |",
         f"| venv (`du -sb`) | {i['torch']['venv_mb']} MB | {i['onnx']['venv_mb']} MB |",
         f"| of which site-packages | {i['torch']['site_packages_mb']} MB | {i['onnx']['site_packages_mb']} MB |",
-        f"| packages | {', '.join(i['torch']['packages'])} | {', '.join(i['onnx']['packages'])} |",
+        f"| made by | `{i['torch']['recipe']}` | `{i['onnx']['recipe']}` |",
         f"| over a venv of flwr and numpy alone ({i['base']['venv_mb']} MB) | {i['over_base_mb']['torch']} MB "
         f"| {i['over_base_mb']['onnx']} MB |",
         "",
-        f"The torch venv is {i['ratio_venv']}x the ONNX venv (target >= 5x: **not met**; flwr and its dependencies, "
-        f"{i['base']['venv_mb']} MB, are in both). What each runtime adds to flwr and numpy: torch "
-        f"{i['ratio_over_base']}x the ONNX client's. The ONNX client's share is mostly scipy (dp-accounting needs it) "
-        "and onnxruntime.",
+        *_install_verdict(i),
+        "",
+        *_package_table(i),
         "",
     ]
     if "accuracy" in p:
@@ -366,6 +401,46 @@ def render(p: dict[str, Any]) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def _install_verdict(i: dict[str, Any]) -> list[str]:
+    met = i["ratio_venv"] >= 5
+    pk = i["onnx"]["packages_mb"]
+    runtime = sum(pk.get(k, 0.0) for k in ("numpy", "onnxruntime", "flatbuffers"))
+    tools = sum(pk.get(k, 0.0) for k in ("pip", "setuptools"))
+    flower = sum(pk.values()) - runtime - tools - pk.get("fedtrain", 0.0)
+    return [
+        f"The torch venv is {i['ratio_venv']}x the ONNX venv (target >= 5x, an ONNX venv of at most "
+        f"{i['target_onnx_venv_mb']} MB: **{'met' if met else 'not met'}**). The ONNX venv holds numpy and "
+        f"onnxruntime ({runtime:.1f} MB), pip and setuptools ({tools:.1f} MB, in every venv) and flwr with the "
+        f"dependencies a SuperNode and its ClientApp import ({flower:.1f} MB); with all of flwr's declared "
+        f"dependencies it is {i['onnx_full_flwr']['venv_mb']} MB "
+        f"({i['torch']['venv_mb'] / i['onnx_full_flwr']['venv_mb']:.2f}x).",
+    ]
+
+
+def _package_table(i: dict[str, Any], floor_mb: float = 1.0) -> list[str]:
+    """Per installed package, MB in each venv: those of at least ``floor_mb`` somewhere, then the rest summed."""
+    cols = [("base", "flwr + numpy"), ("onnx_full_flwr", "ONNX, all of flwr's deps"), ("onnx", "ONNX client"),
+            ("torch", "torch client")]  # fmt: skip
+    sizes = {k: i[k]["packages_mb"] for k, _ in cols}
+    names = sorted({n for v in sizes.values() for n in v}, key=lambda n: -max(v.get(n, 0.0) for v in sizes.values()))
+    big = [n for n in names if max(v.get(n, 0.0) for v in sizes.values()) >= floor_mb]
+    lines = [
+        "What each venv holds, MB per installed package (the files its RECORD lists, byte-compiled files included; "
+        "the venv's own folders and interpreter links make up the rest of `du`):",
+        "",
+        "| package | " + " | ".join(c for _, c in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for n in big:
+        cells = [f"{sizes[k][n]:.1f}" if n in sizes[k] else "" for k, _ in cols]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    rest = [sum(v for n, v in sizes[k].items() if n not in big) for k, _ in cols]
+    counts = [sum(1 for n in sizes[k] if n not in big) for k, _ in cols]
+    lines.append("| others (count) | " + " | ".join(f"{r:.1f} ({c})" for r, c in zip(rest, counts, strict=True)) + " |")
+    lines.append("| venv, `du -sb` | " + " | ".join(f"{i[k]['venv_mb']}" for k, _ in cols) + " |")
+    return lines
 
 
 if __name__ == "__main__":
