@@ -361,8 +361,8 @@ def render(p: dict[str, Any]) -> str:
         f"| venv (`du -sb`) | {i['torch']['venv_mb']} MB | {i['onnx']['venv_mb']} MB |",
         f"| of which site-packages | {i['torch']['site_packages_mb']} MB | {i['onnx']['site_packages_mb']} MB |",
         f"| made by | `{i['torch']['recipe']}` | `{i['onnx']['recipe']}` |",
-        f"| over a venv of flwr and numpy alone ({i['base']['venv_mb']} MB) | {i['over_base_mb']['torch']} MB "
-        f"| {i['over_base_mb']['onnx']} MB |",
+        f"| against a venv of flwr (all it declares) and numpy, {i['base']['venv_mb']} MB "
+        f"| {i['over_base_mb']['torch']:+.1f} MB | {i['over_base_mb']['onnx']:+.1f} MB |",
         "",
         *_install_verdict(i),
         "",
@@ -415,7 +415,15 @@ def _install_verdict(i: dict[str, Any]) -> list[str]:
         f"onnxruntime ({runtime:.1f} MB), pip and setuptools ({tools:.1f} MB, in every venv) and flwr with the "
         f"dependencies a SuperNode and its ClientApp import ({flower:.1f} MB); with all of flwr's declared "
         f"dependencies it is {i['onnx_full_flwr']['venv_mb']} MB "
-        f"({i['torch']['venv_mb'] / i['onnx_full_flwr']['venv_mb']:.2f}x).",
+        f"({i['torch']['venv_mb'] / i['onnx_full_flwr']['venv_mb']:.2f}x)."
+        + (
+            ""
+            if met
+            else f" Without pip and setuptools, the rest (the runtime and what flwr needs at run time) is "
+            f"{runtime + flower:.1f} MB, "
+            f"{'above' if runtime + flower > i['target_onnx_venv_mb'] else 'below'} the target's "
+            f"{i['target_onnx_venv_mb']} MB."
+        ),
     ]
 
 
