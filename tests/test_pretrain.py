@@ -89,14 +89,17 @@ def test_only_layer_k_and_its_decoder_change_during_its_phase(small_config, meth
 
 
 def test_weights_leaving_pretraining_are_where_finetuning_starts(small_config, monkeypatch):
+    from fedtrain.federation.tracking import Checkpointer
+
     saved = {}
-    original = RunFolder.save_checkpoint
+    original = Checkpointer.payload  # what every checkpoint holds
 
-    def record(self, payload, *, best=False):
+    def record(self, arrays):
+        payload = original(self, arrays)
         saved[payload["state"]["global_round"]] = {k: v.clone() for k, v in payload["arrays"].items()}
-        return original(self, payload, best=best)
+        return payload
 
-    monkeypatch.setattr(RunFolder, "save_checkpoint", record)
+    monkeypatch.setattr(Checkpointer, "payload", record)
     _run_dir, seen = _run_with_spy(small_config(**PRE))
     first_finetune = next(arrays for phase, _l, _r, arrays in seen if phase == "finetune")
     last_pretrain = saved[4]  # 2 layers x 2 rounds

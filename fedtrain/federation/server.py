@@ -1,8 +1,9 @@
 """The ServerApp's main: build the run's context, run the plan of stages, write the run folder.
 
 After every round the metrics line, the latest checkpoint (and the best one: by central
-validation accuracy, or the latest without a validation split) are written, so a crash loses
-at most the round in flight and ``--resume`` continues from there. Summary, plots and report are
+validation accuracy, or the latest without a validation split) are written, while the next round
+trains, so a crash loses at most the round in flight and the one whose files were being written,
+and ``--resume`` continues from there. Summary, plots and report are
 written however the run ends (completed, stopped early, or failed).
 """
 
@@ -128,12 +129,21 @@ def run_server(grid: Grid, context: Context) -> Path:
             bookkeeper.progress = bar
             status, reason = run_plan(plan, ctx)
     except KeyboardInterrupt:  # Ctrl-C: every finished round is kept, and --resume goes on from the last
-        finish("stopped", "interrupted")
+        try:
+            finish("stopped", "interrupted")
+        finally:
+            checkpointer.close()
         raise
     except BaseException as err:
-        finish("failed", failure_reason(err))
+        try:
+            finish("failed", failure_reason(err))
+        finally:
+            checkpointer.close()
         raise
-    finish(status, reason)
+    try:
+        finish(status, reason)
+    finally:
+        checkpointer.close()  # the round files' writer thread
     return folder.path
 
 

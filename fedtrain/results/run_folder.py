@@ -15,7 +15,7 @@ import torch
 from fedtrain.config import RunConfig, dump_toml
 from fedtrain.errors import CheckpointError
 
-__all__ = ["CHECKPOINT_FORMAT", "RunFolder", "atomic_write"]
+__all__ = ["CHECKPOINT_FORMAT", "RunFolder", "atomic_write", "checkpoint_bytes"]
 
 CHECKPOINT_FORMAT = "fedtrain-checkpoint-v1"
 
@@ -25,16 +25,31 @@ def atomic_write(path: Path, data: bytes) -> None:
 
     The temporary name is unique per process and thread: two writers never share one half-written file.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    _replace_all([(path, data)], sync_dir=True)
+
+
+def _replace_all(files: list[tuple[Path, bytes]], *, sync_dir: bool) -> None:
+    """Write each file's data to a temporary file and fsync it, then rename them all into place, in order.
+
+    A rename is only made after its data is on disk, so a power loss leaves each path at its old or its new
+    content, never a torn or empty file. ``sync_dir`` also makes the renames durable now (fsync of the folder,
+    once); without it a power loss may leave the old content, a state the caller must be able to resume from.
+    """
+    tmps = [path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp") for path, _ in files]
     try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        for tmp, (_, data) in zip(tmps, files, strict=True):
+            with tmp.open("wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for tmp, (path, _) in zip(tmps, files, strict=True):
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+    if sync_dir:
+        for folder in dict.fromkeys(path.parent for path, _ in files):
+            _fsync_dir(folder)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -97,10 +112,13 @@ class RunFolder:
     def write_config(self, cfg: RunConfig) -> None:
         atomic_write(self.path / "config.toml", dump_toml(cfg).encode())
 
-    def append_metrics(self, record: dict[str, Any]) -> None:
-        """Append one line, fsynced. A crash mid-write leaves at most a torn last line, which reads skip."""
+    def append_metrics(self, record: dict[str, Any] | str) -> None:
+        """Append one line (a record, or its JSON), fsynced.
+
+        A crash mid-write leaves at most a torn last line, which reads skip.
+        """
         with self.metrics_path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write((record if isinstance(record, str) else json.dumps(record)) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -135,12 +153,20 @@ class RunFolder:
         return path
 
     # --- checkpoints ---------------------------------------------------------
-    def save_checkpoint(self, payload: dict[str, Any], *, best: bool = False) -> None:
+    def save_checkpoint(self, payload: dict[str, Any], *, best: bool = False, sync_dir: bool = True) -> None:
+        """Write ``latest.pt`` (and ``best.pt``), each fsynced before it is renamed into place.
+
+        ``sync_dir=False`` (every round's checkpoint) leaves out the fsync that makes the renames durable at
+        once: a power loss may then take back the last round's checkpoint, never tear one, and a resume
+        truncates the metrics lines it does not cover and trains that round again.
+        """
+        self.write_checkpoint(checkpoint_bytes(payload), best=best, sync_dir=sync_dir)
+
+    def write_checkpoint(self, blob: bytes, *, best: bool = False, sync_dir: bool = True) -> None:
+        """:meth:`save_checkpoint` of a payload already turned into bytes (:func:`checkpoint_bytes`)."""
         self.latest_checkpoint.parent.mkdir(exist_ok=True)
-        blob = _to_bytes({"format": CHECKPOINT_FORMAT, **payload})
-        atomic_write(self.latest_checkpoint, blob)
-        if best:
-            atomic_write(self.best_checkpoint, blob)
+        files = [(self.latest_checkpoint, blob)] + ([(self.best_checkpoint, blob)] if best else [])
+        _replace_all(files, sync_dir=sync_dir)
 
     def load_checkpoint(self, which: str = "latest") -> dict[str, Any]:
         path = self.latest_checkpoint if which == "latest" else self.best_checkpoint
@@ -169,6 +195,11 @@ class RunFolder:
                 "checkpoints were deleted and this run cannot be resumed; start a new run"
             )
         return f"no checkpoint at {str(latest)!r}: the run stopped before its first round finished; start a new run"
+
+
+def checkpoint_bytes(payload: dict[str, Any]) -> bytes:
+    """The bytes of ``latest.pt`` holding ``payload``: a snapshot, whatever later happens to its objects."""
+    return _to_bytes({"format": CHECKPOINT_FORMAT, **payload})
 
 
 def _to_bytes(obj: Any) -> bytes:

@@ -1,8 +1,11 @@
 """A Ray-free Flower ``Grid`` that runs the real ClientApp in this process.
 
-Messages are delivered in order: ``push_messages`` runs the ClientApp on a deep copy of each
+Messages are delivered in order: ``push_messages`` runs the ClientApp on its own copy of each
 message (real runtimes serialise messages; SecAgg+ relies on that isolation) with the
 destination node's own ``Context``, whose ``state`` persists across rounds as on a SuperNode.
+The copy is what deserialising would give, made without the serialisation: fresh records, and
+arrays whose ``numpy()`` hands out a copy of the sent array, parsed once per push rather than
+once per client (a round sends every client the same global arrays).
 A ClientApp that raises gets an error reply, as on Flower's runtimes, so failure paths are the
 same in-process and under ``flwr run``. Runs are deterministic for a given seed.
 """
@@ -15,21 +18,80 @@ from collections.abc import Iterable
 from typing import Any
 from uuid import uuid4
 
-from flwr.app import Context, Message, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.constant import SUPERLINK_NODE_ID, SType
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedtrain.federation.exchange.held_arrays import HeldArray
 from fedtrain.logging import get_logger
 from fedtrain.runtime.pool import ClientPool, call_client_app
 
-__all__ = ["InProcessGrid"]
+__all__ = ["InProcessGrid", "delivered_copy"]
 
 log = get_logger()
 
 _FIRST_NODE_ID = 1001
+
+_Parsed = dict[int, tuple[Array, np.ndarray]]  # id(sent Array) -> (that Array, its parsed values)
+
+
+def delivered_copy(msg: Message, parsed: _Parsed | None = None) -> Message:
+    """``msg`` as a receiving node would see it: nothing in it is shared with ``msg`` or another copy.
+
+    Records are rebuilt, lists in config and metric records copied, and each numpy :class:`Array`
+    becomes a :class:`HeldArray` carrying the same (immutable) bytes whose ``numpy()`` returns a fresh
+    copy of the values, parsed once for all copies that share ``parsed``. Anything else is deep-copied.
+    """
+    if not msg.has_content():
+        return copy.deepcopy(msg)
+    parsed = {} if parsed is None else parsed
+    content = RecordDict()
+    for key, record in msg.content.items():
+        content[key] = _record_copy(record, parsed)
+    # Flower's own way to rebuild a message with given metadata (as its deserialisation does); the metadata's
+    # fields are immutable values, so a shallow copy is a full one.
+    delivered: Message = Message(content=content, metadata=copy.copy(msg.metadata))  # type: ignore[call-overload]
+    return delivered
+
+
+def _record_copy(record: Any, parsed: _Parsed) -> Any:
+    if type(record) is ArrayRecord:
+        arrays = {k: _array_copy(a, parsed) for k, a in record.items()}
+        return _filled(ArrayRecord(), arrays)
+    if type(record) in (ConfigRecord, MetricRecord):  # values: scalars, str, bytes (immutable) or lists of them
+        values = {k: list(v) if isinstance(v, list) else v for k, v in record.items()}
+        return _filled(type(record)(), values)
+    return copy.deepcopy(record)
+
+
+def _filled(record: Any, values: dict[str, Any]) -> Any:
+    """``record`` (empty) holding ``values``, taken from a record of the same type, so already valid."""
+    store = record.__dict__.get("_data")
+    if isinstance(store, dict) and not store:  # Flower 1.42's TypedDict store: skip re-checking every entry
+        store.update(values)
+    else:
+        for k, v in values.items():
+            record[k] = v
+    return record
+
+
+def _array_copy(array: Array, parsed: _Parsed) -> Array:
+    if type(array) is not Array or array.stype != SType.NUMPY or not array.shape:  # 0-d: plain, as in held_record
+        return copy.deepcopy(array)
+    entry = parsed.get(id(array))
+    if entry is None or entry[0] is not array:
+        entry = parsed[id(array)] = (array, array.numpy())
+    values = entry[1]
+    if not values.flags.c_contiguous:  # a Fortran-order array: HeldArray holds C-contiguous ones
+        return copy.deepcopy(array)
+    held = HeldArray.__new__(HeldArray)  # as HeldArray.of builds one, with the sent bytes as its data
+    held.__dict__.update(dtype=array.dtype, shape=tuple(array.shape), stype=array.stype, _held=values,
+                         _data=array.data)  # fmt: skip
+    return held  # its numpy() answers values.copy(): the shared parse itself is never handed out
 
 
 class InProcessGrid(Grid):
@@ -106,8 +168,9 @@ class InProcessGrid(Grid):
         if self.workers > 1 and len(calls) > 1:
             self._push_to_pool(calls)
             return ids
+        parsed: _Parsed = {}  # one parse of each array sent in this push, for every copy
         for msg_id, msg, dst in calls:
-            content = copy.deepcopy(msg)
+            content = delivered_copy(msg, parsed)
             t0 = time.perf_counter()
             reply = call_client_app(self._app, content, self.contexts[dst])
             self.client_seconds += time.perf_counter() - t0

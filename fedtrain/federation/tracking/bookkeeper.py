@@ -53,7 +53,8 @@ class RoundBookkeeper:
     """Runs every part that must see a finished round, in the order that keeps a crash harmless.
 
     The metrics line is written before the checkpoint, and the checkpoint holds the number of lines,
-    so a resumed run truncates what the lost round may have written.
+    so a resumed run truncates what the lost round may have written. Both are written by the
+    :class:`Checkpointer`, in the background while the next round trains.
     """
 
     def __init__(
@@ -81,7 +82,6 @@ class RoundBookkeeper:
         record = round_record(outcome, scores)
         self.privacy.sync_user_releases()  # the stage gave the ledger this round's histories before aggregating
         record.update(self.privacy.record(outcome.declined))
-        self.folder.append_metrics(record)
         self.last = record
         s = self.state
         test_acc = scores.test.accuracy if scores.test else None
@@ -93,10 +93,14 @@ class RoundBookkeeper:
         s.strategy = outcome.strategy_state
         self._log(outcome, record, scores)
         self.loss_monitor.observe(outcome, record)  # before the checkpoint, so a resumed run keeps the episode
-        self.checkpointer.save(outcome.arrays, best=s.best.round == outcome.global_round)
+        stop = self.selector.stop_reason() if outcome.supervised else None
+        # The stage's last round is written before the stage returns: what comes next (export, the summary)
+        # reads the folder. Other rounds are written while the next one trains.
+        last = stop is not None or outcome.phase_round >= outcome.phase_rounds
+        self.checkpointer.save_round(record, outcome.arrays, best=s.best.round == outcome.global_round, wait=last)
         if self.progress:
             self.progress.advance(test_acc, val_acc, record.get("epsilon_max"))
-        return self.selector.stop_reason() if outcome.supervised else None
+        return stop
 
     def record_halted(self, phase: str, phase_round: int, global_round: int, figures: dict[str, Any],
                       failures: int, reason: str) -> None:  # fmt: skip
@@ -106,6 +110,7 @@ class RoundBookkeeper:
         """
         record = {"phase": phase, "round": phase_round, "global_round": global_round, "failures": failures,
                   "halted": reason, **figures}  # fmt: skip
+        self.checkpointer.flush()  # after the rounds before it
         self.folder.append_metrics(record)
 
     def _log(self, outcome: RoundOutcome, record: dict[str, Any], scores: CentralScores) -> None:

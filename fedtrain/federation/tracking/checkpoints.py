@@ -6,8 +6,10 @@ saved with the state, so a resumed run continues their streams instead of repeat
 
 from __future__ import annotations
 
+import json
 import random
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,7 @@ from fedtrain.federation.run_state import RunState
 from fedtrain.logging import get_logger
 from fedtrain.privacy.ledger import PrivacyLedger
 from fedtrain.results import RunFolder
+from fedtrain.results.run_folder import checkpoint_bytes
 
 __all__ = ["RESUMABLE_KEYS", "Checkpointer", "ResumePoint", "check_resume_config", "open_run", "seed_generators"]
 
@@ -73,7 +76,15 @@ class ResumePoint:
 
 
 class Checkpointer:
-    """Writes ``latest.pt`` after every round (and ``best.pt`` when the round is the best)."""
+    """Writes ``latest.pt`` after every round (and ``best.pt`` when the round is the best).
+
+    A round's files (its metrics line, then its checkpoint) are written on a background thread while the
+    next round trains: waiting for the disk (fsync) is most of their cost. What they hold is taken when the
+    round ends, so later rounds cannot change it. Every other write and read of the checkpoints
+    (:meth:`save`, :meth:`persist_privacy`, :meth:`flush`) waits for them first; so does the next round's.
+    A crash before they are on disk loses that round too: the folder then holds the round before, and a
+    resume truncates the metrics lines its checkpoint does not cover and trains from there.
+    """
 
     def __init__(
         self,
@@ -91,6 +102,8 @@ class Checkpointer:
         # Wall time: the run's earlier sessions (from the state) plus this one, kept current in every checkpoint.
         self._wall_before, self._session_start = state.wall_seconds, session_start or time.perf_counter()
         self.normalizer, self.classes, self.input_shape = normalizer, classes, input_shape
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
 
     def update_wall_time(self) -> None:
         self.state.wall_seconds = self._wall_before + time.perf_counter() - self._session_start
@@ -108,7 +121,45 @@ class Checkpointer:
         }
 
     def save(self, arrays: ArrayRecord, *, best: bool) -> None:
-        self.folder.save_checkpoint(self.payload(arrays), best=best)
+        """A checkpoint of ``arrays`` now (after the round files still being written)."""
+        self.flush()
+        self.folder.save_checkpoint(self.payload(arrays), best=best, sync_dir=False)
+
+    def save_round(self, record: dict[str, Any], arrays: ArrayRecord, *, best: bool, wait: bool) -> None:
+        """The round's metrics line, then its checkpoint; in the background unless ``wait``.
+
+        Each file is fsynced before it counts (the line before the checkpoint that counts it, the checkpoint
+        before its rename), so a power loss never tears one; the renames are not synced one by one (the run's
+        last write, :meth:`persist_privacy`, is), so a power loss may take back the last rounds, as a crash may.
+        """
+        line, blob = json.dumps(record), checkpoint_bytes(self.payload(arrays))  # taken now
+        self.flush()  # the previous round's files first: the order on disk is the order of the rounds
+
+        def write() -> None:
+            self.folder.append_metrics(line)
+            self.folder.write_checkpoint(blob, best=best, sync_dir=False)
+
+        if wait:
+            write()
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="fedtrain-run-folder")
+        self._pending = self._writer.submit(write)
+
+    def flush(self) -> None:
+        """Wait until the round files being written are on disk; a write that failed raises here."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Flush, and stop the writer thread."""
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
 
     def persist_privacy(self) -> None:
         """Put the ledger's latest state and the wall time into the latest checkpoint, keeping its position.
@@ -117,6 +168,7 @@ class Checkpointer:
         user-level release may have been made in it. The wall time of this session after the last round is kept
         too: a resumed run adds its own to the total in summary.json, not to the last round's.
         """
+        self.flush()
         self.privacy.sync_user_releases()
         self.update_wall_time()
         if not self.folder.latest_checkpoint.is_file():

@@ -5,14 +5,38 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
 from fedtrain.data import ArrayDataset
 from fedtrain.pretrain import AUX_PREFIX
-from fedtrain.train import EvalResult, evaluate
+from fedtrain.train import EvalResult
 
-__all__ = ["CentralEvaluator", "CentralScores"]
+__all__ = ["CentralEvaluator", "CentralScores", "score_split"]
+
+_BATCH = 1024  # fedtrain.train.evaluate's batch size: the same batches, so the same sums
+
+
+@torch.no_grad()
+def score_split(model: nn.Module, data: ArrayDataset, batch_size: int = _BATCH) -> EvalResult:
+    """What :func:`fedtrain.train.evaluate` returns, bit for bit (the same batches in the same order).
+
+    The batches are sliced straight from the arrays: the DataLoader indexes and re-stacks every record,
+    milliseconds per split and round.
+    """
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    loss, correct = 0.0, 0
+    for start in range(0, len(data.y), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(data.x[start : start + batch_size]))
+        y = torch.from_numpy(np.ascontiguousarray(data.y[start : start + batch_size]))
+        logits = model(x)
+        loss += criterion(logits, y).item()
+        correct += int((logits.argmax(1) == y).sum())
+    n = len(data.y)
+    return EvalResult(loss=loss / n, accuracy=correct / n, num_examples=n)
 
 
 @dataclass(frozen=True)
@@ -51,6 +75,6 @@ class CentralEvaluator:
             return CentralScores(None, None)
         model = self.load(arrays)
         return CentralScores(
-            test=evaluate(model, self.test) if self.test is not None else None,
-            val=evaluate(model, self.val) if self.val is not None else None,
+            test=score_split(model, self.test) if self.test is not None else None,
+            val=score_split(model, self.val) if self.val is not None else None,
         )
