@@ -1,7 +1,7 @@
 """A client's whole-run DP-SGD history and the search for sigma: one implementation for every client runtime.
 
 The torch client (:class:`fedtrain.privacy.accountant.ClientAccountant`, Opacus' conversions) and the device
-(:class:`fedtrain.edge.train.accountant.EdgeAccountant`, dp-accounting's) differ only in how a history becomes an
+(:class:`fedtrain.edge.train.accountant.EdgeAccountant`, RDP in numpy) differ only in how a history becomes an
 epsilon. What a history is, how it merges, how it is stored in ``Context.state`` and how sigma is searched for are
 here, in plain Python, so that a device without torch imports the same code the server audits.
 """

@@ -56,6 +56,15 @@ def _recipe() -> list[list[str]]:
     return [["--no-deps", str(ROOT)], ["-r", str(REQUIREMENTS)], ["--no-deps", "flwr==1.42.*"]]
 
 
+def test_the_docs_show_the_requirements_files_recipe() -> None:
+    _recipe()  # the requirements file's own header
+    block = (ROOT / "docs" / "edge.md").read_text().split("## Install a training device", 1)[1].split("```")[1]
+    shown = [line.split("  #")[0].strip() for line in block.splitlines() if line.startswith("pip install")]
+    assert shown == [
+        f"pip install {line}" for line in re.findall(r"^#\s+pip install (.+)$", REQUIREMENTS.read_text(), re.M)
+    ]
+
+
 def _device_venv(dest: Path) -> Path:
     """``python -m venv``, then the requirements file's three lines (offline, from the machine's package index)."""
     subprocess.run([sys.executable, "-m", "venv", str(dest)], check=True, timeout=300)

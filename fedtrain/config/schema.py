@@ -521,7 +521,7 @@ class RuntimeConfig:
     torch_threads: int = setting(1, "Torch threads per client process (1 is fastest for small models).", low=1)
     client_runtime: str = setting(
         "torch",
-        "What trains on the clients: `torch` (torch + Opacus) or `onnx` (ONNX Runtime + numpy + dp-accounting, "
+        "What trains on the clients: `torch` (torch + Opacus) or `onnx` (ONNX Runtime + numpy, "
         "gradient graphs the server publishes; no torch on the device, docs/edge.md). A node's config "
         "`client-runtime` overrides it for that node.",
         choices=("torch", "onnx"),

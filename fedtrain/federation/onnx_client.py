@@ -6,7 +6,7 @@ so SecAgg+ (Flower's legacy layout, :mod:`fedtrain.federation.secagg_client`) an
 unchanged, and one ServerApp serves torch and ONNX nodes alike. The gradient graphs come from the folder in
 node config ``gradient-graphs`` (published by the server with
 :func:`fedtrain.export.gradient_graph.publish_run_graphs`, each checked against its sha256 and the model
-received). Imports: flwr, numpy, onnxruntime, dp-accounting and fedtrain's torch-free modules only.
+received). Imports: flwr, numpy, onnxruntime and fedtrain's torch-free modules only (no scipy, no dp-accounting).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def check_supported(cfg: RunConfig) -> None:
         ),
         "dp-accountant": (
             not cfg.sample_dp or cfg.privacy.dp_accountant == "rdp",
-            f"dp-accountant={cfg.privacy.dp_accountant!r} (the device accounts with dp-accounting's RDP)",
+            f"dp-accountant={cfg.privacy.dp_accountant!r} (the device accounts with RDP only)",
         ),
         "augment": (t.augment == "none", f"augment={t.augment!r} (the graphs take the batch as it is)"),
         "normalize": (
