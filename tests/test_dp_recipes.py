@@ -189,9 +189,11 @@ def test_small_budget_defaults_pick_the_linear_recipe_and_keep_what_the_user_set
     from fedtrain.config.dp_defaults import SMALL_EPSILON_DP_DEFAULTS, dp_default_changes
 
     small = load_config(overrides="dp-level=sample dp-target-epsilon=1")
-    assert (small.model.model, small.train.optimizer, small.train.batch_size) == ("linear", "sgd", 64)
+    assert (small.model.model, small.train.optimizer, small.train.batch_size) == ("linear", "sgd", 128)
     assert small.strategy.server_averaging == "ema" and small.strategy.num_rounds == 15
-    assert set(SMALL_EPSILON_DP_DEFAULTS) <= set(dp_default_changes(small))
+    assert (small.data.normalize, small.data.normalize_dp_share) == ("dp-standard", 0.3)
+    assert all(small.to_flat()[k] == v for k, v in SMALL_EPSILON_DP_DEFAULTS.items())
+    assert set(SMALL_EPSILON_DP_DEFAULTS) - {"local-epochs"} <= set(dp_default_changes(small))  # 2 is generic
     assert "hidden-sizes" not in dp_default_changes(small)  # MLP keys do not apply to the linear model
     mlp = load_config(overrides="dp-level=sample dp-target-epsilon=1 model=mlp")  # the user's model: MLP recipe
     assert (mlp.model.model, mlp.model.hidden_sizes, mlp.train.batch_size) == ("mlp", "128", 16)
@@ -200,6 +202,15 @@ def test_small_budget_defaults_pick_the_linear_recipe_and_keep_what_the_user_set
     large = load_config(overrides="dp-level=sample dp-target-epsilon=3")  # unchanged at the default budget
     assert (large.model.model, large.strategy.server_averaging, large.train.batch_size) == ("mlp", "none", 16)
     assert load_config(file=None, overrides=small.to_flat()) == small  # resolved once: final
+
+
+@pytest.mark.parametrize("overrides", ["secure-aggregation=true", "dp-noise-seed='os'", "normalize='range'"])
+def test_small_budget_recipe_keeps_range_where_dp_standard_cannot_run_or_was_not_wanted(overrides):
+    from fedtrain.config.dp_defaults import dp_default_changes
+
+    cfg = load_config(overrides=f"dp-level=sample dp-target-epsilon=1 {overrides}")  # loads: no dp-standard refusal
+    assert cfg.model.model == "linear" and cfg.data.normalize == "range"
+    assert "normalize-dp-share" not in dp_default_changes(cfg)  # a share without the release is not applied
 
 
 @pytest.mark.slow  # ONNX export: about 25 s on a shared machine

@@ -7,13 +7,19 @@ same release.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["STD_FLOOR", "dp_standard_statistics"]
+__all__ = ["NOISE_FLOOR", "STD_FLOOR", "dp_standard_statistics"]
 
 STD_FLOOR = 0.05  # smallest scale, in units of the input maximum: noisy near-constant pixels stay bounded
+# A variance counts as measured only where it exceeds this many standard deviations of the release's own noise on
+# it; below, the scale is that noise level instead. Without it a pixel that is constant (digits' borders) got the
+# floor 0.05 from a variance that was pure noise and its noisy mean (off by 0.33 at epsilon 0.1) was divided by it:
+# inputs at the +-5 clip in every such pixel, 0.24 accuracy at epsilon 1 against 0.47 with `range` (issue 17).
+NOISE_FLOOR = 3.0
 
 
 def dp_standard_statistics(
@@ -46,7 +52,10 @@ def dp_standard_statistics(
         noise = np.random.default_rng(seed + 3000 + cid).normal(0.0, noise_multiplier * clip, 2 * d)
         total += v.sum(0) + noise  # what client cid releases
         count += len(x)
-    mean, second = total[:d] / count, total[d:] / count
-    std = np.sqrt(np.maximum(second - mean**2, STD_FLOOR**2))
-    std = np.maximum(std, STD_FLOOR)
+    # Post-processing with public facts only: u and u**2 lie in [0, 1], and each pooled mean's noise has std
+    # z * C * sqrt(clients) / count (the variance's: that times sqrt(1 + 4 mean**2), from second - mean**2).
+    mean, second = np.clip(total[:d] / count, 0.0, 1.0), np.clip(total[d:] / count, 0.0, 1.0)
+    err = noise_multiplier * clip * math.sqrt(len(parts)) / count
+    floor = np.maximum(STD_FLOOR, np.sqrt(NOISE_FLOOR * err * np.sqrt(1.0 + 4.0 * mean**2)))
+    std = np.maximum(np.sqrt(np.maximum(second - mean**2, 0.0)), floor)
     return (mean * max_value).reshape(shape).astype(np.float32), (std * max_value).reshape(shape).astype(np.float32)
