@@ -34,9 +34,9 @@ def _faults(messages: list[Message], replies: list[Message]) -> list[Fault]:
     return faults
 
 
-def client_report(reply: Message) -> dict[str, Any]:
-    """A train reply's metrics, with its DP history (a ConfigRecord) when it sent one."""
-    report = reply_metrics(reply)
+def client_report(reply: Message, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A train reply's metrics (``metrics``: already read), with its DP history (a ConfigRecord) when it sent one."""
+    report = dict(metrics) if metrics is not None else reply_metrics(reply)
     history = None if reply.has_error() else reply.content.config_records.get(wire.DP_HISTORY)
     if history is not None:
         report[wire.DP_HISTORY] = dict(history)
@@ -53,14 +53,15 @@ class MessageExchange(RoundExchange):
         shared = train_loss_shared(self.cfg)
         canonical_metrics(received, "train", withheld=() if shared else (wire.TRAIN_LOSS,))
         faults = _faults(messages, received)
-        replies = []
+        replies, reports = [], []
         for m in received:  # an update the server cannot aggregate safely is left out, as if the client failed
-            fault = None if m.has_error() else screen_update(m, reply_metrics(m), r.arrays)
+            metrics = reply_metrics(m)  # read once, for the screen and the report
+            fault = None if m.has_error() else screen_update(m, metrics, r.arrays)
             if fault is None:
                 replies.append(m)
+                reports.append(client_report(m, metrics))
             else:
                 faults.append(fault)
-        reports = [client_report(m) for m in replies]
         chosen = select_replies(self.cfg, replies, reports, r.arrays)
         report_of = {id(m): rep for m, rep in zip(replies, reports, strict=True)}
         for reason in chosen.refused:
