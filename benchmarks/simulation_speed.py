@@ -256,7 +256,9 @@ PFL_PATH = os.environ.get("PFL_PATH", "/tmp/pfl-0.6")  # pip install --no-deps -
 
 def run_one(contender: str, plan: str, dp: bool) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--one", contender, "--plan", plan] + (["--one-dp"] if dp else [])
-    env = {**os.environ, "PYTHONPATH": PFL_PATH} if contender == "pfl" else None
+    # pfl beside the project; a PYTHONPATH already set (a worktree's checkout) stays ahead of the installed fedtrain
+    paths = [p for p in (os.environ.get("PYTHONPATH"), PFL_PATH) if p]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)} if contender == "pfl" else None
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
         return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1][:300]}
