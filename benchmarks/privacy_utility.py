@@ -4,10 +4,12 @@ Digits, 10 clients, Dirichlet 0.5, sample-level DP, delta 1e-5, rdp accountant. 
 baseline recipe ``benchmarks/configs/dp-digits.toml`` (the DP defaults before issue 17, every key written out and
 ``dp-defaults=false``, so later default changes do not move this table) and adds one method's keys:
 
-- ``linear``: ``model=linear`` with its own optimiser settings (plain SGD, batch 64, lr 1.0; 15 rounds at
-  epsilon < 2, else 30);
+- ``linear``: ``model=linear`` with its own optimiser settings (plain SGD, batch 128, 2 local epochs, lr 1.0;
+  15 rounds at epsilon < 2, else 30);
 - ``ema``: ``server-averaging=ema`` (decay 0.9), post-processing;
 - ``dp-standard``: ``normalize=dp-standard`` (10 % of the budget, composed into each client's accountant);
+- ``linear-dpstd``: ``linear`` with ``server-averaging=ema`` and ``normalize=dp-standard`` (share 0.3 at
+  epsilon < 2, where it is the DP default, else 0.1);
 - ``augmult``: ``augment=shift-rotate augment-multiplicity=4`` (k augmentations averaged before clipping);
 - ``server-opt``: the server optimiser chosen on validation (see ``SERVER_OPT``);
 - ``all``: every method at once; ``recipe``: fedtrain's DP defaults after issue 17 for that epsilon.
@@ -18,7 +20,10 @@ to choose. Accuracy is the test accuracy of the model each run reports (its last
 average). Results are written to ``privacy_utility.json`` after every run (a cut benchmark resumes where it
 stopped) and rendered to ``privacy_utility.md``.
 
-    nice -n 5 python benchmarks/privacy_utility.py             # ~15 minutes on 2 shared cores
+Every run uses the vectorised round exchange, which gives the sequential run's numbers (docs/simulation.md) and
+sends the runs it does not cover (augmentation, dp-standard) to the ClientApp; one run at a time.
+
+    nice -n 10 python benchmarks/privacy_utility.py            # ~30 minutes on 2 shared cores
     python benchmarks/privacy_utility.py --from-json           # redo the markdown only
 """
 
@@ -44,11 +49,12 @@ TUNING_SEEDS = (100, 101)
 TARGETS = {1.0: 0.80, 3.0: 0.90}
 STRETCH = {1.0: 0.85, 3.0: 0.93}
 SERVER_OPT = {"strategy": "fedavgm", "server-momentum": 0.5}
+FORMAT = "ablation/2"  # 2: dp-standard's noise floor, the linear recipe at batch 128, the linear-dpstd row
 
 
 def linear(eps: float) -> dict[str, Any]:
     """The linear model with the optimiser settings tuned for it."""
-    return {"model": "linear", "optimizer": "sgd", "batch-size": 64, "learning-rate": 1.0,
+    return {"model": "linear", "optimizer": "sgd", "batch-size": 128, "local-epochs": 2, "learning-rate": 1.0,
             "num-rounds": 15 if eps < 2 else 30}  # fmt: skip
 
 
@@ -66,6 +72,8 @@ def methods(eps: float) -> dict[str, dict[str, Any]]:
         "server-opt": dict(SERVER_OPT),
     }
     rows["all"] = {k: v for row in rows.values() for k, v in row.items()}
+    rows["linear-dpstd"] = {**linear(eps), "server-averaging": "ema", "normalize": "dp-standard",
+                             "normalize-dp-share": 0.3 if eps < 2 else 0.1}  # fmt: skip
     # fedtrain's DP defaults for this epsilon, as `fedtrain run --run-config "dp-level=sample ..."` resolves them.
     resolved = load_config(overrides={"dp-level": "sample", "dp-target-epsilon": eps})
     rows["recipe"] = {"__defaults__": True, **dp_default_changes(resolved)}
@@ -85,7 +93,8 @@ def _configs() -> list[dict[str, Any]]:
                     flat: dict[str, Any] = {"dp-level": "sample", "dp-target-epsilon": eps}
                 else:
                     flat = {**base, "dp-defaults": False, "dp-defaults-applied": "", **keys, "dp-target-epsilon": eps}
-                flat.update({"seed": seed, "progress": False, "report": False, "run-name": f"{name}-e{eps:g}-s{seed}"})
+                flat.update({"seed": seed, "progress": False, "report": False, "round-exchange": "vectorised",
+                             "run-name": f"{name}-e{eps:g}-s{seed}"})  # fmt: skip
                 tasks.append({"epsilon": eps, "method": name, "seed": seed, "flat": flat})
     return tasks
 
@@ -106,18 +115,18 @@ def _measure(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def main(jobs: int = 2) -> None:
+def main(jobs: int = 1) -> None:
     from fedtrain.runtime.batch import run_configs
 
     done: dict[str, Any] = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    if done.get("format") != "ablation/1":  # an earlier benchmark's results: start afresh
+    if done.get("format") != FORMAT:  # an earlier benchmark's results: start afresh
         done = {}
     runs: list[dict[str, Any]] = done.get("runs", [])
     have = {(r["epsilon"], r["method"], r["seed"]) for r in runs}
     todo = [t for t in _configs() if (t["epsilon"], t["method"], t["seed"]) not in have]
     payload = {
-        "format": "ablation/1",
-        "command": "python benchmarks/privacy_utility.py",
+        "format": FORMAT,
+        "command": "nice -n 10 python benchmarks/privacy_utility.py",
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other jobs",
         "recipe": str(RECIPE.relative_to(ROOT)),
