@@ -52,7 +52,7 @@ SAMPLE_DP_DEFAULTS: dict[str, Any] = {
 # per unit of signal, and the server evaluates and keeps the average of the iterates (post-processing, free in
 # privacy). Centred inputs matter most: DP-SGD's noise on the weights, times an uncentred input, is a random offset
 # of every class's logit; `dp-standard` estimates the means inside the budget (30 % of it for the release alone,
-# which composed costs DP-SGD about 5 % more noise). It needs simulated partitions and torch clients without
+# which composed raises DP-SGD's sigma by about 6 %). It needs simulated partitions and torch clients without
 # SecAgg+ (``_dp_standard_allowed``); elsewhere the recipe keeps `range`.
 SMALL_EPSILON = 2.0
 SMALL_EPSILON_DP_DEFAULTS: dict[str, Any] = {
