@@ -15,7 +15,7 @@ Several checkouts can be timed in one run (``--root before=/tmp/wt-before --root
 commits): every repeat runs a bare ``python -c "import flwr.clientapp"`` process (Flower's own floor), then each
 message under each checkout, interleaved, so machine noise hits all alike.
 
-    python benchmarks/client_cold_start.py [--repeats 5] [--root LABEL=PATH ...] [--out PATH.md]
+    python benchmarks/client_cold_start.py [--repeats 5] [--root LABEL=PATH ...] [--imports] [--out PATH.md]
 """
 
 from __future__ import annotations
@@ -98,6 +98,26 @@ def _fresh(args: list[str], root: Path) -> tuple[float, str]:
     return time.perf_counter() - t0, out
 
 
+# Packages whose import time is reported apart (self time of each module, from ``python -X importtime``).
+_GROUPS = ("torch._dynamo", "torch", "opacus", "scipy", "sympy", "mpmath", "onnxruntime", "onnx", "sklearn", "flwr",
+           "grpc", "google", "numpy", "fedtrain", "clients")  # fmt: skip
+
+
+def _import_breakdown(path: Path, root: Path) -> dict[str, float]:
+    """Seconds of import per package (module self times; torch._dynamo apart from torch) for one message."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", _CHILD, str(path)], capture_output=True,
+                          text=True, cwd=root, check=True)  # fmt: skip
+    out: dict[str, float] = {}
+    for line in done.stderr.splitlines():
+        fields = line.removeprefix("import time:").split("|")
+        if len(fields) != 3 or not fields[0].strip().isdigit():
+            continue
+        name = fields[2].strip()
+        group = next((g for g in _GROUPS if name == g or name.startswith(g + ".")), "other")
+        out[group] = out.get(group, 0.0) + int(fields[0]) / 1e6
+    return out
+
+
 def _root(text: str) -> tuple[str, Path]:
     label, sep, path = text.partition("=")
     if not sep or not label or not path:
@@ -133,6 +153,8 @@ def main() -> None:
     parser.add_argument("--label", default="", help="a note for the header")
     parser.add_argument("--root", type=_root, action="append", default=[],
                         help="LABEL=PATH: a checkout to time (a worktree); repeat to compare")  # fmt: skip
+    parser.add_argument("--imports", action="store_true",
+                        help="break each message's imports down by package (one -X importtime run)")  # fmt: skip
     args = parser.parse_args()
     roots: dict[str, Path] = dict(args.root) or {"this checkout": ROOT}
     load_start = os.getloadavg()
@@ -151,6 +173,8 @@ def main() -> None:
                     rows[label][kind]["process"].append(wall)
                     rows[label][kind]["import"].append(parts["import"])
                     rows[label][kind]["handle"].append(parts["handle"])
+        imports = {lb: {k: _import_breakdown(p, r) for k, p in recorded.items()} for lb, r in roots.items()} if (
+            args.imports) else {}  # fmt: skip
     load_end = os.getloadavg()
     fl = statistics.median(floor)
     med = {lb: {k: {p: statistics.median(v) for p, v in r[k].items()} for k in r} for lb, r in rows.items()}
@@ -171,12 +195,21 @@ def main() -> None:
     ]
     for label, root in roots.items():
         lines += ["", f"## {label}: `{_commit(root)}`", "", *_table(med[label], fl)]
+        if label in imports:
+            found = {g for b in imports[label].values() for g in b}
+            groups = sorted(found, key=lambda g: -imports[label]["train"].get(g, 0))
+            lines += ["", "Imports by package, seconds (self time of each module, one `-X importtime` run; it slows "
+                      "imports down, so these add up to more than the columns above):", "",
+                      "| message | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]  # fmt: skip
+            for kind, b in imports[label].items():
+                lines.append(f"| {kind} | " + " | ".join(f"{b.get(g, 0):.2f}" for g in groups) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.write_text(text, encoding="utf-8")
     meta = {"roots": {lb: _commit(r) for lb, r in roots.items()}, "load_start": load_start, "load_end": load_end,
             "repeats": args.repeats}  # fmt: skip
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "floor": floor}, indent=2) + "\n")
+    raw = {"meta": meta, "rows": rows, "floor": floor, "imports": imports}
+    args.out.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
 
 
 if __name__ == "__main__":
