@@ -210,7 +210,7 @@ def write_markdown(payload: dict[str, Any]) -> None:
     norm = [r["normalization_epsilon"] for r in runs if r.get("normalization_epsilon")]
     if norm:
         lines += ["", f"`dp-standard` rows: the normalisation release alone spends epsilon {min(norm):.3g} to "
-                  f"{max(norm):.3g} (10 % of each target); the spent epsilon above counts it."]  # fmt: skip
+                  f"{max(norm):.3g} (its share of each target); spent epsilon counts it."]  # fmt: skip
     outside = sorted({s for r in runs for s in r["outside_budget"]})
     lines += ["", f"Statistics outside the budget in any run: {outside or 'none'}."]
     (RESULTS / "privacy_utility.md").write_text("\n".join(lines) + "\n")
