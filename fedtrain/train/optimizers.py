@@ -8,9 +8,10 @@ Why not ``torch.optim`` itself: a deployed ClientApp starts a fresh process for 
 the first call of a ``torch.optim.Optimizer`` method wrapped by ``torch._disable_dynamo`` (``add_param_group``,
 which ``__init__`` calls; ``zero_grad``; ``step``) imports ``torch._dynamo``: 0.6 to 1.1 s of each train message
 on 2 cores (``benchmarks/results/client_cold_start.md``), and torch 2.13 has no setting that skips it. The classes
-here are ``torch.optim.Optimizer`` subclasses (Opacus' ``DPOptimizer`` and LR schedulers take them) that run, op
-for op, the single-tensor code torch runs for CPU parameters with these defaults, so every result is bit-identical
-to torch.optim's; ``tests/test_optimizers.py`` checks each one against torch.optim, also under Opacus.
+here are ``torch.optim.Optimizer`` subclasses (Opacus' ``DPOptimizer`` and LR schedulers take them) whose
+``step`` calls torch's own functional update (``torch.optim.sgd.sgd``, ``adam.adam``, ``adagrad.adagrad``,
+``rmsprop.rmsprop``, single-tensor), the code torch.optim's classes run, which imports nothing of dynamo outside
+``torch.compile``; ``tests/test_optimizers.py`` checks each one bit for bit against torch.optim, also under Opacus.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from typing import Any, NoReturn
 
 import torch
 from torch import nn
+from torch.optim.adagrad import adagrad
+from torch.optim.adam import adam
+from torch.optim.rmsprop import rmsprop
+from torch.optim.sgd import sgd
 
 from fedtrain.config import TrainConfig
 from fedtrain.errors import ConfigError
@@ -155,18 +160,12 @@ class SGD(EagerOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, p: torch.Tensor, grad: torch.Tensor, group: dict[str, Any]) -> None:
-        if group["weight_decay"] != 0:
-            grad = grad.add(p, alpha=group["weight_decay"])
         momentum = group["momentum"]
+        buffers = [self.state[p].get("momentum_buffer") if momentum != 0 else None]  # no state without momentum
+        sgd([p], [grad], buffers, foreach=False, weight_decay=group["weight_decay"], momentum=momentum,
+            lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"], maximize=False)  # fmt: skip
         if momentum != 0:
-            state = self.state[p]
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = grad.detach().clone()
-            else:
-                buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
-            grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
-        p.add_(grad, alpha=-group["lr"])
+            self.state[p]["momentum_buffer"] = buffers[0]
 
 
 class Adam(EagerOptimizer):
@@ -184,21 +183,10 @@ class Adam(EagerOptimizer):
             state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        lr, wd, (beta1, beta2) = group["lr"], group["weight_decay"], group["betas"]
-        exp_avg, exp_avg_sq, step_t = state["exp_avg"], state["exp_avg_sq"], state["step"]
-        step_t += 1
-        if wd != 0:
-            if group["decoupled_weight_decay"]:
-                p.mul_(1 - lr * wd)
-            else:
-                grad = grad.add(p, alpha=wd)
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step = step_t.item()
-        step_size = lr / (1 - beta1**step)
-        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(group["eps"])
-        p.addcdiv_(exp_avg, denom, value=-step_size)
+        beta1, beta2 = group["betas"]
+        adam([p], [grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]], foreach=False,
+             decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=False, beta1=beta1, beta2=beta2,
+             lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)  # fmt: skip
 
 
 class Adagrad(EagerOptimizer):
@@ -217,15 +205,8 @@ class Adagrad(EagerOptimizer):
 
     def _update(self, p: torch.Tensor, grad: torch.Tensor, group: dict[str, Any]) -> None:
         state = self.state[p]
-        step_t = state["step"]
-        step_t += 1
-        step = step_t.item()
-        if group["weight_decay"] != 0:
-            grad = grad.add(p, alpha=group["weight_decay"])
-        clr = group["lr"] / (1 + (step - 1) * group["lr_decay"])
-        state["sum"].addcmul_(grad, grad, value=1)
-        std = state["sum"].sqrt().add_(group["eps"])
-        p.addcdiv_(grad, std, value=-clr)
+        adagrad([p], [grad], [state["sum"]], [state["step"]], foreach=False, lr=group["lr"], eps=group["eps"],
+                weight_decay=group["weight_decay"], lr_decay=group["lr_decay"], maximize=False)  # fmt: skip
 
 
 class RMSprop(EagerOptimizer):
@@ -245,18 +226,10 @@ class RMSprop(EagerOptimizer):
             state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if momentum > 0:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["step"] += 1
-        if group["weight_decay"] != 0:
-            grad = grad.add(p, alpha=group["weight_decay"])
-        square_avg = state["square_avg"]
-        square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
-        avg = square_avg.sqrt().add_(group["eps"])
-        if momentum > 0:
-            buf = state["momentum_buffer"]
-            buf.mul_(momentum).addcdiv_(grad, avg)
-            p.add_(buf, alpha=-group["lr"])
-        else:
-            p.addcdiv_(grad, avg, value=-group["lr"])
+        buffers = [state["momentum_buffer"]] if momentum > 0 else []
+        rmsprop([p], [grad], [state["square_avg"]], [], buffers, [state["step"]], foreach=False, lr=group["lr"],
+                alpha=alpha, eps=group["eps"], weight_decay=group["weight_decay"], momentum=momentum,
+                centered=False)  # fmt: skip
 
 
 @OPTIMIZERS.register("sgd")
