@@ -225,7 +225,7 @@ def _train_chunk(
         x, y, m = xs[rows, index[s]], ys[rows, index[s]], mask[s].to(xs.dtype)
         grads, loss = step_grads(params, x, y, m, weights)
         if dp is not None:
-            grads = _noised(grads, noise, s, active[s], ebs)
+            grads = _noised(grads, noise, s, ebs)
         elif cfg.clip_grad_value > 0 or cfg.clip_grad_norm > 0:
             grads = clip_grads(grads, cfg)
         params, state = opt.step(params, grads, state, lr, taken.clamp(min=1), active[s], cfg)
@@ -321,7 +321,7 @@ def _private_step(module: nn.Module, fixed: Params, cfg: TrainConfig, dp: DPSett
     return step
 
 
-def _noised(summed: Params, noise: list[list[Params]], s: int, active: torch.Tensor, ebs: torch.Tensor) -> Params:
+def _noised(summed: Params, noise: list[list[Params]], s: int, ebs: torch.Tensor) -> Params:
     out = {}
     for n, t in summed.items():
         draws = [_draw(nz, s, n, t.shape[1:]) for nz in noise]
