@@ -180,6 +180,7 @@ def main() -> None:
     med = {lb: {k: {p: statistics.median(v) for p, v in r[k].items()} for k in r} for lb, r in rows.items()}
     note = f" ({args.label})" if args.label else ""
     flags = "".join(f" --root {lb}=..." for lb in roots) if args.root else ""
+    flags += " --imports" if args.imports else ""
     lines = [
         "# ClientApp cold start per message",
         "",
