@@ -204,11 +204,19 @@ def test_small_budget_defaults_pick_the_linear_recipe_and_keep_what_the_user_set
     assert load_config(file=None, overrides=small.to_flat()) == small  # resolved once: final
 
 
-@pytest.mark.parametrize("overrides", ["secure-aggregation=true", "dp-noise-seed='os'", "normalize='range'"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        "dp-target-epsilon=1 secure-aggregation=true",
+        "dp-target-epsilon=1 dp-noise-seed='os'",
+        "dp-target-epsilon=1 normalize='range'",
+        "dp-target-epsilon=0.05",  # a release at 30 % of it would cost less than any Gaussian release can
+    ],
+)
 def test_small_budget_recipe_keeps_range_where_dp_standard_cannot_run_or_was_not_wanted(overrides):
     from fedtrain.config.dp_defaults import dp_default_changes
 
-    cfg = load_config(overrides=f"dp-level=sample dp-target-epsilon=1 {overrides}")  # loads: no dp-standard refusal
+    cfg = load_config(overrides=f"dp-level=sample {overrides}")  # loads: no dp-standard refusal
     assert cfg.model.model == "linear" and cfg.data.normalize == "range"
     assert "normalize-dp-share" not in dp_default_changes(cfg)  # a share without the release is not applied
 
@@ -250,6 +258,7 @@ def test_multiplicity_of_an_identity_augmentation_changes_nothing_under_dp(small
         ("augment=shift dp-level=sample dp-grad-sample-mode=ghost", "dp-grad-sample-mode='hooks'"),
         ("normalize=dp-standard dp-level=sample dp-noise-seed=os", "dp-noise-seed='run'"),
         ("normalize=dp-standard dp-level=sample client-runtime=onnx", "client-runtime='torch'"),
+        ("normalize=dp-standard dp-level=sample dp-target-epsilon=0.05", "raise normalize-dp-share or dp-target"),
     ],
 )
 def test_recipe_keys_that_would_be_ignored_or_weaker_are_refused(overrides, message):

@@ -20,6 +20,7 @@ import dataclasses
 from collections.abc import Set
 from typing import Any
 
+from fedtrain.config.dp_recipes import gaussian_epsilon_floor
 from fedtrain.config.schema import SECTIONS, RunConfig
 
 __all__ = [
@@ -85,10 +86,11 @@ def _small_budget(cfg: RunConfig, user_set: Set[str]) -> bool:
     return cfg.sample_dp and small and free_model
 
 
-def _dp_standard_allowed(cfg: RunConfig) -> bool:
-    """Whether ``normalize=dp-standard`` can run with ``cfg`` (the needs check_dp_recipes enforces)."""
+def _dp_standard_allowed(cfg: RunConfig, share: float) -> bool:
+    """Whether ``normalize=dp-standard`` can run with ``cfg`` and ``share`` (the needs check_dp_recipes enforces)."""
     return (
-        cfg.data.data_source == "partition"
+        share * cfg.privacy.dp_target_epsilon > gaussian_epsilon_floor(cfg.privacy.dp_delta)
+        and cfg.data.data_source == "partition"
         and not cfg.secagg.secure_aggregation
         and cfg.privacy.dp_noise_seed != "os"
         and cfg.runtime.client_runtime != "onnx"
@@ -104,7 +106,9 @@ def _table(cfg: RunConfig, user_set: Set[str] = frozenset()) -> dict[str, Any]:
         table.update(SAMPLE_DP_DEFAULTS)
     if _small_budget(cfg, user_set):
         table.update(SMALL_EPSILON_DP_DEFAULTS)
-        if not _dp_standard_allowed(cfg):
+        user_share = "normalize-dp-share" in user_set
+        share = cfg.data.normalize_dp_share if user_share else SMALL_EPSILON_DP_DEFAULTS["normalize-dp-share"]
+        if not _dp_standard_allowed(cfg, share):
             table["normalize"] = DP_DEFAULTS["normalize"]
     normalize = cfg.data.normalize if "normalize" in user_set else table.get("normalize", cfg.data.normalize)
     if normalize != "dp-standard":

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fedtrain.config.schema import RunConfig
 
-__all__ = ["check_dp_recipes", "gaussian_epsilon", "normalization_noise", "normalization_segments"]
+__all__ = [
+    "check_dp_recipes",
+    "gaussian_epsilon",
+    "gaussian_epsilon_floor",
+    "normalization_noise",
+    "normalization_segments",
+]
 
 # fedtrain.privacy.accountant.RDP_ORDERS (config sits below privacy). Plain floats: the config package must import
 # without numpy (fedtrain.deploy's CLI runs on machines that have only the standard library and flwr's extras).
@@ -28,10 +34,26 @@ def gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
     )
 
 
+def gaussian_epsilon_floor(delta: float) -> float:
+    """The epsilon :func:`gaussian_epsilon` tends to as the noise grows: no finite noise reaches it or below.
+
+    The RDP term ``a / (2 z^2)`` vanishes; what the conversion to (epsilon, delta) adds at the largest order stays.
+    """
+    log_delta = math.log(delta)
+    return min(-(log_delta + math.log(a)) / (a - 1) + math.log((a - 1) / a) for a in _ORDERS)
+
+
 @functools.lru_cache(maxsize=32)
 def normalization_noise(share: float, target_epsilon: float, delta: float) -> float:
-    """Smallest noise multiplier whose single Gaussian release spends at most ``share * target_epsilon``."""
+    """Smallest noise multiplier whose single Gaussian release spends at most ``share * target_epsilon``.
+
+    Raises ValueError when that budget is at or below :func:`gaussian_epsilon_floor` (check_dp_recipes refuses
+    such configs first, with the keys to change).
+    """
     goal = share * target_epsilon
+    floor = gaussian_epsilon_floor(delta)
+    if goal <= floor:
+        raise ValueError(f"no noise multiplier spends only {goal:.3g}: accounted Gaussian releases need > {floor:.3g}")
     low, high = 0.0, 1.0
     while gaussian_epsilon(high, delta) > goal:
         low, high = high, 2 * high
@@ -82,6 +104,14 @@ def check_dp_recipes(cfg: RunConfig) -> list[str]:
         problems.append(
             f"{why}, so it needs dp-level='sample' or 'both' with a finite dp-target-epsilon and no fixed "
             "dp-noise-multiplier; without DP use normalize='standard'"
+        )
+    pc = cfg.privacy
+    goal, floor = cfg.data.normalize_dp_share * pc.dp_target_epsilon, gaussian_epsilon_floor(pc.dp_delta)
+    if cfg.sample_dp and not math.isinf(pc.dp_target_epsilon) and goal <= floor:
+        problems.append(
+            f"{why}: normalize-dp-share * dp-target-epsilon = {goal:.3g}, but one accounted Gaussian release at "
+            f"dp-delta={pc.dp_delta:g} costs more than {floor:.3g} whatever its noise: raise normalize-dp-share or "
+            "dp-target-epsilon, or use normalize='range' (spends nothing)"
         )
     if cfg.data.data_source != "partition":
         problems.append(
