@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ class MLP(nn.Module):
         residual: bool = False,
     ) -> None:
         super().__init__()
-        widths = [int(torch.tensor(input_shape).prod()), *hidden_sizes]
+        widths = [math.prod(input_shape), *hidden_sizes]
         self.hidden = nn.ModuleList(
             DenseBlock(a, b, activation=activation, dropout=dropout, residual=residual)
             for a, b in itertools.pairwise(widths)
