@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from torch import nn
 
 from fedtrain import wire
@@ -48,16 +48,25 @@ class _Local:
     aux: dict[str, torch.Tensor]
 
 
+def _config(content: RecordDict) -> ConfigRecord | None:
+    """The train config (looked up directly: ``RecordDict.config_records`` builds a new dict per call)."""
+    record = content.get(wire.CONFIG)
+    return record if isinstance(record, ConfigRecord) else None
+
+
 def _local_model(content: RecordDict, context: Context) -> _Local:
     cfg = config_from_run_config(context.run_config)
     torch.set_num_threads(cfg.runtime.torch_threads)
     source = data_source(cfg, context.node_config)  # a data-path file, or the simulated partition
     # Classes, input shape and normaliser are the federation's, sent by the server with every message.
-    spec = received_spec(cfg, content.config_records.get(wire.CONFIG))
+    spec = received_spec(cfg, _config(content))
     client = source.client_data(spec)
     # Built afresh (about half a deepcopy's time); the received weights replace its initial ones.
     model = build_model(cfg.model, spec.input_shape, len(spec.classes))
-    arrays = content.array_records[wire.ARRAYS].to_torch_state_dict()
+    received = content[wire.ARRAYS]
+    if not isinstance(received, ArrayRecord):
+        raise TypeError(f"record {wire.ARRAYS!r} of a train message is a {type(received).__name__}, not an ArrayRecord")
+    arrays = received.to_torch_state_dict()
     model.load_state_dict({k: v for k, v in arrays.items() if not k.startswith(AUX_PREFIX)})
     aux = {k: v for k, v in arrays.items() if k.startswith(AUX_PREFIX)}
     return _Local(cfg, client, source.partition_id, model, aux)
@@ -79,7 +88,9 @@ def train(content: RecordDict, context: Context) -> RecordDict:
     """The local work of one train request: fedtrain's layout in and out."""
     local = _local_model(content, context)
     cfg, client, pid, model, aux = local.cfg, local.client, local.pid, local.model, local.aux
-    config = content.config_records[wire.CONFIG]
+    config = _config(content)
+    if config is None:
+        raise TypeError(f"a train message without its {wire.CONFIG!r} ConfigRecord: run server and clients alike")
     task = client_task(str(config.get(wire.PHASE, "finetune")))
     global_round = int(config_number(config, wire.GLOBAL_ROUND, config_number(config, wire.SERVER_ROUND, 1)))
     seed = cfg.runtime.seed * 1_000_003 + global_round * 1_009 + pid
