@@ -13,18 +13,28 @@ change of load on the machine hits every arm alike), one ``flwr run`` of each ar
   outside it).
 - ``fedtrain``: the same without DP (``fraction-evaluate=0``, so one message per node and round, as in the
   other arms).
+- ``fedtrain-onnx``, ``fedtrain-onnx-dp``: ``fedtrain`` and ``fedtrain-dp`` with ``client-runtime='onnx'``: the
+  nodes train with ONNX Runtime and numpy (``fedtrain.federation.onnx_client``, no torch import), as a device
+  without torch does (docs/edge.md). Same model, data, rounds and config otherwise; the run's gradient graphs are
+  published once before the first repeat (``publish_run_graphs``, outside the timing), and each node's
+  ``gradient-graphs`` node config names a link that points to the graphs of the arm that runs. The run key
+  selects the runtime here (the nodes' config has no ``client-runtime``); on a device the node config's does,
+  through the same code (``runtime_of``). Only with an ONNX arm in ``--arms`` do the nodes get that key.
 
 - ``fedtrain@LABEL``, ``fedtrain-dp@LABEL`` (``--also LABEL=PATH``, repeatable): the same two runs with the app of
   another checkout (a worktree of an earlier commit), on the same deployment, interleaved with the others.
 
-Then the same two fedtrain configs on the in-process grid (``run_inprocess`` with the same node configs). Round 1
-of every run is reported apart (it installs the app on the SuperNodes) and left out of the medians. The fedtrain
+Then the same fedtrain configs on the in-process grid (``run_inprocess`` with the same node configs; the ONNX
+ones with ``client-runtime='onnx'`` and the graphs in each node's config). ``--arms`` picks the arms (default:
+every arm above). Round 1 of every run is reported apart (it installs the app on the SuperNodes) and left out of
+the medians. The fedtrain
 that the benchmark, its ``fedtrain`` commands and the app use is this checkout's (``PYTHONPATH``), or the other
 checkout's for an ``@LABEL`` arm (its FAB's files come first on the ClientApp's path).
 
     python benchmarks/deploy_cost.py                   # writes benchmarks/results/deploy_cost.{json,md}
     python benchmarks/deploy_cost.py --rounds 3 --repeats 1 --out /tmp/dc
     python benchmarks/deploy_cost.py --also before=/tmp/wt-before
+    python benchmarks/deploy_cost.py --arms noop,fedtrain-onnx --rounds 3 --repeats 1 --out /tmp/dc
 """
 
 from __future__ import annotations
@@ -50,6 +60,8 @@ NOOP = ROOT / "benchmarks" / "deploy-noop"
 BIN = Path(sys.executable).parent
 TAG = "FEDTRAIN_DEPLOY_COST_TAG"
 NUM_PARAMS = 64 * 128 + 128 + 128 * 10 + 10  # the DP-default MLP (hidden-sizes=128) on 8x8 digits
+FEDTRAIN_ARMS = ("fedtrain-dp", "fedtrain", "fedtrain-onnx-dp", "fedtrain-onnx")
+ARMS = ("noop", *FEDTRAIN_ARMS)
 
 
 def _alive(pid: int) -> bool:
@@ -87,8 +99,9 @@ def _stop(tag: str) -> None:
 class Deployment:
     """A loopback deployment with TLS and node authentication: SuperLink, 2 registered SuperNodes."""
 
-    def __init__(self, work: Path, port: int, tag: str) -> None:
-        self.work, self.port, self.tag = work, port, tag
+    def __init__(self, work: Path, port: int, tag: str, onnx: bool = False) -> None:
+        self.work, self.port, self.tag, self.onnx = work, port, tag, onnx
+        self.graphs = work / "graphs" / "current"  # a link to the graphs of the ONNX arm that runs
         self.kit, self.data, self.cli = work / "kit", work / "data", work / "home" / "cli"
         self.env = {**os.environ, TAG: tag, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                     "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT)}  # fmt: skip
@@ -136,7 +149,25 @@ class Deployment:
                                         "--node-config", self.node_config(i)], "SuperNode ID")  # fmt: skip
 
     def node_config(self, i: int) -> str:
-        return f"data-path='{self.data / f'client-{i}.npz'}' partition-id={i} num-partitions=2"
+        extra = f" gradient-graphs='{self.graphs}'" if self.onnx else ""
+        return f"data-path='{self.data / f'client-{i}.npz'}' partition-id={i} num-partitions=2{extra}"
+
+    def publish_graphs(self, arm: str, rounds: int) -> Path:
+        """The gradient graphs of ``arm``'s config (what the server publishes for an ONNX run), once."""
+        from fedtrain.config import load_config
+        from fedtrain.export.gradient_graph import publish_run_graphs
+
+        folder = self.work / "graphs" / arm
+        if not folder.is_dir():
+            cfg = load_config(overrides=fedtrain_config(self.data, self.work / "runs", rounds, arm))
+            publish_run_graphs(cfg, folder)
+        return folder
+
+    def point_graphs_at(self, folder: Path) -> None:
+        tmp = self.graphs.with_name("current.tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(folder, target_is_directory=True)
+        tmp.replace(self.graphs)
 
     def flwr_run(self, app: Path, run_config: str) -> tuple[str, float]:
         t0 = time.perf_counter()
@@ -144,7 +175,11 @@ class Deployment:
         return out, time.perf_counter() - t0
 
 
-def fedtrain_config(data: Path, out_dir: Path, rounds: int, dp: bool) -> dict[str, Any]:
+def fedtrain_config(data: Path, out_dir: Path, rounds: int, arm: str) -> dict[str, Any]:
+    """The run config of a fedtrain arm (``fedtrain``, ``fedtrain-dp``, ``fedtrain-onnx``, ``fedtrain-onnx-dp``)."""
+    if arm not in FEDTRAIN_ARMS:
+        raise ValueError(f"not a fedtrain arm: {arm!r} (expected one of {', '.join(FEDTRAIN_ARMS)})")
+    dp = arm.endswith("-dp")
     cfg: dict[str, Any] = {"data-source": "node", "num-clients": 2, "server-data-path": str(data / "server-test.npz"),
                            "normalize": "range", "num-rounds": rounds, "out-dir": str(out_dir), "progress": False,
                            "report": False}  # fmt: skip
@@ -153,6 +188,8 @@ def fedtrain_config(data: Path, out_dir: Path, rounds: int, dp: bool) -> dict[st
     else:  # the DP defaults' model and batch size, one message per node and round
         cfg.update({"hidden-sizes": "128", "activation": "tanh", "batch-size": 16, "local-epochs": 1,
                     "fraction-evaluate": 0.0})  # fmt: skip
+    if "-onnx" in arm:
+        cfg["client-runtime"] = "onnx"
     return cfg
 
 
@@ -171,7 +208,7 @@ def _newest(folder: Path) -> Path:
 
 
 def run_arm(dep: Deployment, arm: str, rounds: int, rep: int, apps: dict[str, Path]) -> dict[str, Any]:
-    """One ``flwr run`` of ``arm`` (``noop``, ``fedtrain``, ``fedtrain-dp``, or one of those two ``@LABEL``)."""
+    """One ``flwr run`` of ``arm`` (``noop``, a fedtrain arm, or ``fedtrain``/``fedtrain-dp`` ``@LABEL``)."""
     out_dir = dep.work / "runs" / f"{arm.replace('@', '-at-')}-{rep}"
     out_dir.mkdir(parents=True)
     base, _, label = arm.partition("@")
@@ -181,7 +218,9 @@ def run_arm(dep: Deployment, arm: str, rounds: int, rep: int, apps: dict[str, Pa
         _, wall = dep.flwr_run(NOOP, noop_config)
         seconds = json.loads(out_file.read_text())["seconds"]
     else:
-        cfg = fedtrain_config(dep.data, out_dir, rounds, dp=base == "fedtrain-dp")
+        cfg = fedtrain_config(dep.data, out_dir, rounds, base)
+        if "-onnx" in base:
+            dep.point_graphs_at(dep.publish_graphs(base, rounds))
         _, wall = dep.flwr_run(apps[label] if label else ROOT, _toml(cfg))
         run_dir = _newest(out_dir)
         assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
@@ -195,8 +234,13 @@ def run_inprocess_arm(dep: Deployment, arm: str, rounds: int, rep: int) -> dict[
     from fedtrain.runtime import run_inprocess
 
     out_dir = dep.work / "runs" / f"inprocess-{arm}-{rep}"
-    cfg = load_config(overrides=fedtrain_config(dep.data, out_dir, rounds, dp=arm == "fedtrain-dp"))
-    nodes = [{"data-path": str(dep.data / f"client-{i}.npz"), "partition-id": i, "num-partitions": 2} for i in (0, 1)]
+    cfg = load_config(overrides=fedtrain_config(dep.data, out_dir, rounds, arm))
+    nodes: list[dict[str, Any]] = [
+        {"data-path": str(dep.data / f"client-{i}.npz"), "partition-id": i, "num-partitions": 2} for i in (0, 1)
+    ]
+    if "-onnx" in arm:
+        for node in nodes:
+            node["gradient-graphs"] = str(dep.publish_graphs(arm, rounds))
     t0 = time.perf_counter()
     run_dir = run_inprocess(cfg, node_configs=nodes)
     wall = time.perf_counter() - t0
@@ -248,6 +292,8 @@ def write_markdown(path: Path, meta: dict[str, Any], table: dict[str, dict[str, 
         "- `fedtrain-dp`: the walkthrough's run (`deploy/examples/loopback.sh`: node-local data, sample-level DP); "
         "`fedtrain`: the same model without DP. Their seconds are `metrics.jsonl`'s per round (train exchange and "
         "aggregation).",
+        "- `fedtrain-onnx*`: the same runs with `client-runtime='onnx'` (ONNX Runtime and numpy on the nodes, no torch "
+        "import; the run's gradient graphs published before the first repeat, outside the timing).",
         "- `*@LABEL`: the same run with the app of another checkout (`--also LABEL=PATH`: "
         + ", ".join(f"{k}: {v}" for k, v in meta.get("also", {}).items())
         + ").",
@@ -269,34 +315,45 @@ def main() -> None:
     parser.add_argument("--name", default="deploy_cost")
     parser.add_argument("--also", action="append", default=[], metavar="LABEL=PATH",
                         help="time the fedtrain arms of another checkout too (a worktree), interleaved")  # fmt: skip
+    parser.add_argument("--arms", default=",".join(ARMS),
+                        help=f"comma-separated arms, run in this order (default, all: {','.join(ARMS)})")  # fmt: skip
     args = parser.parse_args()
+    chosen = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = sorted(set(chosen) - set(ARMS))
+    if unknown or "noop" not in chosen:
+        parser.error(f"--arms {args.arms!r}: needs noop (the floor) and only {', '.join(ARMS)}; unknown: {unknown}")
     apps: dict[str, Path] = {}
     for item in args.also:
         label, sep, path = item.partition("=")
         if not sep or not label or not (Path(path) / "clients" / "client_app.py").is_file():
             parser.error(f"--also {item!r}: expected LABEL=PATH of a fedtrain checkout (with clients/client_app.py)")
         apps[label] = Path(path).resolve()
+    fedtrain_arms = [a for a in ARMS if a in chosen and a != "noop"]
     arms = ["noop"]
-    for base in ("fedtrain-dp", "fedtrain"):  # each fedtrain arm beside its other checkouts' runs
-        arms += [f"{base}@{label}" for label in apps] + [base]
+    for base in fedtrain_arms:  # each fedtrain arm beside its other checkouts' runs (torch arms only)
+        arms += [f"{base}@{label}" for label in apps if "-onnx" not in base] + [base]
     load_start = os.getloadavg()
     tag = uuid.uuid4().hex
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="deploy-cost-") as tmp:
-        dep = Deployment(Path(tmp), args.port, tag)
+        dep = Deployment(Path(tmp), args.port, tag, onnx=any("-onnx" in a for a in fedtrain_arms))
         try:
             dep.up()
+            for arm in fedtrain_arms:
+                if "-onnx" in arm:
+                    dep.publish_graphs(arm, args.rounds)
             for rep in range(args.repeats):
                 for arm in arms:
                     results.append(run_arm(dep, arm, args.rounds, rep, apps))
-                for arm in ("fedtrain-dp", "fedtrain"):
+                for arm in fedtrain_arms:
                     results.append(run_inprocess_arm(dep, arm, args.rounds, rep))
         finally:
             _stop(tag)
         assert not _tagged(tag), "a process the benchmark started is still alive"
     meta = {"command": " ".join(["python benchmarks/deploy_cost.py", *sys.argv[1:]]), "machine": platform.machine(),
             "cpus": os.cpu_count(), "flwr": version("flwr"), "rounds": args.rounds,
-            "repeats": args.repeats, "also": {k: _commit(v) for k, v in apps.items()}, "commit": _commit(ROOT),
+            "repeats": args.repeats, "arms": arms, "also": {k: _commit(v) for k, v in apps.items()},
+            "commit": _commit(ROOT),
             "load": f", at {_commit(ROOT)}, load average {load_start[0]:.2f} at the start and "
                     f"{os.getloadavg()[0]:.2f} at the end"}  # fmt: skip
     table = summarise(results)
