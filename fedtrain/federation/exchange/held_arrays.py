@@ -31,6 +31,12 @@ def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
+@functools.lru_cache(maxsize=64)
+def _dtype_name(dtype: np.dtype[Any]) -> str:
+    """``str(dtype)`` as Flower stores it, cached: numpy computes it anew each time (tens of us)."""
+    return str(dtype)
+
+
 class HeldArray(Array):
     """An :class:`Array` whose ``numpy()`` returns (a copy of) the array it holds, not a parse of its bytes.
 
@@ -41,7 +47,8 @@ class HeldArray(Array):
     def of(cls, values: NDArray[Any]) -> HeldArray:
         values = np.ascontiguousarray(values)
         array = cls.__new__(cls)  # Array.__init__ would parse its arguments and want the bytes now
-        array.__dict__.update(dtype=str(values.dtype), shape=tuple(values.shape), stype=SType.NUMPY, _held=values)
+        dtype = _dtype_name(values.dtype)
+        array.__dict__.update(dtype=dtype, shape=tuple(values.shape), stype=SType.NUMPY, _held=values)
         return array
 
     @property
