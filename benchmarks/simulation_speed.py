@@ -77,7 +77,7 @@ def floor(flat: dict[str, Any]) -> list[float]:
         for pid, ds in enumerate(data):
             local = copy.deepcopy(model) if cfg.sample_dp else model  # Opacus hooks a module once
             local.load_state_dict(weights)
-            seed = cfg.runtime.seed * 1_000_003 + r * 1_009 + pid  # as fedtrain's clients seed their loaders
+            seed = cfg.runtime.seed * 1_000_003 + r * 1_009 + pid  # as fedtrain.federation.call_seed
             if cfg.sample_dp:
                 opt, loader, module = _private(local, ds, cfg, seed)
             else:

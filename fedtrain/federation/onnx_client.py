@@ -31,6 +31,7 @@ from fedtrain.edge.train.graph import GradientGraph, graph_name, load_graph
 from fedtrain.edge.train.optim import OPTIMIZERS
 from fedtrain.edge.train.sampling import build_draws
 from fedtrain.edge.train.trainer import DPSettings, LocalData, balanced_class_weight, plan, train
+from fedtrain.federation.call_seed import call_seed
 from fedtrain.federation.context import config_from_run_config
 from fedtrain.federation.secagg_client import as_fitres, from_fitins, is_secagg
 from fedtrain.logging import get_logger
@@ -254,7 +255,7 @@ def train_content(content: RecordDict, context: Context) -> RecordDict:
     data = _records(local.client, phase)
     settings = _settings(cfg, phase)
     global_round = int(_number(config, wire.GLOBAL_ROUND, _number(config, wire.SERVER_ROUND, 1)))
-    seed = cfg.runtime.seed * 1_000_003 + global_round * 1_009 + pid  # the torch client's seed of the call
+    seed = call_seed(cfg.runtime.seed, global_round, pid)
     metrics: dict[str, Any] = {wire.PARTITION_ID: pid}
     if cfg.user_dp:
         metrics[wire.USER_DP_WEIGHT] = 1.0

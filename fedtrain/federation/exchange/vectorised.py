@@ -28,6 +28,7 @@ from torch import nn
 from fedtrain import wire
 from fedtrain.config import RunConfig
 from fedtrain.data import data_source, received_spec
+from fedtrain.federation.call_seed import call_seed
 from fedtrain.federation.client_tasks import client_task, config_number
 from fedtrain.federation.context import config_from_run_config
 from fedtrain.federation.exchange.base import EXCHANGES, RoundRequest, TrainReplies
@@ -290,7 +291,7 @@ def _prepare(msg: Message, context: Context, cfg: RunConfig, budget: BudgetFn) -
     pid = source.partition_id
     task = client_task(str(config.get(wire.PHASE, "finetune")))
     global_round = int(config_number(config, wire.GLOBAL_ROUND, config_number(config, wire.SERVER_ROUND, 1)))
-    seed = cfg.runtime.seed * 1_000_003 + global_round * 1_009 + pid
+    seed = call_seed(cfg.runtime.seed, global_round, pid)
     data = task.records(client)
     metrics: dict[str, Any] = {wire.PARTITION_ID: pid}
     plan = task.dp_plan(cfg, len(data.y))
