@@ -184,3 +184,51 @@ def test_a_round_file_that_cannot_be_written_fails_the_run(small_config, monkeyp
     assert summary["status"] == "failed" and "no space left" in summary["reason"]
     folder = RunFolder(run_dir)  # the folder holds round 1, and resumes from it
     assert folder.load_checkpoint("latest")["state"]["records"] == 1
+
+
+def _train_replies(small_config, calls: list[tuple[int, int]]) -> list[dict[str, np.ndarray]]:
+    """The reply arrays of train calls ``(node, freeze-depth)`` made one after another in this process."""
+    from clients.client_app import app
+    from fedtrain.data import build_federated_data
+    from fedtrain.models import build_model
+
+    cfg = small_config(hidden_sizes="16,8", num_clients=3)
+    grid = InProcessGrid(app, 3, cfg.to_flat())  # sets the sender identity messages need
+    data = build_federated_data(cfg.data, cfg.partition, cfg.runtime.seed)
+    start = build_model(cfg.model, data.input_shape, len(data.classes), seed=5).state_dict()
+    replies, kept = [], []
+    for i, (node, depth) in enumerate(calls):
+        config = ConfigRecord({"lr": 0.1, "global-round": 1 + i, "freeze-depth": depth})
+        msg = Message(RecordDict({"arrays": ArrayRecord(start), "config": config}), node, "train")
+        msg.metadata.__dict__["_message_id"] = f"m{i}"
+        record = app(msg, grid.contexts[node]).content["arrays"]
+        replies.append(record)
+        kept.append({k: record[k].numpy().copy() for k in record})  # as it was right after the call
+    for record, first in zip(replies, kept, strict=True):  # later calls changed no earlier reply
+        for k in first:
+            np.testing.assert_array_equal(record[k].numpy(), first[k])
+    return kept
+
+
+def test_a_reused_model_trains_as_a_fresh_one(small_config, monkeypatch):
+    from fedtrain.federation import client
+
+    calls = [(1001, 1), (1002, 0), (1001, 0)]  # the first call freezes a layer the next ones train
+    client._IDLE.clear()
+    reused = _train_replies(small_config, calls)
+    assert len(client._IDLE) == 1  # one model served all three calls
+
+    monkeypatch.setattr(client, "_IDLE", _NeverIdle())
+    fresh = _train_replies(small_config, calls)
+    for a, b in zip(reused, fresh, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(reused[0]["hidden.1.linear.weight"], reused[2]["hidden.1.linear.weight"])
+
+
+class _NeverIdle(dict):
+    """An idle pool that keeps nothing: every call builds its model."""
+
+    def __setitem__(self, key, value) -> None:
+        pass

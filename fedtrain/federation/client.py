@@ -47,6 +47,26 @@ class _Local:
     pid: int
     model: nn.Module
     aux: dict[str, torch.Tensor]
+    pool_key: tuple[Any, ...] | None = None  # set when ``model`` came from (and goes back to) the idle pool
+
+
+# Idle models of this process, one per (model config, input shape, classes). A fine-tuning call without DP-SGD
+# takes one and puts it back once its reply holds copies of the weights: building a model per message was a
+# third of an in-process client's overhead (the plain loop reuses one model too). Opacus hooks the module it
+# wraps, and pretraining wraps the layers, so those calls build their own. ``dict.pop`` hands a model to one
+# caller only.
+_IDLE: dict[tuple[Any, ...], nn.Module] = {}
+
+
+def _model(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int, *, pooled: bool) -> nn.Module:
+    """An idle model of this shape when ``pooled`` and one is free (trainable again, no gradients), else a new one."""
+    model = _IDLE.pop((cfg.model, input_shape, num_classes), None) if pooled else None
+    if model is None:
+        return build_model(cfg.model, input_shape, num_classes)
+    for p in model.parameters():
+        p.requires_grad_(True)  # freeze-depth froze some for the call that used it
+        p.grad = None
+    return model
 
 
 def _config(content: RecordDict) -> ConfigRecord | None:
@@ -55,22 +75,25 @@ def _config(content: RecordDict) -> ConfigRecord | None:
     return record if isinstance(record, ConfigRecord) else None
 
 
-def _local_model(content: RecordDict, context: Context) -> _Local:
+def _local_model(content: RecordDict, context: Context, *, training: bool = False) -> _Local:
     cfg = config_from_run_config(context.run_config)
     torch.set_num_threads(cfg.runtime.torch_threads)
     source = data_source(cfg, context.node_config)  # a data-path file, or the simulated partition
     # Classes, input shape and normaliser are the federation's, sent by the server with every message.
-    spec = received_spec(cfg, _config(content))
+    config = _config(content)
+    spec = received_spec(cfg, config)
     client = source.client_data(spec)
-    # Built afresh (about half a deepcopy's time); the received weights replace its initial ones.
-    model = build_model(cfg.model, spec.input_shape, len(spec.classes))
+    phase = str(config.get(wire.PHASE, "finetune")) if config is not None else "finetune"
+    pooled = training and not cfg.sample_dp and phase == "finetune"
+    shape, classes = tuple(spec.input_shape), len(spec.classes)
+    model = _model(cfg, shape, classes, pooled=pooled)  # the received weights replace its own
     received = content[wire.ARRAYS]
     if not isinstance(received, ArrayRecord):
         raise TypeError(f"record {wire.ARRAYS!r} of a train message is a {type(received).__name__}, not an ArrayRecord")
     arrays = received.to_torch_state_dict()
     model.load_state_dict({k: v for k, v in arrays.items() if not k.startswith(AUX_PREFIX)})
     aux = {k: v for k, v in arrays.items() if k.startswith(AUX_PREFIX)}
-    return _Local(cfg, client, source.partition_id, model, aux)
+    return _Local(cfg, client, source.partition_id, model, aux, (cfg.model, shape, classes) if pooled else None)
 
 
 def handle_train(msg: Message, context: Context) -> Message:
@@ -87,7 +110,7 @@ def handle_train(msg: Message, context: Context) -> Message:
 
 def train(content: RecordDict, context: Context) -> RecordDict:
     """The local work of one train request: fedtrain's layout in and out."""
-    local = _local_model(content, context)
+    local = _local_model(content, context, training=True)
     cfg, client, pid, model, aux = local.cfg, local.client, local.pid, local.model, local.aux
     config = _config(content)
     if config is None:
@@ -121,7 +144,11 @@ def train(content: RecordDict, context: Context) -> RecordDict:
     metrics[wire.NUM_EXAMPLES] = result.num_examples
     if train_loss_shared(cfg):  # under DP an unnoised loss of private records stays on the client
         metrics[wire.TRAIN_LOSS] = result.loss
-    return _reply(arrays, metrics, acc)
+    if local.pool_key is None:
+        return _reply(arrays, metrics, acc)
+    reply = _reply(arrays, metrics, acc, copy=True)  # the arrays are the model's, which the next call trains
+    _IDLE[local.pool_key] = model
+    return reply
 
 
 def _budget(
@@ -140,9 +167,11 @@ def _budget(
     return sigma, report, acc
 
 
-def _reply(arrays: dict[str, torch.Tensor], metrics: dict[str, Any], acc: ClientAccountant | None = None) -> RecordDict:
+def _reply(
+    arrays: dict[str, torch.Tensor], metrics: dict[str, Any], acc: ClientAccountant | None = None, *, copy: bool = False
+) -> RecordDict:
     # Arrays that keep their numpy value: the same bytes and object id as Flower's, read back without parsing.
-    content = RecordDict({wire.ARRAYS: held_record(arrays), wire.METRICS: MetricRecord(metrics)})
+    content = RecordDict({wire.ARRAYS: held_record(arrays, copy=copy), wire.METRICS: MetricRecord(metrics)})
     if acc is not None:  # the whole history, so the server's ledger can rebuild and audit every epsilon
         content[wire.DP_HISTORY] = ConfigRecord(acc.state_dict())
     return content

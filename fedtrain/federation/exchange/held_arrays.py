@@ -72,11 +72,16 @@ class HeldArray(Array):
         return Array(dtype=self.dtype, shape=tuple(self.shape), stype=self.stype, data=self.data).deflate()
 
 
-def held_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
-    """An :class:`ArrayRecord` of ``state`` (a state dict) made of :class:`HeldArray` s."""
+def held_record(state: dict[str, torch.Tensor], *, copy: bool = False) -> ArrayRecord:
+    """An :class:`ArrayRecord` of ``state`` (a state dict) made of :class:`HeldArray` s.
+
+    Without ``copy`` the record shares the tensors' memory: pass ``copy=True`` when they will change afterwards.
+    """
     arrays: dict[str, Array] = {}
     for k, v in state.items():
         values = v.detach().cpu().numpy()
+        if copy:
+            values = values.copy()
         arrays[k] = HeldArray.of(values) if values.ndim else Array.from_numpy_ndarray(values)  # 0-d: as Flower does
     record = ArrayRecord()  # not ArrayRecord(array_dict=...): it would rebuild plain Arrays
     store = record.__dict__.get("_data")
