@@ -17,8 +17,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedtrain.config import load_config
 from fedtrain.data import build_federated_data
+from fedtrain.data.federated import normalize_noise_of
 from fedtrain.federation.apps import build_client_app
-from fedtrain.federation.exchange.vectorised import train_batch
+from fedtrain.federation.exchange.vectorised import refusal, train_batch
 from fedtrain.models import build_model
 from fedtrain.privacy.client_privacy import STATE_KEY
 from fedtrain.runtime import InProcessGrid
@@ -38,7 +39,7 @@ def _replies(overrides: dict, config: dict | None = None, rounds: int = 1, lr: f
     app = build_client_app()
     n = cfg.partition.num_clients
     grids = [InProcessGrid(app, n, cfg.to_flat(), vectorisable=True) for _ in range(2)]
-    data = build_federated_data(cfg.data, cfg.partition, cfg.runtime.seed)
+    data = build_federated_data(cfg.data, cfg.partition, cfg.runtime.seed, normalize_noise_of(cfg))
     start = build_model(cfg.model, data.input_shape, len(data.classes), seed=3).state_dict()
     sequential, batched = [], []
     for r in range(1, rounds + 1):
@@ -114,6 +115,22 @@ def test_fedprox_term_and_frozen_layers_match():
 
 def test_dp_with_penalties_and_fedprox_matches():
     _assert_same(*_replies({**DP, "l1": 0.001, "weight-decay": 0.01}, {"proximal-mu": 0.3}))
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_linear_model_matches_with_and_without_dp(dp):
+    _assert_same(*_replies({"model": "linear", **(DP if dp else {})}, rounds=2, lr=0.5))
+
+
+def test_the_small_budget_recipe_matches_dp_standard_release_included():
+    # The DP defaults at epsilon 1 (linear model, dp-standard inputs): the normaliser's release is in every
+    # client's accountant on both sides (_replies compares the accountants left in the contexts).
+    recipe = {"dp-level": "sample", "dp-target-epsilon": 1.0, "dp-grad-sample-mode": "hooks"}
+    cfg = load_config(overrides={**BASE, **recipe})
+    assert (cfg.model.model, cfg.data.normalize) == ("linear", "dp-standard")
+    assert refusal(cfg) == ""
+    sequential, batched = _replies(recipe, rounds=2, lr=1.0)
+    _assert_same(sequential, batched)
 
 
 def test_cnn_matches_with_and_without_dp():

@@ -53,7 +53,7 @@ log = get_logger()
 HANDLED = frozenset(
     # data and partition: the records come from the same DataSource call as the ClientApp's
     "dataset data-path data-format label-column test-fraction val-fraction label-noise class-keep "
-    "data-source server-data-path input-shape classes input-max normalize-local "
+    "data-source server-data-path input-shape classes input-max normalize-local normalize-dp-share normalize-dp-clip "
     "num-clients partitioner dirichlet-alpha classes-per-client quantity-alpha min-partition-size "
     "labeled-fraction client-eval-fraction "
     "model hidden-sizes activation dropout residual init cnn-channels cnn-groups "
@@ -78,9 +78,10 @@ HANDLED = frozenset(
 )
 _VALUES = {  # handled keys that are handled at some values only
     "sampler": ("uniform",),
-    "normalize": ("standard", "minmax", "range", "none"),  # not dp-standard: a client-side release
+    # dp-standard: the same DataSource call normalises, and the same budget function composes its release
+    "normalize": ("standard", "minmax", "range", "none", "dp-standard"),
     "dp-level": ("none", "sample"),
-    "model": ("mlp", "cnn"),
+    "model": ("mlp", "cnn", "linear"),
     "loss": ("cross-entropy", "gce"),
     "data-source": ("partition",),
     "runtime": ("inprocess",),
