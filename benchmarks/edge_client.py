@@ -262,7 +262,8 @@ def accuracy(graph_dir: Path, out_dir: Path, seeds: int) -> dict[str, Any]:
 
     rows = []
     for seed in range(seeds):
-        base = f"dp-level=sample seed={seed} progress=false report=false out-dir={out_dir}"
+        # model=mlp: the gradient graphs cover the MLP only (unset, the DP defaults pick the linear model)
+        base = f"dp-level=sample model=mlp seed={seed} progress=false report=false out-dir={out_dir}"
         cfg = load_config(overrides=base)
         graphs = graph_dir / f"seed{seed}"
         publish_run_graphs(cfg, graphs)
@@ -286,7 +287,7 @@ def accuracy(graph_dir: Path, out_dir: Path, seeds: int) -> dict[str, Any]:
         print(json.dumps(row), flush=True)
     mean = {arm: statistics.mean(r[arm]["test_accuracy"] for r in rows) for arm in ("torch", "onnx", "mixed")}
     paired = {arm: _paired(rows, arm) for arm in ("onnx", "mixed")}
-    return {"config": "defaults + dp-level=sample (the DP defaults apply)", "seeds": rows, "mean": mean,
+    return {"config": "defaults + dp-level=sample model=mlp (the MLP DP defaults apply)", "seeds": rows, "mean": mean,
             "paired": paired}  # fmt: skip
 
 

@@ -332,6 +332,8 @@ def _server_normalize(cfg: RunConfig, raw: RawSplits, *, server_file: bool) -> t
     a server file carries it (``max_value``), otherwise it goes in as ``input-max``.
     """
     method = cfg.data.normalize
+    if method == "dp-standard":  # its release needs simulated partitions: node data gets range, as the DP defaults do
+        method = "range"
     max_value = raw.full.max_value or cfg.data.input_max or None
     if server_file:  # standard and minmax are fitted on the server's file
         if method == "range" and raw.full.max_value is None:

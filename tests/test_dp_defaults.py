@@ -8,6 +8,7 @@ from fedtrain.config.dp_defaults import (
     SAMPLE_DP_DEFAULTS,
     dp_default_changes,
     format_dp_default_changes,
+    table_keys,
 )
 from fedtrain.errors import ConfigError
 from fedtrain.privacy.unaccounted import label_counts_allowed, unaccounted_statistics
@@ -22,8 +23,9 @@ def flower_run_config(**overrides: object) -> dict:
 
 
 def test_dp_defaults_fill_the_unset_keys_and_keep_the_set_ones():
-    cfg = load_config(overrides="dp-level=sample activation=relu batch-size=32").to_flat()
-    assert (cfg["activation"], cfg["batch-size"]) == ("relu", 32)  # set by the user: kept
+    # model=mlp set: the MLP recipe (the linear recipe's keys are covered in test_dp_recipes.py)
+    cfg = load_config(overrides="dp-level=sample model=mlp activation=relu batch-size=32").to_flat()
+    assert (cfg["model"], cfg["activation"], cfg["batch-size"]) == ("mlp", "relu", 32)  # set by the user: kept
     assert cfg["hidden-sizes"] == "128" and cfg["local-epochs"] == 1 and cfg["normalize"] == "range"
     assert cfg["fraction-evaluate"] == 0.0 and cfg["client-eval-fraction"] == 0.0
     assert set(cfg["dp-defaults-applied"].split(",")) == set(DP_DEFAULTS) | set(SAMPLE_DP_DEFAULTS) - {
@@ -34,15 +36,21 @@ def test_dp_defaults_fill_the_unset_keys_and_keep_the_set_ones():
 
 def test_dp_defaults_via_a_full_flower_run_config():
     # Every key is present in the base; only those that differ from the generic default were set.
-    cfg = load_config(base=flower_run_config(dp_level="sample", activation="elu", local_epochs=3)).to_flat()
+    cfg = load_config(base=flower_run_config(dp_level="sample", learning_rate=0.5, local_epochs=3)).to_flat()
+    assert (cfg["learning-rate"], cfg["local-epochs"]) == (0.5, 3)
+    assert (cfg["model"], cfg["batch-size"], cfg["normalize"]) == ("linear", 128, "dp-standard")
+    # model='mlp' equals the generic default, so a pretrain stage is what keeps the MLP recipe here
+    raw = flower_run_config(dp_level="sample", plan="pretrain,finetune", activation="elu", local_epochs=3)
+    cfg = load_config(base=raw).to_flat()
     assert (cfg["activation"], cfg["local-epochs"]) == ("elu", 3)
-    assert (cfg["hidden-sizes"], cfg["batch-size"], cfg["normalize"]) == ("128", 16, "range")
+    assert (cfg["model"], cfg["hidden-sizes"], cfg["batch-size"], cfg["normalize"]) == ("mlp", "128", 16, "range")
 
 
 def test_a_file_key_at_its_generic_default_counts_as_set(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('dp-level = "sample"\nhidden-sizes = "128,64"\n')
-    assert load_config(file=path).model.hidden_sizes == "128,64"
+    path.write_text('dp-level = "sample"\nmodel = "mlp"\nhidden-sizes = "128,64"\n')
+    cfg = load_config(file=path)
+    assert (cfg.model.model, cfg.model.hidden_sizes) == ("mlp", "128,64")
 
 
 def test_resolution_is_idempotent_and_equal_for_server_and_clients(tmp_path):
@@ -79,9 +87,7 @@ def test_dp_defaults_off_keeps_the_generic_values_and_the_refusals():
     # The escape hatch of `flwr run`, where a value equal to the generic default counts as not set.
     raw = flower_run_config(dp_level="sample", dp_defaults=False, normalize="standard", **{k: True for k in OPT_IN})
     cfg = load_config(base=raw).to_flat()
-    assert {k: cfg[k] for k in (*DP_DEFAULTS, *SAMPLE_DP_DEFAULTS)} == {
-        k: GENERIC[k] for k in (*DP_DEFAULTS, *SAMPLE_DP_DEFAULTS)
-    }
+    assert {k: cfg[k] for k in table_keys()} == {k: GENERIC[k] for k in table_keys()}
     with pytest.raises(ConfigError, match="normalize='standard' is refused"):
         load_config(overrides="dp-level=sample dp-defaults=false")
 
@@ -99,6 +105,8 @@ def test_cnn_keeps_its_mlp_keys_untouched():
 def test_log_line_names_the_changed_keys():
     line = format_dp_default_changes(dp_default_changes(load_config(overrides="dp-level=sample")))
     assert line.startswith("DP defaults applied (keys you did not set): ")
+    assert "model=linear" in line and "learning-rate=1.0" in line and "normalize=dp-standard" in line
+    line = format_dp_default_changes(dp_default_changes(load_config(overrides="dp-level=sample model=mlp")))
     assert "hidden-sizes=128" in line and "activation=tanh" in line and "normalize=range" in line
 
 

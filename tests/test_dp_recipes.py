@@ -147,7 +147,7 @@ def test_augmentation_multiplicity_under_dp_sgd_clips_per_record(small_config):
     from fedtrain.privacy.dp_sgd import dp_train_local
 
     cfg = small_config(dp_level="sample", model="linear", augment="shift-rotate", augment_multiplicity=4,
-                       batch_size=16, local_epochs=1)  # fmt: skip
+                       batch_size=16, local_epochs=1, normalize="range")  # fmt: skip
     data = build_federated_data(cfg.data, cfg.partition, 0).clients[0].train
     seen: list[int] = []
     import fedtrain.train.augment as augment_mod
@@ -186,22 +186,62 @@ def test_augmentation_without_dp_trains_and_refuses_tabular_inputs(small_config)
 
 
 def test_small_budget_defaults_pick_the_linear_recipe_and_keep_what_the_user_set():
-    from fedtrain.config.dp_defaults import SMALL_EPSILON_DP_DEFAULTS, dp_default_changes
+    from fedtrain.config.dp_defaults import dp_default_changes, linear_dp_defaults
 
     small = load_config(overrides="dp-level=sample dp-target-epsilon=1")
     assert (small.model.model, small.train.optimizer, small.train.batch_size) == ("linear", "sgd", 128)
     assert small.strategy.server_averaging == "ema" and small.strategy.num_rounds == 15
     assert (small.data.normalize, small.data.normalize_dp_share) == ("dp-standard", 0.3)
-    assert all(small.to_flat()[k] == v for k, v in SMALL_EPSILON_DP_DEFAULTS.items())
-    assert set(SMALL_EPSILON_DP_DEFAULTS) - {"local-epochs"} <= set(dp_default_changes(small))  # 2 is generic
+    assert all(small.to_flat()[k] == v for k, v in linear_dp_defaults(1.0).items())
+    assert set(linear_dp_defaults(1.0)) - {"local-epochs"} <= set(dp_default_changes(small))  # 2 is generic
     assert "hidden-sizes" not in dp_default_changes(small)  # MLP keys do not apply to the linear model
     mlp = load_config(overrides="dp-level=sample dp-target-epsilon=1 model=mlp")  # the user's model: MLP recipe
     assert (mlp.model.model, mlp.model.hidden_sizes, mlp.train.batch_size) == ("mlp", "128", 16)
     mine = load_config(overrides="dp-level=sample dp-target-epsilon=1 batch-size=32 num-rounds=20")
     assert (mine.model.model, mine.train.batch_size, mine.strategy.num_rounds) == ("linear", 32, 20)
-    large = load_config(overrides="dp-level=sample dp-target-epsilon=3")  # unchanged at the default budget
-    assert (large.model.model, large.strategy.server_averaging, large.train.batch_size) == ("mlp", "none", 16)
     assert load_config(file=None, overrides=small.to_flat()) == small  # resolved once: final
+
+
+@pytest.mark.parametrize("epsilon", [3.0, 8.0])
+def test_the_linear_recipe_is_the_default_at_larger_budgets_too(epsilon):
+    # benchmarks/results/privacy_utility.md, row linear-dpstd: 30 rounds and a 10 % share of the budget
+    from fedtrain.config.dp_defaults import SMALL_EPSILON, dp_default_changes, linear_dp_defaults
+
+    assert epsilon >= SMALL_EPSILON
+    cfg = load_config(overrides=f"dp-level=sample dp-target-epsilon={epsilon:g}")
+    flat = cfg.to_flat()
+    expected = {
+        "model": "linear",
+        "optimizer": "sgd",
+        "batch-size": 128,
+        "local-epochs": 2,
+        "learning-rate": 1.0,
+        "num-rounds": 30,
+        "server-averaging": "ema",
+        "normalize": "dp-standard",
+        "normalize-dp-share": 0.1,
+    }
+    assert linear_dp_defaults(epsilon) == expected
+    assert {k: flat[k] for k in expected} == expected
+    assert {"model", "optimizer", "batch-size", "learning-rate", "server-averaging", "normalize"} <= set(
+        dp_default_changes(cfg)
+    )
+    assert load_config(file=None, overrides=flat) == cfg  # resolved once: final
+    # What the user set is kept; the rest of the recipe still applies.
+    mine = load_config(
+        overrides=f"dp-level=sample dp-target-epsilon={epsilon:g} model=linear batch-size=64 learning-rate=0.5 "
+        "num-rounds=12 normalize-dp-share=0.2 server-averaging=polyak"
+    )
+    assert (mine.model.model, mine.train.batch_size, mine.train.learning_rate) == ("linear", 64, 0.5)
+    assert (mine.strategy.num_rounds, mine.strategy.server_averaging) == (12, "polyak")
+    assert (mine.data.normalize, mine.data.normalize_dp_share) == ("dp-standard", 0.2)
+    assert (mine.train.optimizer, mine.train.local_epochs) == ("sgd", 2)
+    # The MLP recipe where the linear one does not apply: the user's model, a pretrain stage, a fixed sigma, and
+    # the ONNX client runtime (its gradient graphs cover the MLP only).
+    for extra in ("model=mlp", "plan='pretrain,finetune'", "dp-noise-multiplier=1.0", "client-runtime='onnx'"):
+        mlp = load_config(overrides=f"dp-level=sample dp-target-epsilon={epsilon:g} {extra}")
+        assert (mlp.model.model, mlp.model.hidden_sizes, mlp.model.activation) == ("mlp", "128", "tanh"), extra
+        assert (mlp.train.batch_size, mlp.data.normalize, mlp.strategy.server_averaging) == (16, "range", "none")
 
 
 @pytest.mark.parametrize(
@@ -211,6 +251,8 @@ def test_small_budget_defaults_pick_the_linear_recipe_and_keep_what_the_user_set
         "dp-target-epsilon=1 dp-noise-seed='os'",
         "dp-target-epsilon=1 normalize='range'",
         "dp-target-epsilon=0.05",  # a release at 30 % of it would cost less than any Gaussian release can
+        "dp-target-epsilon=3 secure-aggregation=true",
+        "dp-target-epsilon=3 normalize-dp-share=0.005",  # the user's share: too small to release
     ],
 )
 def test_small_budget_recipe_keeps_range_where_dp_standard_cannot_run_or_was_not_wanted(overrides):

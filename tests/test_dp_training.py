@@ -15,7 +15,7 @@ from fedtrain.results import RunFolder
 from fedtrain.runtime import run_inprocess
 from fedtrain.train import OPTIMIZERS, evaluate
 
-DP = {"dp_level": "sample", "batch_size": 32, "hidden_sizes": "16"}
+DP = {"dp_level": "sample", "model": "mlp", "batch_size": 32, "hidden_sizes": "16"}  # not the linear DP default
 
 
 def _summary(run_dir):
@@ -82,7 +82,9 @@ def test_returned_weights_load_into_the_plain_model():
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_dp_works_with_every_optimizer(name):
-    cfg = load_config(overrides={"dp-level": "sample", "optimizer": name, "hidden-sizes": "16", "learning-rate": 0.01})
+    cfg = load_config(
+        overrides={"dp-level": "sample", "model": "mlp", "optimizer": name, "hidden-sizes": "16", "learning-rate": 0.01}
+    )
     data = build_federated_data(cfg.data, cfg.partition, 0).clients[1].train
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     before = evaluate(model, data).loss
@@ -191,7 +193,7 @@ def test_report_plots_epsilon_against_round(small_config):
 
 
 def test_physical_batches_do_not_change_the_logical_steps():
-    cfg = load_config(overrides="dp-level=sample hidden-sizes=16 batch-size=32 dp-max-physical-batch-size=8")
+    cfg = load_config(overrides="dp-level=sample model=mlp hidden-sizes=16 batch-size=32 dp-max-physical-batch-size=8")
     data = build_federated_data(cfg.data, cfg.partition, 0).clients[0].train
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     before = [p.detach().clone() for p in model.parameters()]

@@ -58,7 +58,8 @@ print(json.dumps(out))
 
 
 def test_onnx_client_trains_two_dp_rounds_without_torch(small_config, tmp_path: Path) -> None:
-    cfg = small_config(dp_level="sample", batch_size=30, hidden_sizes="16", num_clients=2, client_eval_fraction=0.2)
+    cfg = small_config(dp_level="sample", model="mlp", batch_size=30, hidden_sizes="16", num_clients=2,
+                       client_eval_fraction=0.2)  # fmt: skip
     graphs = tmp_path / "graphs"
     publish_run_graphs(cfg, graphs, kinds=DP_GRAPHS)
     spec = server_data(cfg).spec

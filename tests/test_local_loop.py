@@ -16,7 +16,7 @@ from fedtrain.train.loop import PerSampleLoss, run_local
 
 FINETUNE = ("train_local", "dp_train_local")
 PRETRAIN = ("pretrain_local", "dp_pretrain_local")
-SMALL = "hidden-sizes=16 local-epochs=2 pretrain-epochs=2 pretrain-optimizer=sgd pretrain-learning-rate=0.05"
+SMALL = "model=mlp hidden-sizes=16 local-epochs=2 pretrain-epochs=2 pretrain-optimizer=sgd pretrain-learning-rate=0.05"
 
 
 def _data(cfg) -> ArrayDataset:

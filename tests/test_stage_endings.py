@@ -19,7 +19,7 @@ from fedtrain.privacy.ledger import PrivacyLedger
 from fedtrain.results import RunFolder
 from fedtrain.runtime import InProcessGrid, run_inprocess
 
-DP = {"dp_level": "sample", "hidden_sizes": "16", "batch_size": 32, "local_epochs": 1}
+DP = {"dp_level": "sample", "model": "mlp", "hidden_sizes": "16", "batch_size": 32, "local_epochs": 1}
 
 
 class Halve(OneShotStage):

@@ -28,7 +28,9 @@ MAIN_JOB: dict[str, Any] = {
     "dp-target-epsilon": 3.0,
     "secure-aggregation": True,
     "server-averaging": "ema",
-    # the DP recipe of fedtrain.config.dp_defaults as measured for this preset
+    # the MLP DP recipe of fedtrain.config.dp_defaults (SAMPLE_DP_DEFAULTS) as measured for this preset; model is
+    # pinned so that plan=finetune,export (no pretrain stage) keeps the MLP instead of the linear DP default
+    "model": "mlp",
     "hidden-sizes": "128",
     "activation": "tanh",
     "batch-size": 16,

@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fedtrain.config.dp_defaults import DP_DEFAULTS, SAMPLE_DP_DEFAULTS, SMALL_EPSILON, SMALL_EPSILON_DP_DEFAULTS
+from fedtrain.config.dp_defaults import (
+    DP_DEFAULTS,
+    LINEAR_DP_DEFAULTS,
+    LINEAR_DP_LARGE_EPSILON,
+    LINEAR_DP_SMALL_EPSILON,
+    SAMPLE_DP_DEFAULTS,
+    SMALL_EPSILON,
+)
 from fedtrain.config.loader import flat_keys, toml_value
 from fedtrain.config.schema import SECTIONS, RunConfig
 
@@ -69,19 +76,25 @@ def _dp_defaults_section(defaults: Mapping[str, Any]) -> list[str]:
         "The run logs the keys that changed (`DP defaults applied (keys you did not set): ...`) and the resolved",
         "`config.toml` holds the values and lists the keys in `dp-defaults-applied`. The sample-level values were",
         "tuned on validation accuracy (`benchmarks/results/dp_tuning.md`). `client-eval-fraction` changes only",
-        "when client evaluation is off.",
+        "when client evaluation is off. Under sample-level DP the linear recipe applies where it can (rows below);",
+        "its `normalize=dp-standard` falls back to `range` where that cannot run (SecAgg+, node data,",
+        "`dp-noise-seed=os`, or a share of the budget too small to release), and `normalize-dp-share` then keeps",
+        "its generic value. Nodes that set `client-runtime=onnx` in their own node config need `model=mlp`.",
         "",
         "| key | generic default | DP default | applies under |",
         "|---|---|---|---|",
     ]
-    small = (
-        f"`sample`, `both` with `dp-target-epsilon` < {SMALL_EPSILON:g} (no fixed sigma), the model unset or "
-        "`linear`, no `pretrain` in the plan"
+    linear = (
+        "`sample`, `both` with no fixed sigma, the model unset or `linear`, no `pretrain` in the plan, "
+        "`client-runtime=torch`"
     )
+    mlp = "`sample`, `both` where the linear recipe does not apply (another model, `pretrain`, a fixed sigma, `onnx`)"
     tables = (
         (DP_DEFAULTS, "`sample`, `user`, `both`"),
-        (SAMPLE_DP_DEFAULTS, "`sample`, `both`"),
-        (SMALL_EPSILON_DP_DEFAULTS, small),
+        (LINEAR_DP_DEFAULTS, linear),
+        (LINEAR_DP_SMALL_EPSILON, f"as above, `dp-target-epsilon` < {SMALL_EPSILON:g}"),
+        (LINEAR_DP_LARGE_EPSILON, f"as above, `dp-target-epsilon` >= {SMALL_EPSILON:g}"),
+        (SAMPLE_DP_DEFAULTS, mlp),
     )
     for table, levels in tables:
         for key, value in table.items():
