@@ -9,7 +9,7 @@ baseline recipe ``benchmarks/configs/dp-digits.toml`` (the DP defaults before is
 - ``ema``: ``server-averaging=ema`` (decay 0.9), post-processing;
 - ``dp-standard``: ``normalize=dp-standard`` (10 % of the budget, composed into each client's accountant);
 - ``linear-dpstd``: ``linear`` with ``server-averaging=ema`` and ``normalize=dp-standard`` (share 0.3 at
-  epsilon < 2, where it is the DP default, else 0.1);
+  epsilon < 2, else 0.1): the DP defaults' keys at every epsilon, so ``recipe`` must give the same figures;
 - ``augmult``: ``augment=shift-rotate augment-multiplicity=4`` (k augmentations averaged before clipping);
 - ``server-opt``: the server optimiser chosen on validation (see ``SERVER_OPT``);
 - ``all``: every method at once; ``recipe``: fedtrain's DP defaults after issue 17 for that epsilon.
@@ -24,11 +24,16 @@ Every run uses the vectorised round exchange, which gives the sequential run's n
 sends the runs it does not cover (augmentation, dp-standard) to the ClientApp; one run at a time.
 
     nice -n 10 python benchmarks/privacy_utility.py            # ~30 minutes on 2 shared cores
+    nice -n 10 python benchmarks/privacy_utility.py --methods baseline,recipe   # rerun these rows only
     python benchmarks/privacy_utility.py --from-json           # redo the markdown only
+
+``--methods`` drops the named rows' earlier results and runs them again; the other rows keep theirs from
+``privacy_utility.json``, and the markdown says which rows were rerun, when and with what command.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -115,26 +120,38 @@ def _measure(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def main(jobs: int = 1) -> None:
+def main(jobs: int = 1, only: list[str] | None = None) -> None:
+    """Run what ``privacy_utility.json`` lacks; with ``only``, rerun those rows and keep the others' results."""
     from fedtrain.runtime.batch import run_configs
 
+    command = "nice -n 10 python benchmarks/privacy_utility.py"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, shared with other jobs"
     done: dict[str, Any] = json.loads(OUT.read_text()) if OUT.is_file() else {}
     if done.get("format") != FORMAT:  # an earlier benchmark's results: start afresh
         done = {}
     runs: list[dict[str, Any]] = done.get("runs", [])
+    reruns: list[dict[str, Any]] = done.get("reruns", [])
+    if only:
+        runs = [r for r in runs if r["method"] not in only]
+        rerun = {"methods": only, "command": f"{command} --methods {','.join(only)}",
+                 "date": time.strftime("%Y-%m-%d"), "wall_seconds": 0.0}  # fmt: skip
+        reruns = [*[r for r in reruns if not set(r["methods"]) <= set(only)], rerun]
     have = {(r["epsilon"], r["method"], r["seed"]) for r in runs}
     todo = [t for t in _configs() if (t["epsilon"], t["method"], t["seed"]) not in have]
+    if only:
+        todo = [t for t in todo if t["method"] in only]
     payload = {
         "format": FORMAT,
-        "command": "nice -n 10 python benchmarks/privacy_utility.py",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other jobs",
+        "command": done.get("command", command) if only else command,
+        "date": done.get("date", time.strftime("%Y-%m-%d")) if only else time.strftime("%Y-%m-%d"),
+        "machine": done.get("machine", machine) if only else machine,
         "recipe": str(RECIPE.relative_to(ROOT)),
         "seeds": list(SEEDS),
         "tuning_seeds": list(TUNING_SEEDS),
         "methods": {str(eps): methods(eps) for eps in EPSILONS},
         "runs": runs,
         "wall_seconds": done.get("wall_seconds", 0.0),
+        "reruns": reruns,
     }
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,7 +162,11 @@ def main(jobs: int = 1) -> None:
             task = next(t for t in todo if t["flat"]["run-name"] == name)
             runs.append({"epsilon": task["epsilon"], "method": task["method"], "seed": task["seed"],
                          "seconds": result["seconds"], **_measure(Path(result["run_dir"]))})  # fmt: skip
-            payload["wall_seconds"] = round(done.get("wall_seconds", 0.0) + time.perf_counter() - t0, 1)
+            spent = time.perf_counter() - t0
+            if only:
+                payload["reruns"][-1]["wall_seconds"] = round(spent, 1)
+            else:
+                payload["wall_seconds"] = round(done.get("wall_seconds", 0.0) + spent, 1)
             OUT.write_text(json.dumps(payload, indent=2) + "\n")  # checkpoint: a cut run resumes from here
             print(
                 f"{count}/{len(todo)} {task['method']} epsilon={task['epsilon']:g} seed={task['seed']}: "
@@ -177,6 +198,12 @@ def write_markdown(payload: dict[str, Any]) -> None:
         f"seeds {', '.join(map(str, payload['tuning_seeds']))} (`benchmarks/results/dp_tuning.md`), never on these "
         f"seeds or on test. Baseline: `{payload['recipe']}`; each row adds one method's keys (below).",
         "",
+        *(
+            f"Rerun on {r['date']}: rows {', '.join(f'`{m}`' for m in r['methods'])} (`{r['command']}`, "
+            f"{r['wall_seconds']} s); the other rows are from the run above."
+            for r in payload.get("reruns", [])
+        ),
+        *([""] if payload.get("reruns") else []),
         f"| method | {header} | max spent epsilon (1 / 3 / 8) |",
         "|---|" + "---|" * (len(EPSILONS) + 1),
     ]
@@ -217,9 +244,28 @@ def write_markdown(payload: dict[str, Any]) -> None:
     print("\n".join(lines))
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--from-json", action="store_true", help="redo the markdown from privacy_utility.json only")
+    parser.add_argument(
+        "--methods",
+        default="",
+        help="comma-separated rows to rerun (their earlier results are dropped; the other rows keep theirs); "
+        "default: run every row that privacy_utility.json lacks",
+    )
+    args = parser.parse_args(argv)
+    args.methods = [m for m in args.methods.split(",") if m]
+    known = list(methods(EPSILONS[0]))
+    unknown = [m for m in args.methods if m not in known]
+    if unknown:
+        parser.error(f"unknown --methods {unknown}; choose from {', '.join(known)}")
+    return args
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    if "--from-json" in sys.argv:
+    options = _parse(sys.argv[1:])
+    if options.from_json:
         write_markdown(json.loads(OUT.read_text()))
     else:
-        main()
+        main(only=options.methods or None)
