@@ -242,6 +242,11 @@ def test_the_linear_recipe_is_the_default_at_larger_budgets_too(epsilon):
         mlp = load_config(overrides=f"dp-level=sample dp-target-epsilon={epsilon:g} {extra}")
         assert (mlp.model.model, mlp.model.hidden_sizes, mlp.model.activation) == ("mlp", "128", "tanh"), extra
         assert (mlp.train.batch_size, mlp.data.normalize, mlp.strategy.server_averaging) == (16, "range", "none")
+    # An MLP-only key chooses the MLP (and keeps its own value), with the rest of the MLP recipe.
+    for extra, (sizes, activation) in {"hidden-sizes='64'": ("64", "tanh"), "activation=relu": ("128", "relu")}.items():
+        mlp = load_config(overrides=f"dp-level=sample dp-target-epsilon={epsilon:g} {extra}")
+        assert (mlp.model.model, mlp.model.hidden_sizes, mlp.model.activation) == ("mlp", sizes, activation), extra
+        assert (mlp.train.batch_size, mlp.data.normalize) == (16, "range"), extra
 
 
 @pytest.mark.parametrize(

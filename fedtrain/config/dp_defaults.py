@@ -101,12 +101,15 @@ def linear_dp_defaults(epsilon: float) -> dict[str, Any]:
 def _linear_recipe(cfg: RunConfig, user_set: Set[str]) -> bool:
     """Whether the linear recipe applies (else the MLP recipe does).
 
-    It needs sample-level DP with a target epsilon (no fixed sigma), a linear or unset model, no layer-wise
-    pretraining (which needs the MLP that the linear recipe replaces) and torch clients: the ONNX client
-    runtime's gradient graphs cover the MLP only. A node whose own config sets ``client-runtime=onnx`` is not
-    seen here; such a federation sets ``model=mlp``.
+    It needs sample-level DP with a target epsilon (no fixed sigma), a linear or unset model (and no MLP-only key
+    set), no layer-wise pretraining (which needs the MLP that the linear recipe replaces) and torch clients: the
+    ONNX client runtime's gradient graphs cover the MLP only. A node whose own config sets
+    ``client-runtime=onnx`` is not seen here; such a federation sets ``model=mlp``.
     """
-    free_model = ("model" not in user_set or cfg.model.model == "linear") and "pretrain" not in cfg.phases
+    # An MLP-only key the user set (hidden-sizes, activation) chooses the MLP as surely as model=mlp does.
+    mlp_chosen = any(key in user_set for key in _MLP_ONLY)
+    free_model = ("model" not in user_set or cfg.model.model == "linear") and not mlp_chosen
+    free_model &= "pretrain" not in cfg.phases
     torch_clients = cfg.runtime.client_runtime != "onnx"
     return cfg.sample_dp and cfg.privacy.dp_noise_multiplier == 0 and free_model and torch_clients
 

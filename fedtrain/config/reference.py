@@ -85,10 +85,14 @@ def _dp_defaults_section(defaults: Mapping[str, Any]) -> list[str]:
         "|---|---|---|---|",
     ]
     linear = (
-        "`sample`, `both` with no fixed sigma, the model unset or `linear`, no `pretrain` in the plan, "
+        "`sample`, `both` with no fixed sigma, the model unset or `linear` (and neither `hidden-sizes` nor "
+        "`activation` set), no `pretrain` in the plan, "
         "`client-runtime=torch`"
     )
-    mlp = "`sample`, `both` where the linear recipe does not apply (another model, `pretrain`, a fixed sigma, `onnx`)"
+    mlp = (
+        "`sample`, `both` where the linear recipe does not apply (another model or an MLP key set, `pretrain`, "
+        "a fixed sigma, `onnx`)"
+    )
     tables = (
         (DP_DEFAULTS, "`sample`, `user`, `both`"),
         (LINEAR_DP_DEFAULTS, linear),
