@@ -47,6 +47,22 @@ def test_sweep_writes_json_csv_plot_and_html(tmp_path, capsys):
     assert {h.split("/")[1] for h in hrefs} == {Path(r["run_dir"]).name for r in payload["runs"]}
 
 
+@pytest.mark.parametrize(("level", "without_budget"), [("sample", "standard"), ("both", "range")])
+def test_sweep_of_the_linear_recipe_normalises_its_inf_run_without_a_release(tmp_path, capsys, level, without_budget):
+    # The DP defaults (linear model, normalize=dp-standard) hold for every epsilon; at inf there is no
+    # sample-level budget for dp-standard's release, so that run normalises the way its DP level allows.
+    code = main([
+        "sweep", "--epsilons", "3,inf", "--seeds", "1", "--jobs", "1", "--out", str(tmp_path),
+        "--run-config", f"dp-level={level} num-clients=3 num-rounds=1 min-clients=2 dp-user-noise-multiplier=0.5",
+    ])  # fmt: skip
+    assert code == 0
+    payload = json.loads((Path(capsys.readouterr().out.strip().splitlines()[-1]) / "sweep.json").read_text())
+    used = {r["target_epsilon"]: json.loads((Path(r["run_dir"]) / "summary.json").read_text())["config"]
+            for r in payload["runs"]}  # fmt: skip
+    assert (used[3.0]["model"], used[3.0]["normalize"]) == ("linear", "dp-standard")
+    assert (used["inf"]["model"], used["inf"]["normalize"]) == ("linear", without_budget)
+
+
 def _synthetic(tmp_path, epsilons, seeds):
     """Rows and runs as run_sweep writes them, each run folder holding a report.html."""
     rows, runs = [], []

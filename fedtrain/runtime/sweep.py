@@ -73,6 +73,9 @@ def run_sweep(
             )  # fmt: skip
             if math.isinf(eps):
                 flat["dp-level"] = public
+                if flat.get("normalize") == "dp-standard":  # no sample-level budget to spend on its release:
+                    # without DP the same z-score from exact statistics; under user-level DP what reads no data
+                    flat["normalize"] = "standard" if public == "none" else "range"
             else:
                 flat["dp-level"] = private
                 flat["dp-target-epsilon"] = eps
