@@ -14,8 +14,10 @@ change of load on the machine hits every arm alike), one ``flwr run`` of each ar
 - ``fedtrain``: the same without DP (``fraction-evaluate=0``, so one message per node and round, as in the
   other arms).
 - ``fedtrain-onnx``, ``fedtrain-onnx-dp``: ``fedtrain`` and ``fedtrain-dp`` with ``client-runtime='onnx'``: the
-  nodes train with ONNX Runtime and numpy (``fedtrain.federation.onnx_client``, no torch import), as a device
-  without torch does (docs/edge.md). Same model, data, rounds and config otherwise; the run's gradient graphs are
+  nodes train with ONNX Runtime and numpy (``fedtrain.federation.onnx_client``), as a device without torch does
+  (docs/edge.md). The SuperNodes here run this venv, which has torch: the ONNX client's config check
+  (``device_config``) then imports the registries' modules, torch among them (about 1.3 s per message here), which a
+  torch-free device skips. Same model, data, rounds and config otherwise; the run's gradient graphs are
   published once before the first repeat (``publish_run_graphs``, outside the timing), and each node's
   ``gradient-graphs`` node config names a link that points to the graphs of the arm that runs. The run key
   selects the runtime here (the nodes' config has no ``client-runtime``); on a device the node config's does,
@@ -292,8 +294,9 @@ def write_markdown(path: Path, meta: dict[str, Any], table: dict[str, dict[str, 
         "- `fedtrain-dp`: the walkthrough's run (`deploy/examples/loopback.sh`: node-local data, sample-level DP); "
         "`fedtrain`: the same model without DP. Their seconds are `metrics.jsonl`'s per round (train exchange and "
         "aggregation).",
-        "- `fedtrain-onnx*`: the same runs with `client-runtime='onnx'` (ONNX Runtime and numpy on the nodes, no torch "
-        "import; the run's gradient graphs published before the first repeat, outside the timing).",
+        "- `fedtrain-onnx*`: the same runs with `client-runtime='onnx'` (ONNX Runtime and numpy train on the nodes; "
+        "the run's gradient graphs published before the first repeat, outside the timing). The nodes' venv has torch,"
+        " and the ONNX client's config check imports it there (the registries), as a torch-free device does not.",
         "- `*@LABEL`: the same run with the app of another checkout (`--also LABEL=PATH`: "
         + ", ".join(f"{k}: {v}" for k, v in meta.get("also", {}).items())
         + ").",
