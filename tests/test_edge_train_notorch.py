@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fedtrain import wire
 from fedtrain.data import load_digits, server_data, spec_to_config
@@ -52,12 +53,14 @@ for rnd in (1, 2):
                           "finite": bool(all(np.isfinite(v).all() for v in arrays.values()))}})
 ev = app(Message(content, dst_node_id=1, message_type="evaluate"), context).content
 out["eval"] = dict(ev["metrics"])
-out["loaded"] = sorted(m for m in {blocked!r} if m in sys.modules)
+out["loaded"] = sorted(m for m in {watched!r} if m in sys.modules)
 print(json.dumps(out))
 """
 
 
-def test_onnx_client_trains_two_dp_rounds_without_torch(small_config, tmp_path: Path) -> None:
+@pytest.mark.parametrize("blocked", [BLOCKED, ()], ids=["device-without-torch", "torch-installed"])
+def test_onnx_client_trains_two_dp_rounds_without_torch(small_config, tmp_path: Path, blocked) -> None:
+    # Where torch is installed the ONNX client must not import it either: a fresh process per message pays it.
     cfg = small_config(dp_level="sample", model="mlp", batch_size=30, hidden_sizes="16", num_clients=2,
                        client_eval_fraction=0.2)  # fmt: skip
     graphs = tmp_path / "graphs"
@@ -69,7 +72,7 @@ def test_onnx_client_trains_two_dp_rounds_without_torch(small_config, tmp_path: 
     np.savez(tmp_path / "node.npz", x=digits.x[:300], y=np.array(digits.classes)[digits.y[:300]])
     (tmp_path / "spec.json").write_text(json.dumps(spec_to_config(spec)))
     script = _SCRIPT.format(
-        blocked=BLOCKED, weights=str(tmp_path / "w.npz"), spec=str(tmp_path / "spec.json"),
+        blocked=blocked, watched=BLOCKED, weights=str(tmp_path / "w.npz"), spec=str(tmp_path / "spec.json"),
         data=str(tmp_path / "node.npz"), graphs=str(graphs), run=json.dumps(cfg.to_flat()),
     )  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
