@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's fedtrain, not whichever the env
 NOOP = ROOT / "benchmarks" / "deploy-noop"
 BIN = Path(sys.executable).parent
 TAG = "FEDTRAIN_DEPLOY_COST_TAG"
-NUM_PARAMS = 64 * 128 + 128 + 128 * 10 + 10  # the DP-default MLP (hidden-sizes=128) on 8x8 digits
+NUM_PARAMS = 64 * 128 + 128 + 128 * 10 + 10  # the DP MLP recipe (hidden-sizes=128) on 8x8 digits
 FEDTRAIN_ARMS = ("fedtrain-dp", "fedtrain", "fedtrain-onnx-dp", "fedtrain-onnx")
 ARMS = ("noop", *FEDTRAIN_ARMS)
 
@@ -185,9 +185,9 @@ def fedtrain_config(data: Path, out_dir: Path, rounds: int, arm: str) -> dict[st
     cfg: dict[str, Any] = {"data-source": "node", "num-clients": 2, "server-data-path": str(data / "server-test.npz"),
                            "normalize": "range", "num-rounds": rounds, "out-dir": str(out_dir), "progress": False,
                            "report": False}  # fmt: skip
-    if dp:
-        cfg["dp-level"] = "sample"
-    else:  # the DP defaults' model and batch size, one message per node and round
+    if dp:  # the MLP recipe of the DP defaults (model=mlp: else the linear recipe, a 10x smaller model)
+        cfg.update({"dp-level": "sample", "model": "mlp"})
+    else:  # the DP MLP recipe's model and batch size, one message per node and round
         cfg.update({"hidden-sizes": "128", "activation": "tanh", "batch-size": 16, "local-epochs": 1,
                     "fraction-evaluate": 0.0})  # fmt: skip
     if "-onnx" in arm:
