@@ -247,6 +247,8 @@ def test_the_linear_recipe_is_the_default_at_larger_budgets_too(epsilon):
         mlp = load_config(overrides=f"dp-level=sample dp-target-epsilon={epsilon:g} {extra}")
         assert (mlp.model.model, mlp.model.hidden_sizes, mlp.model.activation) == ("mlp", sizes, activation), extra
         assert (mlp.train.batch_size, mlp.data.normalize) == (16, "range"), extra
+    chosen = load_config(overrides=f"dp-level=sample dp-target-epsilon={epsilon:g} model=linear hidden-sizes='64'")
+    assert (chosen.model.model, chosen.data.normalize) == ("linear", "dp-standard")  # the model key decides
 
 
 @pytest.mark.parametrize(

@@ -123,9 +123,10 @@ def test_linear_model_matches_with_and_without_dp(dp):
 
 
 def test_the_small_budget_recipe_matches_dp_standard_release_included():
-    # The DP defaults at epsilon 1 (linear model, dp-standard inputs): the normaliser's release is in every
-    # client's accountant on both sides (_replies compares the accountants left in the contexts).
-    recipe = {"dp-level": "sample", "dp-target-epsilon": 1.0, "dp-grad-sample-mode": "hooks"}
+    # The DP defaults at epsilon 1 (linear model, dp-standard inputs; model=linear since BASE's hidden-sizes would
+    # choose the MLP): the normaliser's release is in every client's accountant on both sides (_replies compares
+    # the accountants left in the contexts).
+    recipe = {"model": "linear", "dp-level": "sample", "dp-target-epsilon": 1.0, "dp-grad-sample-mode": "hooks"}
     cfg = load_config(overrides={**BASE, **recipe})
     assert (cfg.model.model, cfg.data.normalize) == ("linear", "dp-standard")
     assert refusal(cfg) == ""

@@ -106,9 +106,10 @@ def _linear_recipe(cfg: RunConfig, user_set: Set[str]) -> bool:
     ONNX client runtime's gradient graphs cover the MLP only. A node whose own config sets
     ``client-runtime=onnx`` is not seen here; such a federation sets ``model=mlp``.
     """
-    # An MLP-only key the user set (hidden-sizes, activation) chooses the MLP as surely as model=mlp does.
-    mlp_chosen = any(key in user_set for key in _MLP_ONLY)
-    free_model = ("model" not in user_set or cfg.model.model == "linear") and not mlp_chosen
+    if "model" in user_set:
+        free_model = cfg.model.model == "linear"
+    else:  # an MLP-only key the user set (hidden-sizes, activation) chooses the MLP as surely as model=mlp does
+        free_model = not any(key in user_set for key in _MLP_ONLY)
     free_model &= "pretrain" not in cfg.phases
     torch_clients = cfg.runtime.client_runtime != "onnx"
     return cfg.sample_dp and cfg.privacy.dp_noise_multiplier == 0 and free_model and torch_clients
