@@ -101,9 +101,9 @@ def linear_dp_defaults(epsilon: float) -> dict[str, Any]:
 def _linear_recipe(cfg: RunConfig, user_set: Set[str]) -> bool:
     """Whether the linear recipe applies (else the MLP recipe does).
 
-    It needs sample-level DP with a target epsilon (no fixed sigma), a linear or unset model (and no MLP-only key
-    set), no layer-wise pretraining (which needs the MLP that the linear recipe replaces) and torch clients: the
-    ONNX client runtime's gradient graphs cover the MLP only. A node whose own config sets
+    It needs sample-level DP with a target epsilon (no fixed sigma); ``model=linear``, or no model and no MLP-only
+    key set; no layer-wise pretraining (which needs the MLP that the linear recipe replaces); and torch clients:
+    the ONNX client runtime's gradient graphs cover the MLP only. A node whose own config sets
     ``client-runtime=onnx`` is not seen here; such a federation sets ``model=mlp``.
     """
     if "model" in user_set:
