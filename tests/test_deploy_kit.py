@@ -277,6 +277,9 @@ def test_units(kit, tmp_path):
     svc = link["Service"]
     assert svc["Restart"] == "on-failure" and int(svc["RestartSec"]) > 0 and svc["User"] == "fedtrain"
     assert "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in svc["Environment"]
+    # Flower starts flower-superexec (and it flwr-clientapp) by name: the venv's bin comes first on PATH.
+    path = dict(kv.split("=", 1) for kv in shlex.split(svc["Environment"]))["PATH"]
+    assert path.split(":")[0] == f"{venv}/bin" and "/usr/bin" in path.split(":")
     assert _unescape(svc["ExecStart"]) == superlink_command(kit.root, venv=venv)
     assert _unescape(svc["ExecStart"])[0] == f"{venv}/bin/flower-superlink"
     assert link["Install"]["WantedBy"] == "multi-user.target"
@@ -285,10 +288,19 @@ def test_units(kit, tmp_path):
     expected = supernode_command(dev.dir, "192.168.1.10:9411", dev.dir / "data.npz", local_port=9095, venv=venv)
     assert _unescape(node["ExecStart"]) == expected
     assert node["Restart"] == "on-failure"
+    assert shlex.split(node["Environment"])[1].startswith(f"PATH={venv}/bin:")
     if shutil.which("systemd-analyze"):  # systemd's own parser, where it is installed
         proc = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, files)], capture_output=True,
                               text=True)  # fmt: skip
         assert "Failed to parse" not in proc.stderr and "Invalid" not in proc.stderr, proc.stderr
+
+
+def test_a_launched_flower_command_finds_its_own_venvs_tools_first():
+    from fedtrain.deploy.launch import deploy_env
+
+    env = deploy_env({"PATH": "/usr/bin:/bin"}, command=["/opt/v/bin/flower-supernode", "--insecure"])
+    assert env["PATH"] == "/opt/v/bin:/usr/bin:/bin" and env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
+    assert deploy_env({"PATH": "/usr/bin"}, command=["flower-supernode"])["PATH"] == "/usr/bin"  # found on PATH
 
 
 def test_unit_for_one_device_folder(kit, tmp_path):

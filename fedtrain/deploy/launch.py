@@ -50,9 +50,16 @@ def flower_tool(name: str, venv: str | os.PathLike[str] | None = None) -> str:
     return name
 
 
-def deploy_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``base`` (default: this process's environment) with runtime dependency installation switched off."""
-    return {**(os.environ if base is None else base), **NO_INSTALL_ENV}
+def deploy_env(base: Mapping[str, str] | None = None, command: list[str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) with runtime dependency installation switched off.
+
+    With ``command``, the folder of its executable (a venv's bin) comes first on PATH: Flower starts
+    flower-superexec, and it flwr-clientapp, by name, and they must be the same installation's.
+    """
+    env = {**(os.environ if base is None else base), **NO_INSTALL_ENV}
+    if command and os.path.isabs(command[0]):
+        env["PATH"] = os.pathsep.join([str(Path(command[0]).parent), *filter(None, [env.get("PATH")])])
+    return env
 
 
 def _need(path: Path, what: str, fix: str) -> Path:
@@ -225,7 +232,8 @@ def supervise_command(command: list[str], device: str, tail_lines: int = 200) ->
     if shutil.which(command[0]) is None:
         raise DeployError(f"{command[0]} is not installed or not on PATH: install flwr 1.42 in this environment")
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
-    with subprocess.Popen(command, env=deploy_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    env = deploy_env(command=command)
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           bufsize=1) as proc:  # fmt: skip
         assert proc.stdout is not None
         try:
@@ -247,4 +255,4 @@ def exec_command(command: list[str]) -> None:
     """Replace this process with ``command`` (so systemd and signals reach Flower itself), installs switched off."""
     if shutil.which(command[0]) is None:
         raise DeployError(f"{command[0]} is not installed or not on PATH: install flwr 1.42 in this environment")
-    os.execvpe(command[0], command, deploy_env())
+    os.execvpe(command[0], command, deploy_env(command=command))

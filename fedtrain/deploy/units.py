@@ -30,8 +30,14 @@ def systemd_quote(arg: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# systemd's own default PATH for services, after the venv's bin: Flower starts flower-superexec (and it
+# flwr-clientapp) by name, so the venv's tools must come first.
+_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 def _unit(description: str, user: str, command: Sequence[str], workdir: Path, after: str) -> str:
-    env = " ".join(f"{k}={v}" for k, v in NO_INSTALL_ENV.items())
+    path = f"{Path(command[0]).parent}:{_SYSTEM_PATH}"  # command[0] is the venv's flower-superlink/-supernode
+    env = " ".join(systemd_quote(f"{k}={v}") for k, v in {**NO_INSTALL_ENV, "PATH": path}.items())
     return "\n".join(
         [
             "# Written by `fedtrain deploy units`; install with: sudo cp THIS /etc/systemd/system/ &&",
