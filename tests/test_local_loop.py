@@ -136,3 +136,20 @@ def test_any_per_sample_objective_trains_on_the_loop_with_or_without_dp(private)
     result = run_local(objective, PerSampleLoss(), data, cfg.train, lr=0.05, seed=0, privacy=privacy)
     assert float(objective(x).mean().detach()) < 0.3 * start
     assert result.steps == 3 * -(-len(data.y) // 16) and result.num_examples == len(data.y)
+
+
+@pytest.mark.parametrize(("n", "batch", "epochs"), [(13, 32, 1), (70, 32, 3), (5, 1, 2), (9, 0, 2), (64, 16, 2)])
+def test_sliced_batches_are_the_shuffling_loaders_batches(n, batch, epochs):
+    import numpy as np
+
+    from fedtrain.train.loop import ShuffledBatches, make_loader
+
+    rng = np.random.default_rng(n)
+    ds = ArrayDataset(rng.normal(size=(n, 3)).astype(np.float32), rng.integers(0, 4, n), ("a", "b", "c", "d"))
+    loader, sliced = make_loader(ds, batch, shuffle=True, seed=7), ShuffledBatches(ds, batch, 7)
+    assert len(sliced) == len(loader)
+    for _ in range(epochs):  # each epoch draws again from the same generator
+        expected, got = list(loader), list(sliced)
+        assert len(got) == len(expected)
+        for (xa, ya), (xb, yb) in zip(expected, got, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb) and ya.dtype == yb.dtype

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from fedtrain.config import RunConfig
 from fedtrain.data import ArrayDataset
@@ -133,6 +134,8 @@ class PrivateTraining:
             raise ModelError("dp-grad-sample-mode='ghost' needs a supervised loss; use 'hooks' for per-sample losses")
         with torch.random.fork_rng(), warnings.catch_warnings():
             torch.random.default_generator.manual_seed(self.noise_seed)  # noise, the objective's draws (CPU)
+            if not isinstance(session.loader, DataLoader):
+                raise TypeError("a privacy engine wraps a DataLoader (run_local makes one for private calls)")
             if session.loader.generator is not None:  # Opacus' Poisson sampler draws from the loader's generator
                 session.loader.generator.manual_seed(self.noise_seed)  # (the same seed unless dp-noise-seed=os)
             # Known and documented (docs/privacy.md): noise from torch's PRNG, not a CSPRNG; and the

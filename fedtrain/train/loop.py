@@ -29,7 +29,7 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset, WeightedRandomSampler
 
 from fedtrain.config import TrainConfig
 from fedtrain.data import ArrayDataset
@@ -112,7 +112,7 @@ class Session:
     module: nn.Module  # what runs forward: the model, or Opacus' GradSampleModule around it
     trained: nn.Module  # the plain module whose weights train (penalties and clipping act on it)
     optimizer: torch.optim.Optimizer
-    loader: DataLoader
+    loader: DataLoader | ShuffledBatches  # a privacy engine gets the DataLoader it wraps
     objective: Objective
 
     def epoch(self) -> AbstractContextManager[Iterable[Batch]]:
@@ -160,6 +160,30 @@ class Penalties:
                 p.sub_(lr * self.mu * (p - self.anchor[i]))
             if self.l1 > 0 and name.endswith("weight") and p.dim() > 1:  # the weights l1_penalty covers
                 p.sub_(lr * self.l1 * torch.sign(p))
+
+
+class ShuffledBatches:
+    """The batches of :func:`make_loader`'s shuffling loader, drawn the same way, sliced instead of collated.
+
+    Each epoch draws what a DataLoader iterator draws from the generator (its base seed, then the sampler's
+    permutation), so the batches are the same records in the same order; a batch is ``x[idx]`` rather than a
+    fetch and ``torch.stack`` per record (a quarter of a small client's training time).
+    """
+
+    def __init__(self, ds: ArrayDataset, batch_size: int, seed: int) -> None:
+        self.x, self.y = torch.from_numpy(ds.x), torch.from_numpy(ds.y)
+        size = len(ds.y) if batch_size == 0 else min(batch_size, len(ds.y))
+        self.generator = torch.Generator().manual_seed(seed)
+        self._sampler = BatchSampler(RandomSampler(range(len(ds.y)), generator=self.generator), size, drop_last=False)
+
+    def __len__(self) -> int:
+        return len(self._sampler)
+
+    def __iter__(self) -> Iterator[Batch]:
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # the DataLoader iterator's base seed
+        for batch in self._sampler:
+            idx = torch.tensor(batch)
+            yield self.x[idx], self.y[idx]
 
 
 def make_loader(
@@ -232,7 +256,11 @@ def run_local(
     module.train()
     optimizer = build_optimizer([p for p in module.parameters() if p.requires_grad], settings, lr)
     balanced = objective.supervised and settings.sampler == "weighted"
-    loader = make_loader(data, settings.batch_size, shuffle=True, seed=seed, class_balanced=balanced)
+    loader: DataLoader | ShuffledBatches
+    if privacy is None and not balanced:
+        loader = ShuffledBatches(data, settings.batch_size, seed)
+    else:  # Opacus wraps a DataLoader; the weighted sampler draws its own way
+        loader = make_loader(data, settings.batch_size, shuffle=True, seed=seed, class_balanced=balanced)
     penalties = Penalties(module, l1=settings.l1, proximal_mu=proximal_mu)
     plain = Session(module=module, trained=module, optimizer=optimizer, loader=loader, objective=objective)
     total, count = 0.0, 0
@@ -296,7 +324,10 @@ def evaluate(model: nn.Module, data: ArrayDataset, batch_size: int = 1024) -> Ev
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     loss, correct = 0.0, 0
-    for x, y in make_loader(data, batch_size, shuffle=False):
+    xs, ys = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    step = batch_size if batch_size > 0 else max(len(ys), 1)  # 0: one full batch, as make_loader
+    for start in range(0, len(ys), step):  # the batches of a DataLoader without shuffling, sliced
+        x, y = xs[start : start + step], ys[start : start + step]
         logits = model(x)
         loss += criterion(logits, y).item()
         correct += int((logits.argmax(1) == y).sum())
