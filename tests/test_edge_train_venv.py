@@ -196,7 +196,11 @@ def test_supernodes_in_the_device_venv_run_the_deployment_walkthrough(tmp_path: 
     venv = device_venv.parent.parent
     result, wall = _run_walkthrough(
         tmp_path, timeout=600, script=variant, LINK_PORT="19460", NODE_PORT="19461",
-        RUN_EXTRA="secure-aggregation=true", EDGE_VENV=str(venv), FEDTRAIN_EDGE_PROBE=str(probe),
+        # dp-defaults=false: the ONNX nodes choose their runtime in their own node config, which the DP defaults
+        # cannot see (they would pick the linear model, which the gradient graphs do not cover; docs/privacy.md);
+        # fraction-evaluate=0.0 is then set by hand, as the defaults would under DP
+        RUN_EXTRA="secure-aggregation=true dp-defaults=false fraction-evaluate=0.0", EDGE_VENV=str(venv),
+        FEDTRAIN_EDGE_PROBE=str(probe),
     )  # fmt: skip
     summary = _assert_completed_federation(result, tmp_path / "work")
     assert summary["secure_aggregation"]["halted_rounds"] == []
