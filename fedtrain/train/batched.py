@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from torch.utils.data import BatchSampler, RandomSampler
 
 from fedtrain.config import TrainConfig
 from fedtrain.train.functional import FUNCTIONAL_OPTIMIZERS, clip_grads, per_sample_loss
+from fedtrain.train.loop import ShuffledIndices
 
 __all__ = ["MAX_CHUNK", "ClientJob", "ClientResult", "DPSettings", "chunk_size", "train_clients"]
 
@@ -79,20 +79,13 @@ def _pad_steps(batches: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.T
 
 
 def _plain_batches(job: ClientJob, cfg: TrainConfig) -> list[torch.Tensor]:
-    """The batches run_local's shuffling loader yields for this seed, drawn as its iterators draw them.
+    """The batches run_local's shuffling loader yields for this seed.
 
-    Each epoch's iterator first takes its base seed from the loader's generator, then the sampler its
-    permutation (``tests/test_vectorised.py`` checks this against a real DataLoader).
+    The draws are :class:`~fedtrain.train.loop.ShuffledIndices`' (``tests/test_vectorised.py`` checks them
+    against a real DataLoader).
     """
-    n = len(job.y)
-    size = n if cfg.batch_size == 0 else min(cfg.batch_size, n)
-    gen = torch.Generator().manual_seed(job.seed)
-    sampler = BatchSampler(RandomSampler(range(n), generator=gen), batch_size=size, drop_last=False)
-    batches = []
-    for _ in range(cfg.local_epochs):
-        torch.empty((), dtype=torch.int64).random_(generator=gen)
-        batches += [torch.tensor(b) for b in sampler]
-    return batches
+    order = ShuffledIndices(len(job.y), cfg.batch_size, job.seed)
+    return [idx for _ in range(cfg.local_epochs) for idx in order]
 
 
 def _poisson_batches(
