@@ -47,6 +47,7 @@ class _Local:
     pid: int
     model: nn.Module
     aux: dict[str, torch.Tensor]
+    config: ConfigRecord | None  # the message's train or evaluate config
     pool_key: tuple[Any, ...] | None = None  # set when ``model`` came from (and goes back to) the idle pool
 
 
@@ -58,9 +59,11 @@ class _Local:
 _IDLE: dict[tuple[Any, ...], nn.Module] = {}
 
 
-def _model(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int, *, pooled: bool) -> nn.Module:
-    """An idle model of this shape when ``pooled`` and one is free (trainable again, no gradients), else a new one."""
-    model = _IDLE.pop((cfg.model, input_shape, num_classes), None) if pooled else None
+def _model(
+    cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int, pool_key: tuple[Any, ...] | None
+) -> nn.Module:
+    """The idle model under ``pool_key`` when one is free (trainable again, no gradients), else a new one."""
+    model = _IDLE.pop(pool_key, None) if pool_key is not None else None
     if model is None:
         return build_model(cfg.model, input_shape, num_classes)
     for p in model.parameters():
@@ -84,16 +87,17 @@ def _local_model(content: RecordDict, context: Context, *, training: bool = Fals
     spec = received_spec(cfg, config)
     client = source.client_data(spec)
     phase = str(config.get(wire.PHASE, "finetune")) if config is not None else "finetune"
-    pooled = training and not cfg.sample_dp and phase == "finetune"
     shape, classes = tuple(spec.input_shape), len(spec.classes)
-    model = _model(cfg, shape, classes, pooled=pooled)  # the received weights replace its own
+    pooled = training and not cfg.sample_dp and phase == "finetune"
+    pool_key = (cfg.model, shape, classes) if pooled else None
+    model = _model(cfg, shape, classes, pool_key)  # the received weights replace its own
     received = content[wire.ARRAYS]
     if not isinstance(received, ArrayRecord):
-        raise TypeError(f"record {wire.ARRAYS!r} of a train message is a {type(received).__name__}, not an ArrayRecord")
+        raise TypeError(f"record {wire.ARRAYS!r} of a message is a {type(received).__name__}, not an ArrayRecord")
     arrays = received.to_torch_state_dict()
     model.load_state_dict({k: v for k, v in arrays.items() if not k.startswith(AUX_PREFIX)})
     aux = {k: v for k, v in arrays.items() if k.startswith(AUX_PREFIX)}
-    return _Local(cfg, client, source.partition_id, model, aux, (cfg.model, shape, classes) if pooled else None)
+    return _Local(cfg, client, source.partition_id, model, aux, config, pool_key)
 
 
 def handle_train(msg: Message, context: Context) -> Message:
@@ -111,8 +115,7 @@ def handle_train(msg: Message, context: Context) -> Message:
 def train(content: RecordDict, context: Context) -> RecordDict:
     """The local work of one train request: fedtrain's layout in and out."""
     local = _local_model(content, context, training=True)
-    cfg, client, pid, model, aux = local.cfg, local.client, local.pid, local.model, local.aux
-    config = _config(content)
+    cfg, client, pid, model, aux, config = local.cfg, local.client, local.pid, local.model, local.aux, local.config
     if config is None:
         raise TypeError(f"a train message without its {wire.CONFIG!r} ConfigRecord: run server and clients alike")
     task = client_task(str(config.get(wire.PHASE, "finetune")))
