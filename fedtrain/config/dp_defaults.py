@@ -26,7 +26,7 @@ import dataclasses
 from collections.abc import Set
 from typing import Any
 
-from fedtrain.config.dp_recipes import gaussian_epsilon_floor
+from fedtrain.config.dp_recipes import normalization_affordable
 from fedtrain.config.schema import SECTIONS, RunConfig
 
 __all__ = [
@@ -118,7 +118,7 @@ def _linear_recipe(cfg: RunConfig, user_set: Set[str]) -> bool:
 def _dp_standard_allowed(cfg: RunConfig, share: float) -> bool:
     """Whether ``normalize=dp-standard`` can run with ``cfg`` and ``share`` (the needs check_dp_recipes enforces)."""
     return (
-        share * cfg.privacy.dp_target_epsilon > gaussian_epsilon_floor(cfg.privacy.dp_delta)
+        normalization_affordable(share, cfg.privacy.dp_target_epsilon, cfg.privacy.dp_delta)
         and cfg.data.data_source == "partition"
         and not cfg.secagg.secure_aggregation
         and cfg.privacy.dp_noise_seed != "os"

@@ -13,6 +13,7 @@ __all__ = [
     "check_dp_recipes",
     "gaussian_epsilon",
     "gaussian_epsilon_floor",
+    "normalization_affordable",
     "normalization_noise",
     "normalization_segments",
 ]
@@ -43,6 +44,11 @@ def gaussian_epsilon_floor(delta: float) -> float:
     return min(-(log_delta + math.log(a)) / (a - 1) + math.log((a - 1) / a) for a in _ORDERS)
 
 
+def normalization_affordable(share: float, target_epsilon: float, delta: float) -> bool:
+    """Whether ``share * target_epsilon`` buys one accounted Gaussian release (is above the floor)."""
+    return share * target_epsilon > gaussian_epsilon_floor(delta)
+
+
 @functools.lru_cache(maxsize=32)
 def normalization_noise(share: float, target_epsilon: float, delta: float) -> float:
     """Smallest noise multiplier whose single Gaussian release spends at most ``share * target_epsilon``.
@@ -51,8 +57,8 @@ def normalization_noise(share: float, target_epsilon: float, delta: float) -> fl
     such configs first, with the keys to change).
     """
     goal = share * target_epsilon
-    floor = gaussian_epsilon_floor(delta)
-    if goal <= floor:
+    if not normalization_affordable(share, target_epsilon, delta):
+        floor = gaussian_epsilon_floor(delta)
         raise ValueError(f"no noise multiplier spends only {goal:.3g}: accounted Gaussian releases need > {floor:.3g}")
     low, high = 0.0, 1.0
     while gaussian_epsilon(high, delta) > goal:
@@ -105,12 +111,13 @@ def check_dp_recipes(cfg: RunConfig) -> list[str]:
             f"{why}, so it needs dp-level='sample' or 'both' with a finite dp-target-epsilon and no fixed "
             "dp-noise-multiplier; without DP use normalize='standard'"
         )
-    pc = cfg.privacy
-    goal, floor = cfg.data.normalize_dp_share * pc.dp_target_epsilon, gaussian_epsilon_floor(pc.dp_delta)
-    if cfg.sample_dp and not math.isinf(pc.dp_target_epsilon) and goal <= floor:
+    pc, share = cfg.privacy, cfg.data.normalize_dp_share
+    finite = cfg.sample_dp and not math.isinf(pc.dp_target_epsilon)
+    if finite and not normalization_affordable(share, pc.dp_target_epsilon, pc.dp_delta):
         problems.append(
-            f"{why}: normalize-dp-share * dp-target-epsilon = {goal:.3g}, but one accounted Gaussian release at "
-            f"dp-delta={pc.dp_delta:g} costs more than {floor:.3g} whatever its noise: raise normalize-dp-share or "
+            f"{why}: normalize-dp-share * dp-target-epsilon = {share * pc.dp_target_epsilon:.3g}, but one accounted "
+            f"Gaussian release at dp-delta={pc.dp_delta:g} costs more than {gaussian_epsilon_floor(pc.dp_delta):.3g} "
+            "whatever its noise: raise normalize-dp-share or "
             "dp-target-epsilon, or use normalize='range' (spends nothing)"
         )
     if cfg.data.data_source != "partition":
