@@ -184,23 +184,26 @@ def export_graph(model: nn.Module, input_shape: tuple[int, ...], normalizer: Nor
     return proto
 
 
-# Attribute values that are the ONNX spec's defaults (opset 20): writing them out costs bytes and changes nothing.
+# Attribute values that are the ONNX spec's defaults (opset 20), per op: writing them out costs bytes and changes
+# nothing. Per op, because one name has different defaults (Gemm's alpha is 1.0, LeakyRelu's 0.01).
 _ALL_ONES, _ALL_ZEROS = "ones", "zeros"
-_DEFAULTS: dict[str, object] = {
-    "auto_pad": b"NOTSET",
-    "ceil_mode": 0,
-    "storage_order": 0,
-    "group": 1,
-    "allowzero": 0,
-    "dilations": _ALL_ONES,
-    "strides": _ALL_ONES,
-    "pads": _ALL_ZEROS,
+_WINDOW = {"auto_pad": b"NOTSET", "dilations": _ALL_ONES, "strides": _ALL_ONES, "pads": _ALL_ZEROS}
+_DEFAULTS: dict[str, dict[str, object]] = {
+    "Conv": {**_WINDOW, "group": 1},
+    "ConvInteger": {**_WINDOW, "group": 1},
+    "QLinearConv": {**_WINDOW, "group": 1},
+    "MaxPool": {**_WINDOW, "ceil_mode": 0, "storage_order": 0},
+    "AveragePool": {**_WINDOW, "ceil_mode": 0},
+    "Reshape": {"allowzero": 0},
+    "Gemm": {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0},
+    "GroupNormalization": {"epsilon": 1e-5, "stash_type": 1},
+    "InstanceNormalization": {"epsilon": 1e-5},
+    "Shape": {"start": 0},
 }
-_DEFAULTS_OF = {"Conv", "MaxPool", "AveragePool", "Reshape", "ConvInteger", "QLinearConv"}
 
 
-def _is_default(attr: onnx.AttributeProto) -> bool:
-    want = _DEFAULTS.get(attr.name)
+def _is_default(op_type: str, attr: onnx.AttributeProto) -> bool:
+    want = _DEFAULTS[op_type].get(attr.name)
     if want is None:
         return False
     value = helper.get_attribute_value(attr)
@@ -208,7 +211,15 @@ def _is_default(attr: onnx.AttributeProto) -> bool:
         return isinstance(value, list) and all(v == 1 for v in value)
     if want == _ALL_ZEROS:
         return isinstance(value, list) and all(v == 0 for v in value)
+    if isinstance(want, float):
+        return bool(np.float32(value) == np.float32(want))  # stored as float32: 1e-5 reads back as 9.99999975e-06
     return bool(value == want)
+
+
+def _no_zero_dims(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
+    """A Reshape whose constant target shape has no 0: ``allowzero`` cannot change what it does."""
+    shape = inits.get(node.input[1]) if node.op_type == "Reshape" and len(node.input) > 1 else None
+    return shape is not None and bool(numpy_helper.to_array(shape).all())
 
 
 def compact(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -229,16 +240,20 @@ def compact(model: onnx.ModelProto) -> onnx.ModelProto:
             return name
         return names.setdefault(name, f"t{len(names)}")
 
-    for init in graph.initializer:
-        init.name = short(init.name)
+    inits = {i.name: i for i in graph.initializer}
     for node in graph.node:
         node.name = ""  # optional in ONNX; runtimes name nodes themselves
-        if node.op_type in _DEFAULTS_OF and node.domain in ("", "ai.onnx"):
-            kept_attrs = [a for a in node.attribute if not _is_default(a)]
+        if node.op_type in _DEFAULTS and node.domain in ("", "ai.onnx"):
+            kept_attrs = [
+                a for a in node.attribute
+                if not (_is_default(node.op_type, a) or (a.name == "allowzero" and _no_zero_dims(node, inits)))
+            ]  # fmt: skip
             del node.attribute[:]
             node.attribute.extend(kept_attrs)
         node.input[:] = [short(n) for n in node.input]
         node.output[:] = [short(n) for n in node.output]
+    for init in graph.initializer:
+        init.name = short(init.name)
     del graph.value_info[:]
     used = {node.domain for node in graph.node}
     kept = [op for op in out.opset_import if op.domain in used or op.domain in ("", "ai.onnx")]
