@@ -79,7 +79,7 @@ def load_npz(path: Path) -> ArrayDataset:
         raise DataError(f"{path}: 'y' holds {bad} NaN or infinite labels; remove those samples or fix their labels")
     if names is None:
         labels, classes = _labels_to_ints(np.asarray(y).reshape(len(y)))
-        return ArrayDataset(_float32(x), labels, classes)
+        return ArrayDataset(_float32(x), labels, classes, max_value=max_value)
     y = np.asarray(y).reshape(len(y))
     if not np.issubdtype(y.dtype, np.integer) or (len(y) and (y.min() < 0 or y.max() >= len(names))):
         raise DataError(f"{path}: with a 'classes' array, 'y' must hold integers in 0..{len(names) - 1}")
