@@ -295,8 +295,9 @@ def write_markdown(path: Path, meta: dict[str, Any], table: dict[str, dict[str, 
         "`fedtrain`: the same model without DP. Their seconds are `metrics.jsonl`'s per round (train exchange and "
         "aggregation).",
         "- `fedtrain-onnx*`: the same runs with `client-runtime='onnx'` (ONNX Runtime and numpy train on the nodes; "
-        "the run's gradient graphs published before the first repeat, outside the timing). The nodes' venv has torch,"
-        " and the ONNX client's config check imports it there (the registries), as a torch-free device does not.",
+        "the run's gradient graphs published before the first repeat, outside the timing). The nodes' venv has torch; "
+        "the ONNX client does not import it (it trusts the server's check of the config's registry names), so these "
+        "rows time what a torch-free device runs.",
         "- `*@LABEL`: the same run with the app of another checkout (`--also LABEL=PATH`: "
         + ", ".join(f"{k}: {v}" for k, v in meta.get("also", {}).items())
         + ").",
