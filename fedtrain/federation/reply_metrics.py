@@ -49,16 +49,19 @@ def canonical_metrics(replies: list[Message], kind: str, *, withheld: tuple[str,
             continue
         for name, record in list(reply.content.metric_records.items()):
             values = dict(record)
+            renamed = False
             for canonical, aliases in ALIASES[kind].items():
                 if canonical in values:
                     continue
                 found = next((a for a in aliases if a in values), None)
                 if found is not None:
                     values[canonical] = values.pop(found)
+                    renamed = True
                 elif canonical not in (wire.NUM_EXAMPLES, *withheld) and (kind, canonical) not in _warned:
                     _warned.add((kind, canonical))
                     log.warning(
                         "%s replies from node %d have no %r metric (accepted names: %s; got %s): it is not reported",
                         kind, reply.metadata.src_node_id, canonical, ", ".join(aliases), ", ".join(sorted(values)),
                     )  # fmt: skip
-            reply.content[name] = MetricRecord(values)
+            if renamed:  # fedtrain's own replies need none; rebuilding a record re-checks every value
+                reply.content[name] = MetricRecord(values)
