@@ -27,10 +27,9 @@ def _model(reshape_to: list[int], epsilon: float) -> onnx.ModelProto:
         helper.make_node("Reshape", ["normed", "flat_shape"], ["flat"], name="flatten", allowzero=1),
         helper.make_node("Gemm", ["flat", "fc_weight", "fc_bias"], ["y"], name="fc", alpha=1.0, beta=0.5, transB=1),
     ]
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", F, ["n", 2, 4])], [helper.make_tensor_value_info("y", F, ["n", 3])],
-        initializer=inits,
-    )  # fmt: skip
+    inputs = [helper.make_tensor_value_info("x", F, ["n", 2, 4])]
+    outputs = [helper.make_tensor_value_info("y", F, ["n", 3])]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
 
 

@@ -29,7 +29,6 @@ def test_npz_round_trip(tmp_path):
     assert ds.x.shape == (20, 5) and ds.classes == ("a", "b") and np.array_equal(ds.y, [0, 1] * 10)
 
 
-
 @pytest.mark.parametrize("with_classes", [True, False])
 def test_npz_keeps_its_declared_value_range(tmp_path, with_classes):
     # max_value is what normalize=range and dp-standard scale by; it must not depend on a 'classes' array
@@ -38,6 +37,7 @@ def test_npz_keeps_its_declared_value_range(tmp_path, with_classes):
         arrays["classes"] = np.array(["a", "b"])
     np.savez(tmp_path / "d.npz", **arrays)
     assert load_dataset(tmp_path / "d.npz").max_value == 16.0
+
 
 def test_csv_with_label_column(tmp_path):
     path = tmp_path / "d.csv"
