@@ -272,7 +272,7 @@ class _Shared:
     def recording(self) -> Iterator[None]:
         """Every ONNX client call's draws (whatever they are: ``dp-noise-seed`` decides) pass through here."""
         import fedtrain.federation.onnx_client as onnx_client
-        from fedtrain.edge.train.sampling import Draws
+        from fedtrain.edge.train.sampling import Draws, build_draws
 
         shared = self
 
@@ -295,8 +295,6 @@ class _Shared:
 
             def permutation(self, n: int) -> np.ndarray:
                 return self.inner.permutation(n)
-
-        from fedtrain.edge.train.sampling import build_draws
 
         with mock.patch.object(onnx_client, "build_draws", lambda *a: Recorded(build_draws(*a))):
             yield

@@ -216,9 +216,17 @@ def _is_default(op_type: str, attr: onnx.AttributeProto) -> bool:
     return bool(value == want)
 
 
-def _no_zero_dims(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
-    """A Reshape whose constant target shape has no 0: ``allowzero`` cannot change what it does."""
-    shape = inits.get(node.input[1]) if node.op_type == "Reshape" and len(node.input) > 1 else None
+def _redundant(node: onnx.NodeProto, attr: onnx.AttributeProto, inits: dict[str, onnx.TensorProto]) -> bool:
+    """Whether dropping ``attr`` leaves ``node`` doing the same: it equals the default, or cannot matter.
+
+    A Reshape's ``allowzero`` only matters where its target shape holds a 0; with a constant shape free of
+    zeros it is redundant whatever its value.
+    """
+    if _is_default(node.op_type, attr):
+        return True
+    if node.op_type != "Reshape" or attr.name != "allowzero" or len(node.input) < 2:
+        return False
+    shape = inits.get(node.input[1])
     return shape is not None and bool(numpy_helper.to_array(shape).all())
 
 
@@ -244,10 +252,7 @@ def compact(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in graph.node:
         node.name = ""  # optional in ONNX; runtimes name nodes themselves
         if node.op_type in _DEFAULTS and node.domain in ("", "ai.onnx"):
-            kept_attrs = [
-                a for a in node.attribute
-                if not (_is_default(node.op_type, a) or (a.name == "allowzero" and _no_zero_dims(node, inits)))
-            ]  # fmt: skip
+            kept_attrs = [a for a in node.attribute if not _redundant(node, a, inits)]
             del node.attribute[:]
             node.attribute.extend(kept_attrs)
         node.input[:] = [short(n) for n in node.input]
