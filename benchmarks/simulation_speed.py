@@ -225,8 +225,10 @@ def measure(contender: str, plan: str, dp: bool) -> dict[str, Any]:
     import torch
     import torch._dynamo
 
-    import fedtrain.runtime  # noqa: F401
+    import fedtrain.runtime
 
+    if dp:  # Opacus (and the scipy it imports) loads on the first private call: every contender's, the floor's too
+        import fedtrain.privacy.opacus_api  # noqa: F401
     torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
 
     flat = plan_config(plan, dp)

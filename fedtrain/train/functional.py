@@ -23,23 +23,45 @@ Params = dict[str, torch.Tensor]
 State = dict[str, Params]
 
 
-def _where(active: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    if bool(active.all()):  # the usual step: every client of the chunk takes it
-        return new
-    return torch.where(active.view(-1, *([1] * (new.dim() - 1))), new, old)
-
-
 @dataclass(frozen=True)
 class FunctionalOptimizer:
-    """``init(params) -> state`` and ``step(params, grads, state, lr, t, active) -> (params, state)``.
+    """``init(params) -> state`` and ``step(params, grads, state, lr, t, active, cfg) -> (params, state)``.
 
     ``t`` holds each client's own 1-based count of the steps it has taken, this one included: the clients of a
     chunk take different numbers of steps (their record counts differ), and torch.optim's bias corrections count
     each client's own. Under DP-SGD an empty Poisson batch is a step too (noise alone), as in run_local.
+
+    ``step`` updates ``params`` and ``state`` in place, as torch.optim does (a stacked parameter is megabytes,
+    and a fresh tensor per operation cost 6x the update itself, measured at 64 clients of a 17k-parameter MLP);
+    the caller owns both. The gradients are only read.
     """
 
     init: Callable[[Params], State]
     step: Callable[[Params, Params, State, float, torch.Tensor, torch.Tensor, TrainConfig], tuple[Params, State]]
+
+
+InPlaceStep = Callable[[Params, Params, State, float, torch.Tensor, TrainConfig], None]
+
+
+def _masked(update: InPlaceStep) -> Callable[..., tuple[Params, State]]:
+    """``update`` for every client; where some clients take no step, they keep their parameters and state."""
+
+    def step(
+        params: Params, grads: Params, state: State, lr: float, t: torch.Tensor, active: torch.Tensor, cfg: TrainConfig
+    ) -> tuple[Params, State]:
+        keep = active.logical_not()
+        tensors = [params, *state.values()]
+        if not bool(keep.any()):  # the usual step: every client of the chunk takes it
+            update(params, grads, state, lr, t, cfg)
+            return params, state
+        kept = [{k: v[keep] for k, v in group.items()} for group in tensors]
+        update(params, grads, state, lr, t, cfg)
+        for group, rows in zip(tensors, kept, strict=True):
+            for k, v in rows.items():
+                group[k][keep] = v
+        return params, state
+
+    return step
 
 
 def _zeros(*names: str) -> Callable[[Params], State]:
@@ -47,92 +69,66 @@ def _zeros(*names: str) -> Callable[[Params], State]:
 
 
 def _decayed(g: torch.Tensor, p: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    return g + cfg.weight_decay * p if cfg.weight_decay != 0 else g
+    return g.add(p, alpha=cfg.weight_decay) if cfg.weight_decay != 0 else g
 
 
 def _sgd_family(momentum: bool, nesterov: bool) -> FunctionalOptimizer:
-    def step(
-        params: Params, grads: Params, state: State, lr: float, t: torch.Tensor, active: torch.Tensor, cfg: TrainConfig
-    ) -> tuple[Params, State]:
-        new_p, new_buf = {}, {}
+    def update(params: Params, grads: Params, state: State, lr: float, t: torch.Tensor, cfg: TrainConfig) -> None:
         for k, p in params.items():
             g = _decayed(grads[k], p, cfg)
             if momentum and cfg.momentum != 0:
-                buf = cfg.momentum * state["buf"][k] + g  # from a zero buffer: torch's first step, buf = g
-                new_buf[k] = _where(active, buf, state["buf"][k])
-                g = g + cfg.momentum * buf if nesterov else buf
-            new_p[k] = _where(active, p - lr * g, p)
-        return new_p, ({"buf": new_buf} if new_buf else state)
+                buf = state["buf"][k].mul_(cfg.momentum).add_(g)  # from a zero buffer: torch's first step, buf = g
+                g = g.add(buf, alpha=cfg.momentum) if nesterov else buf
+            p.add_(g, alpha=-lr)
 
-    return FunctionalOptimizer(_zeros("buf") if momentum else lambda params: {}, step)
+    return FunctionalOptimizer(_zeros("buf") if momentum else lambda params: {}, _masked(update))
 
 
-def _adagrad_step(
-    params: Params, grads: Params, state: State, lr: float, t: torch.Tensor, active: torch.Tensor, cfg: TrainConfig
-) -> tuple[Params, State]:
-    new_p, new_sum = {}, {}
+def _adagrad(params: Params, grads: Params, state: State, lr: float, t: torch.Tensor, cfg: TrainConfig) -> None:
     for k, p in params.items():
         g = _decayed(grads[k], p, cfg)
-        total = state["sum"][k] + g * g
-        new_sum[k] = _where(active, total, state["sum"][k])
-        new_p[k] = _where(active, p - lr * (g / (total.sqrt() + 1e-10)), p)
-    return new_p, {"sum": new_sum}
+        total = state["sum"][k].addcmul_(g, g)
+        p.addcdiv_(g, total.sqrt().add_(1e-10), value=-lr)
 
 
-def _rmsprop_step(
-    params: Params, grads: Params, state: State, lr: float, t: torch.Tensor, active: torch.Tensor, cfg: TrainConfig
-) -> tuple[Params, State]:
+def _rmsprop(params: Params, grads: Params, state: State, lr: float, t: torch.Tensor, cfg: TrainConfig) -> None:
     alpha, eps = 0.99, 1e-8
-    new_p: Params = {}
-    new_state: State = {"sq": {}, "buf": {}}
     for k, p in params.items():
         g = _decayed(grads[k], p, cfg)
-        sq = alpha * state["sq"][k] + (1 - alpha) * g * g
-        avg = sq.sqrt() + eps
-        new_state["sq"][k] = _where(active, sq, state["sq"][k])
+        sq = state["sq"][k].mul_(alpha).addcmul_(g, g, value=1 - alpha)
+        avg = sq.sqrt().add_(eps)
         if cfg.momentum > 0:
-            buf = cfg.momentum * state["buf"][k] + g / avg
-            new_state["buf"][k] = _where(active, buf, state["buf"][k])
-            update = buf
+            p.add_(state["buf"][k].mul_(cfg.momentum).addcdiv_(g, avg), alpha=-lr)
         else:
-            new_state["buf"][k] = state["buf"][k]
-            update = g / avg
-        new_p[k] = _where(active, p - lr * update, p)
-    return new_p, new_state
+            p.addcdiv_(g, avg, value=-lr)
 
 
 def _adam_family(decoupled: bool) -> FunctionalOptimizer:
     b1, b2, eps = 0.9, 0.999, 1e-8
 
-    def step(
-        params: Params, grads: Params, state: State, lr: float, t: torch.Tensor, active: torch.Tensor, cfg: TrainConfig
-    ) -> tuple[Params, State]:
-        new_p: Params = {}
-        new_state: State = {"m": {}, "v": {}}
+    def update(params: Params, grads: Params, state: State, lr: float, t: torch.Tensor, cfg: TrainConfig) -> None:
         for k, p in params.items():
             shape = (-1, *([1] * (p.dim() - 1)))  # each client's own step count, over its parameters
             c1, c2 = (1 - b1 ** t.to(p.dtype)).view(shape), (1 - b2 ** t.to(p.dtype)).view(shape)
             g = grads[k]
             if decoupled:
-                p_dec = p * (1 - lr * cfg.weight_decay)
+                p.mul_(1 - lr * cfg.weight_decay)
             else:
-                g, p_dec = _decayed(g, p, cfg), p
-            m = state["m"][k] + (g - state["m"][k]) * (1 - b1)  # torch's lerp
-            v = b2 * state["v"][k] + (1 - b2) * g * g
-            denom = v.sqrt() / (c2**0.5) + eps
-            new_state["m"][k], new_state["v"][k] = _where(active, m, state["m"][k]), _where(active, v, state["v"][k])
-            new_p[k] = _where(active, p_dec - (lr / c1) * m / denom, p)
-        return new_p, new_state
+                g = _decayed(g, p, cfg)
+            m = state["m"][k].lerp_(g, 1 - b1)
+            v = state["v"][k].mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = v.sqrt().div_(c2.sqrt()).add_(eps)
+            p.sub_(((lr / c1) * m).div_(denom))
 
-    return FunctionalOptimizer(_zeros("m", "v"), step)
+    return FunctionalOptimizer(_zeros("m", "v"), _masked(update))
 
 
 FUNCTIONAL_OPTIMIZERS: dict[str, FunctionalOptimizer] = {
     "sgd": _sgd_family(momentum=False, nesterov=False),
     "momentum": _sgd_family(momentum=True, nesterov=False),
     "nesterov": _sgd_family(momentum=True, nesterov=True),
-    "adagrad": FunctionalOptimizer(_zeros("sum"), _adagrad_step),
-    "rmsprop": FunctionalOptimizer(_zeros("sq", "buf"), _rmsprop_step),
+    "adagrad": FunctionalOptimizer(_zeros("sum"), _masked(_adagrad)),
+    "rmsprop": FunctionalOptimizer(_zeros("sq", "buf"), _masked(_rmsprop)),
     "adam": _adam_family(decoupled=False),
     "adamw": _adam_family(decoupled=True),
 }
