@@ -13,6 +13,7 @@ from typing import Any
 from flwr.app import Message, MetricRecord
 
 from fedtrain import wire
+from fedtrain.federation.records import records_of
 from fedtrain.logging import get_logger
 
 __all__ = ["ALIASES", "canonical_metrics", "reply_metrics"]
@@ -35,7 +36,7 @@ _warned: set[tuple[str, str]] = set()
 
 def reply_metrics(reply: Message) -> dict[str, Any]:
     """The reply's metrics as a dict (the first MetricRecord; ``{}`` for none)."""
-    records = list(reply.content.metric_records.values()) if not reply.has_error() else []
+    records = list(records_of(reply.content, MetricRecord).values()) if not reply.has_error() else []
     return dict(records[0]) if records else {}
 
 
@@ -47,7 +48,7 @@ def canonical_metrics(replies: list[Message], kind: str, *, withheld: tuple[str,
     for reply in replies:
         if reply.has_error():
             continue
-        for name, record in list(reply.content.metric_records.items()):
+        for name, record in records_of(reply.content, MetricRecord).items():
             values = dict(record)
             renamed = False
             for canonical, aliases in ALIASES[kind].items():

@@ -42,8 +42,9 @@ def load_accountant(
 
     A new accountant starts with the releases ``cfg`` made before training (``normalize=dp-standard``).
     """
-    if STATE_KEY in context.state.config_records:
-        return ClientAccountant.from_state_dict(dict(context.state.config_records[STATE_KEY]))
+    kept = context.state.get(STATE_KEY)  # not state.config_records: Flower builds that view anew on every read
+    if isinstance(kept, ConfigRecord):
+        return ClientAccountant.from_state_dict(dict(kept))
     acc = ClientAccountant(mechanism)
     restore = list(train_config.get(RESTORE_HISTORY, []))
     if pid < len(restore) and restore[pid]:
@@ -56,7 +57,7 @@ def load_accountant(
 
 
 def save_accountant(context: Context, acc: ClientAccountant) -> None:
-    context.state.config_records[STATE_KEY] = ConfigRecord(acc.state_dict())
+    context.state[STATE_KEY] = ConfigRecord(acc.state_dict())
 
 
 def noise_multiplier(cfg: RunConfig, acc: ClientAccountant, planned: Sequence[tuple[float, int]]) -> float:

@@ -18,6 +18,8 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from fedtrain import wire
+from fedtrain.federation.exchange.held_arrays import read_only_values
+from fedtrain.federation.records import records_of
 
 __all__ = ["FAULT_KINDS", "Fault", "count_kinds", "non_finite_arrays", "one_line", "screen_update"]
 
@@ -68,7 +70,7 @@ def non_finite_arrays(arrays: ArrayRecord) -> dict[str, int]:
     """Names of the float arrays holding NaN or inf, with how many such values each holds."""
     bad: dict[str, int] = {}
     for name, array in arrays.items():
-        values = array.numpy()
+        values = read_only_values(array)
         if np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.complexfloating):
             count = int(values.size - np.count_nonzero(np.isfinite(values)))
             if count:
@@ -89,7 +91,7 @@ def _kind(dtype: str) -> str:
 
 
 def _update(reply: Message) -> ArrayRecord | None:
-    records = reply.content.array_records
+    records = records_of(reply.content, ArrayRecord)
     return records.get(wire.ARRAYS) or next(iter(records.values()), None)
 
 

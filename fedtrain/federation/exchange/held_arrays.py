@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord
 from flwr.common.constant import SType
 from numpy.typing import NDArray
 
-__all__ = ["HeldArray", "held_record"]
+__all__ = ["HeldArray", "held_record", "read_only_values"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -70,6 +70,12 @@ class HeldArray(Array):
     def deflate(self) -> bytes:
         """Deflated as the plain Array it equals (same object id; inflates as a plain Array)."""
         return Array(dtype=self.dtype, shape=tuple(self.shape), stype=self.stype, data=self.data).deflate()
+
+
+def read_only_values(array: Array) -> NDArray[Any]:
+    """The array's values to read, not to keep: a held array's own memory (no copy), else a parse of its bytes."""
+    held = array.__dict__.get("_held") if isinstance(array, HeldArray) else None
+    return cast(NDArray[Any], held) if held is not None else array.numpy()
 
 
 def held_record(state: dict[str, torch.Tensor], *, copy: bool = False) -> ArrayRecord:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from fedtrain import wire
 from fedtrain.federation.exchange.base import EXCHANGES, RoundExchange, RoundRequest, TrainReplies
 from fedtrain.federation.exchange.faults import Fault, count_kinds, one_line, screen_update
+from fedtrain.federation.records import record_of
 from fedtrain.federation.reply_metrics import canonical_metrics, reply_metrics
 from fedtrain.logging import get_logger
 from fedtrain.privacy.composition import select_replies
@@ -37,7 +38,7 @@ def _faults(messages: list[Message], replies: list[Message]) -> list[Fault]:
 def client_report(reply: Message, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """A train reply's metrics (``metrics``: already read), with its DP history (a ConfigRecord) when it sent one."""
     report = dict(metrics) if metrics is not None else reply_metrics(reply)
-    history = None if reply.has_error() else reply.content.config_records.get(wire.DP_HISTORY)
+    history = None if reply.has_error() else record_of(reply.content, wire.DP_HISTORY, ConfigRecord)
     if history is not None:
         report[wire.DP_HISTORY] = dict(history)
     return report

@@ -20,7 +20,7 @@ from typing import Any, Protocol, cast
 from uuid import uuid4
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from torch import nn
@@ -34,6 +34,7 @@ from fedtrain.federation.context import config_from_run_config
 from fedtrain.federation.exchange.base import EXCHANGES, RoundRequest, TrainReplies
 from fedtrain.federation.exchange.held_arrays import held_record
 from fedtrain.federation.exchange.message import MessageExchange
+from fedtrain.federation.records import record_of
 from fedtrain.logging import get_logger
 from fedtrain.models import MLP, build_model
 from fedtrain.pretrain import AUX_PREFIX
@@ -181,7 +182,7 @@ def _batch_refusal(messages: list[Message], grid: LocalGrid) -> str:
     for m in messages:
         if m.metadata.message_type != "train":
             return f"{m.metadata.message_type} messages"
-        config = m.content.config_records.get(wire.CONFIG)
+        config = record_of(m.content, wire.CONFIG, ConfigRecord)
         phase = str(config.get(wire.PHASE, "finetune")) if config is not None else "?"
         if phase != "finetune":
             return f"phase {phase!r}"
@@ -192,6 +193,13 @@ def _batch_refusal(messages: list[Message], grid: LocalGrid) -> str:
         if own:  # e.g. a node's own client-runtime
             return f"a node with its own {', '.join(own)}"
     return ""
+
+
+def _config(msg: Message) -> ConfigRecord:
+    config = record_of(msg.content, wire.CONFIG, ConfigRecord)
+    if config is None:  # _batch_refusal let only messages with a train config through
+        raise ValueError("a train message without its config record")
+    return config
 
 
 BudgetFn = Callable[..., tuple[float | None, dict[str, Any], ClientAccountant]]
@@ -229,9 +237,9 @@ def train_batch(messages: list[Message], contexts: dict[int, Context]) -> list[M
         prepared.append(_prepare(m, context, cfg, _budget))
     groups: dict[tuple[Any, ...], list[_Prepared]] = {}
     for p in prepared:  # a strategy sends one record and one config to all; group in case one does not
-        config = p.msg.content.config_records[wire.CONFIG]
+        config = _config(p.msg)
         lr, mu = config_number(config, wire.LR), config_number(config, wire.PROXIMAL_MU, 0.0)
-        key = (id(p.msg.content.array_records[wire.ARRAYS]), lr, mu, int(config_number(config, wire.FREEZE_DEPTH, 0)))
+        key = (id(p.msg.content[wire.ARRAYS]), lr, mu, int(config_number(config, wire.FREEZE_DEPTH, 0)))
         groups.setdefault(key, []).append(p)
     replies: dict[int, Message] = {}
     for (_, lr, mu, depth), group in groups.items():
@@ -246,7 +254,7 @@ def train_batch(messages: list[Message], contexts: dict[int, Context]) -> list[M
 def _train_group(group: list[_Prepared], lr: float, mu: float, depth: int) -> list[Message]:
     first = group[0]
     cfg = first.cfg
-    arrays = first.msg.content.array_records[wire.ARRAYS].to_torch_state_dict()
+    arrays = cast(ArrayRecord, first.msg.content[wire.ARRAYS]).to_torch_state_dict()
     weights = {k: v for k, v in arrays.items() if not k.startswith(AUX_PREFIX)}
     aux = {k: v for k, v in arrays.items() if k.startswith(AUX_PREFIX)}
     module = _template(cfg.model, first.input_shape, first.num_classes)
@@ -285,7 +293,7 @@ def _content(state: dict[str, torch.Tensor], metrics: dict[str, Any], acc: Clien
 
 def _prepare(msg: Message, context: Context, cfg: RunConfig, budget: BudgetFn) -> _Prepared:
     """The ClientApp's ``train`` up to the training call (fedtrain.federation.client.train, step for step)."""
-    config = msg.content.config_records[wire.CONFIG]
+    config = _config(msg)
     source = data_source(cfg, context.node_config)
     spec = received_spec(cfg, config)
     client = source.client_data(spec)
