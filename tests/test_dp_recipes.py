@@ -220,6 +220,7 @@ def test_the_linear_recipe_is_the_default_at_larger_budgets_too(epsilon):
         "server-averaging": "ema",
         "normalize": "dp-standard",
         "normalize-dp-share": 0.1,
+        "dp-accountant": "prv",
     }
     assert linear_dp_defaults(epsilon) == expected
     assert {k: flat[k] for k in expected} == expected

@@ -58,7 +58,8 @@ def test_closed_form_gaussian_epsilon_equals_the_accountant(z, delta):
 
 
 def test_calibration_counts_the_release_and_stays_within_the_budget():
-    cfg = load_config(overrides="dp-level=sample normalize=dp-standard dp-target-epsilon=1.0 normalize-dp-share=0.1")
+    overrides = "dp-level=sample normalize=dp-standard dp-target-epsilon=1.0 normalize-dp-share=0.1 dp-accountant=rdp"
+    cfg = load_config(overrides=overrides)
     fixed = normalization_segments(cfg)
     planned = [(1 / 8, 240)]
     acc = ClientAccountant("rdp", list(fixed))  # a new accountant starts with the release

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from fedtrain.config import load_config
 from fedtrain.errors import ConfigError
 from fedtrain.privacy import RDP_ORDERS, ClientAccountant, calibrate_noise, plan_steps
+from fedtrain.privacy.accountant import epsilon_of, prv_domain_size
 from fedtrain.privacy.client_privacy import round_budget
 
 
@@ -115,3 +116,38 @@ def test_calibration_over_phases_with_different_sampling_rates():
     sigma = calibrate_noise(target_epsilon=2.0, delta=1e-5, segments=segments, mechanism="rdp")
     spent = ClientAccountant("rdp", [(sigma, q, n) for q, n in segments]).epsilon(1e-5)
     assert 1.99 <= spent <= 2.0
+
+
+PRV_HISTORIES = [
+    [(1.777, 1 / 12, 144)],
+    [(4.0, 1.0, 1), (8.0, 0.5, 60)],  # a normalize=dp-standard release, then DP-SGD
+    [(3.6, 1.0, 1), (2.5, 1 / 3, 90)],
+    [(0.8, 0.01, 1000)],
+]
+
+
+@pytest.mark.parametrize("history", PRV_HISTORIES)
+def test_prv_equals_opacus_prv_accountant(history):
+    from fedtrain.privacy.opacus_api import PRVAccountant
+
+    acc = PRVAccountant()
+    acc.history = list(history)
+    assert epsilon_of("prv", history, 1e-5) == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-3)
+
+
+@pytest.mark.parametrize("history", PRV_HISTORIES)
+def test_prv_domain_is_opacus_safe_domain_from_whole_orders(history):
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
+
+    prvs = [PoissonSubsampledGaussianPRV(q, sigma) for sigma, q, _ in history]
+    theirs = compute_safe_domain_size(prvs, [n for _, _, n in history], eps_error=0.01, delta_error=1e-8)
+    assert prv_domain_size(history, 0.01, 1e-8) == pytest.approx(theirs, rel=0.01)
+
+
+@pytest.mark.parametrize("history", PRV_HISTORIES)
+def test_prv_is_tighter_than_rdp_for_the_same_mechanism(history):
+    prv, rdp = epsilon_of("prv", history, 1e-5), epsilon_of("rdp", history, 1e-5)
+    assert prv < rdp
+    # more noise spends less: the bound follows the mechanism
+    noisier = [(sigma * 1.2, q, n) for sigma, q, n in history]
+    assert epsilon_of("prv", noisier, 1e-5) < prv

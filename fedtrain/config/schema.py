@@ -409,7 +409,8 @@ class PrivacyConfig:
     dp_max_grad_norm: float = setting(1.0, "Per-sample gradient clipping norm C.", low=0.0, low_open=True)
     dp_accountant: str = setting(
         "rdp",
-        "Accountant for sample-level epsilon: `rdp` or `prv` (tighter, slower).",
+        "Accountant for sample-level epsilon: `rdp` (Renyi DP at whole orders) or `prv` (privacy random variables: "
+        "a tighter bound on the same mechanism, so less noise for the same epsilon; the linear DP recipe's default).",
         choices=names_of("fedtrain.privacy.accountant:ACCOUNTANTS"),
     )
     dp_grad_sample_mode: str = setting(

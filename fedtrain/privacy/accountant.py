@@ -95,15 +95,47 @@ def _rdp(history: list[tuple[float, float, int]], delta: float) -> float:
     return epsilon_from_rdp(rdp_curve(history), delta)
 
 
+# Opacus' PRVAccountant.get_epsilon defaults: the error of epsilon, and delta's error as a share of delta.
+PRV_EPS_ERROR = 0.01
+PRV_DELTA_ERROR_SHARE = 1e-3
+
+
+def prv_domain_size(history: list[tuple[float, float, int]], eps_error: float, delta_error: float) -> float:
+    """Half-width of the privacy-loss domain the PRV is discretised on (Gopi et al. 2021, remark 5.6).
+
+    Opacus' ``compute_safe_domain_size`` with fedtrain's vectorised RDP: any valid RDP bound serves, and
+    Opacus' per-order loop over fractional orders took 95 % of a PRV epsilon's time (0.6 s of each call).
+    """
+    total = sum(steps for _, _, steps in history)
+    size = epsilon_from_rdp(rdp_curve(history), delta_error / 4)
+    for sigma, q, _ in history:
+        size = max(size, epsilon_from_rdp(rdp_curve([(sigma, q, 1)]), delta_error / (8 * total)))
+    return max(size, eps_error) + 3
+
+
 @ACCOUNTANTS.register("prv")
 def _prv(history: list[tuple[float, float, int]], delta: float) -> float:
-    """Privacy random variables (Gopi et al. 2021): tighter than RDP, slower with many segments."""
-    from fedtrain.privacy.opacus_api import PRVAccountant
+    """Privacy random variables (Gopi et al. 2021): tighter than RDP; the upper bound of Opacus' estimate."""
+    return _prv_cached(tuple(history), delta)
 
-    acc = PRVAccountant()
-    acc.history = list(history)
-    with _loose_orders_ok():
-        return float(acc.get_epsilon(delta=delta))
+
+@functools.lru_cache(maxsize=1024)
+def _prv_cached(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    # The steps of Opacus' PRVAccountant.get_epsilon, with the domain from prv_domain_size.
+    from fedtrain.privacy import opacus_api as op
+
+    eps_error, delta_error = PRV_EPS_ERROR, delta * PRV_DELTA_ERROR_SHARE
+    steps = [n for _, _, n in history]
+    size = prv_domain_size(list(history), eps_error, delta_error)
+    mesh = eps_error / math.sqrt(sum(steps) * math.log(12 / delta_error) / 2)
+    domain = op.Domain.create_aligned(-size, size, mesh)
+    with _loose_orders_ok(), np.errstate(divide="ignore"):  # log(1 - q) at q = 1 is masked out by Opacus
+        prvs = [op.PoissonSubsampledGaussianPRV(q, sigma) for sigma, q, _ in history]
+        truncated = [op.TruncatedPrivacyRandomVariable(p, domain.t_min, domain.t_max) for p in prvs]
+        composed = op.compose_heterogeneous(dprvs=[op.discretize(t, domain) for t in truncated],
+                                            num_self_compositions=steps)  # fmt: skip
+        _, _, upper = composed.compute_epsilon(delta, delta_error, eps_error)
+    return float(upper)
 
 
 @dataclass

@@ -76,7 +76,7 @@ def noise_multiplier(cfg: RunConfig, acc: ClientAccountant, planned: Sequence[tu
         target_epsilon=cfg.privacy.dp_target_epsilon,
         delta=cfg.privacy.dp_delta,
         segments=list(planned),
-        mechanism=cfg.privacy.dp_accountant,
+        mechanism=acc.mechanism,  # the accountant that will count it (the config's, for every client's own)
         fixed=fixed,
     )
 

@@ -8,6 +8,13 @@ has undone Opacus' import-time logging side effect.
 from fedtrain.privacy import _quiet_opacus  # noqa: F401  (first: undoes an Opacus import side effect)
 from opacus import PrivacyEngine
 from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.analysis.prv import (
+    Domain,
+    PoissonSubsampledGaussianPRV,
+    TruncatedPrivacyRandomVariable,
+    compose_heterogeneous,
+    discretize,
+)
 from opacus.accountants.analysis.rdp import get_privacy_spent as rdp_privacy_spent
 from opacus.optimizers import DPOptimizer
 from opacus.utils.batch_memory_manager import BatchMemoryManager
@@ -17,9 +24,14 @@ from opacus.validators import ModuleValidator
 __all__ = [
     "BatchMemoryManager",
     "DPOptimizer",
+    "Domain",
     "ModuleValidator",
     "PRVAccountant",
+    "PoissonSubsampledGaussianPRV",
     "PrivacyEngine",
     "RDPAccountant",
+    "TruncatedPrivacyRandomVariable",
+    "compose_heterogeneous",
+    "discretize",
     "rdp_privacy_spent",
 ]
