@@ -255,11 +255,9 @@ def test_the_linear_recipe_is_the_default_at_larger_budgets_too(epsilon):
 @pytest.mark.parametrize(
     "overrides",
     [
-        "dp-target-epsilon=1 secure-aggregation=true",
         "dp-target-epsilon=1 dp-noise-seed='os'",
         "dp-target-epsilon=1 normalize='range'",
         "dp-target-epsilon=0.05",  # a release at 30 % of it would cost less than any Gaussian release can
-        "dp-target-epsilon=3 secure-aggregation=true",
         "dp-target-epsilon=3 normalize-dp-share=0.005",  # the user's share: too small to release
     ],
 )

@@ -96,7 +96,7 @@ def test_beyond_the_threshold_the_policy_applies(small_config, policy, status):
 
 
 def test_secagg_with_sample_level_dp_accounts_as_without(small_config):
-    # normalize=range in both: without SecAgg+ the DP defaults would spend a share of the budget on dp-standard
+    # normalize=range in both: DP-SGD alone (dp-standard under SecAgg+ is the test below)
     dp = {"dp_level": "sample", "num_rounds": 2, "hidden_sizes": "16", "normalize": "range"}
     plain = _summary(run_inprocess(small_config(**dp, run_name="plain")))
     masked_dir = run_inprocess(small_config(**dp, run_name="masked", **SECAGG))
@@ -270,3 +270,18 @@ def test_a_secagg_run_where_no_client_ran_dp_fails_saying_so(small_config):
     assert summary["status"] == "failed"
     assert summary["reason"].startswith("no client ran DP: all 3 replies lacked DP evidence")
     assert "left out of the masked sum" in summary["reason"]
+
+
+def test_dp_defaults_centre_inside_the_budget_under_secagg_as_without(tmp_path):
+    # The DP defaults' normalize=dp-standard runs under SecAgg+ too: the same normaliser, epsilon and accuracy.
+    from fedtrain.config import load_config
+
+    base = {"dp-level": "sample", "num-rounds": 3, "progress": False, "report": False, "out-dir": str(tmp_path)}
+    plain_cfg = load_config(overrides={**base, "run-name": "plain"})
+    masked_cfg = load_config(overrides={**base, "run-name": "masked", "secure-aggregation": True})
+    assert plain_cfg.data.normalize == masked_cfg.data.normalize == "dp-standard"
+    plain, masked = _summary(run_inprocess(plain_cfg)), _summary(run_inprocess(masked_cfg))
+    assert masked["status"] == "completed"
+    assert masked["privacy"]["sample"]["epsilon_max"] == pytest.approx(plain["privacy"]["sample"]["epsilon_max"])
+    assert masked["privacy"]["sample"]["normalization"] == plain["privacy"]["sample"]["normalization"]
+    assert abs(plain["final"]["accuracy"] - masked["final"]["accuracy"]) <= 0.005

@@ -63,8 +63,8 @@ SAMPLE_DP_DEFAULTS: dict[str, Any] = {
 # parameters mean less noise per unit of signal, and the server evaluates and keeps the average of the iterates
 # (post-processing, free in privacy). Centred inputs matter most: DP-SGD's noise on the weights, times an uncentred
 # input, is a random offset of every class's logit; `dp-standard` estimates the means inside the budget. It needs
-# simulated partitions and torch clients without SecAgg+ (``_dp_standard_allowed``); elsewhere the recipe keeps
-# `range`.
+# simulated partitions and torch clients (``_dp_standard_allowed``), with or without SecAgg+; elsewhere the recipe
+# keeps `range`.
 LINEAR_DP_DEFAULTS: dict[str, Any] = {
     "model": "linear",
     "optimizer": "sgd",
@@ -123,7 +123,6 @@ def _dp_standard_allowed(cfg: RunConfig, share: float) -> bool:
     return (
         normalization_affordable(share, cfg.privacy.dp_target_epsilon, cfg.privacy.dp_delta)
         and cfg.data.data_source == "partition"
-        and not cfg.secagg.secure_aggregation
         and cfg.privacy.dp_noise_seed != "os"
         and cfg.runtime.client_runtime != "onnx"
     )

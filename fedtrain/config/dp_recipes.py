@@ -99,8 +99,9 @@ def _check_augment(cfg: RunConfig) -> list[str]:
 def check_dp_recipes(cfg: RunConfig) -> list[str]:
     """Cross-key rules of the recipe keys: augmentation, and the needs of ``normalize=dp-standard``.
 
-    dp-standard needs sample-level DP with a finite budget, simulated partitions, no SecAgg+, noise from ``seed``
-    and torch clients.
+    dp-standard needs sample-level DP with a finite budget, simulated partitions, noise from ``seed`` and torch
+    clients. SecAgg+ is no obstacle: the server uses only the sum of the clients' releases, which is what a SecAgg+
+    round over them would give it, and each release is accounted on its own client.
     """
     problems = _check_augment(cfg)
     if cfg.data.normalize != "dp-standard":
@@ -125,8 +126,6 @@ def check_dp_recipes(cfg: RunConfig) -> list[str]:
             f"{why}; with data-source=node the release would need its own protocol round, which fedtrain does not "
             "have yet: use normalize='range' (reads no data)"
         )
-    if cfg.secagg.secure_aggregation:
-        problems.append(f"{why}; it is not yet combined with secure-aggregation=true: use normalize='range'")
     if cfg.privacy.dp_noise_seed == "os":
         problems.append(
             f"{why}; its noise is drawn from `seed` so that every process derives the same normaliser, which "

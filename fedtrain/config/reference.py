@@ -77,7 +77,7 @@ def _dp_defaults_section(defaults: Mapping[str, Any]) -> list[str]:
         "`config.toml` holds the values and lists the keys in `dp-defaults-applied`. The sample-level values were",
         "tuned on validation accuracy (`benchmarks/results/dp_tuning.md`). `client-eval-fraction` changes only",
         "when client evaluation is off. Under sample-level DP the linear recipe applies where it can (rows below);",
-        "its `normalize=dp-standard` falls back to `range` where that cannot run (SecAgg+, node data,",
+        "its `normalize=dp-standard` falls back to `range` where that cannot run (node data,",
         "`dp-noise-seed=os`, or a share of the budget too small to release), and `normalize-dp-share` then keeps",
         "its generic value. Nodes that set `client-runtime=onnx` in their own node config need `model=mlp`.",
         "",

@@ -252,8 +252,10 @@ class SecAggPlusExchange(MessageExchange):
         if self.cfg.data.data_source != "partition":
             return None
         from fedtrain.data import build_federated_data
+        from fedtrain.data.federated import normalize_noise_of
 
-        data = build_federated_data(self.cfg.data, self.cfg.partition, self.cfg.runtime.seed)
+        cfg = self.cfg  # the same (cached) build as the clients': dp-standard needs its release noise
+        data = build_federated_data(cfg.data, cfg.partition, cfg.runtime.seed, normalize_noise_of(cfg))
         return float(max(len(c.train.y) for c in data.clients))
 
     @property
