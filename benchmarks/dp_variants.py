@@ -22,22 +22,15 @@ BASE: dict[str, Any] = {"dp-level": "sample", "progress": False, "report": False
                         "client-eval-fraction": 0, "fraction-evaluate": 0, "round-exchange": "vectorised"}  # fmt: skip
 
 
-def _value(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text, text)
-
-
 def read_variants(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """``(name, overrides)`` per line of a variants file."""
+    """``(name, overrides)`` per line of a variants file (values parsed as ``--run-config`` parses them)."""
+    from fedtrain.config import parse_overrides
+
     out = []
     for line in path.read_text().splitlines():
-        words = line.split("#", 1)[0].split()
-        if words:
-            out.append((words[0], {k: _value(v) for k, v in (w.split("=", 1) for w in words[1:])}))
+        name, _, keys = line.split("#", 1)[0].strip().partition(" ")
+        if name:
+            out.append((name, parse_overrides(keys)))
     return out
 
 
