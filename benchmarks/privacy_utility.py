@@ -196,11 +196,12 @@ def write_markdown(payload: dict[str, Any]) -> None:
         "# Privacy against utility: the ablation of issue 17",
         "",
         f"`{payload['command']}` on {payload['date']} ({payload['machine']}), {payload['wall_seconds']} s of "
-        "wall time in all. Digits, 10 clients, Dirichlet 0.5, sample-level DP, delta 1e-5, rdp. Each cell: mean "
+        "wall time in all. Digits, 10 clients, Dirichlet 0.5, sample-level DP, delta 1e-5, rdp unless a row sets prv "
+        "(`prv`, `linear-dpstd`, `all`, `recipe`). Each cell: mean "
         f"+- std (n-1) of the test accuracy of the reported model over seeds {', '.join(map(str, payload['seeds']))}, "
-        "with the mean validation accuracy in brackets. Hyperparameters were chosen on validation with the tuning "
-        f"seeds {', '.join(map(str, payload['tuning_seeds']))} (`benchmarks/results/dp_tuning.md`), never on these "
-        f"seeds or on test. Baseline: `{payload['recipe']}`; each row adds one method's keys (below).",
+        "with the mean validation accuracy in brackets. Hyperparameters were chosen on validation with tuning "
+        "seeds only (100 and 101, later passes 100-103, the accountant 100-107: `benchmarks/results/dp_tuning.md`), "
+        f"never on these seeds or on test. Baseline: `{payload['recipe']}`; each row adds one method's keys (below).",
         "",
         *(
             f"Rerun on {r['date']}: rows {', '.join(f'`{m}`' for m in r['methods'])} (`{r['command']}`, "

@@ -145,6 +145,27 @@ def test_prv_domain_is_opacus_safe_domain_from_whole_orders(history):
     assert prv_domain_size(history, 0.01, 1e-8) == pytest.approx(theirs, rel=0.01)
 
 
+@pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning")
+def test_prv_at_small_sigma_takes_opacus_domain_and_agrees():
+    # Whole orders from 2 give a far wider domain here (a grid 37x larger, GBs of memory): Opacus' bound is used.
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
+
+    from fedtrain.privacy.opacus_api import PRVAccountant
+
+    history = [(0.5, 0.1, 20)]
+    theirs = compute_safe_domain_size([PoissonSubsampledGaussianPRV(0.1, 0.5)], [20], eps_error=0.01, delta_error=1e-8)
+    assert prv_domain_size(history, 0.01, 1e-8) == pytest.approx(theirs)
+    acc = PRVAccountant()
+    acc.history = list(history)
+    assert epsilon_of("prv", history, 1e-5) == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-3)
+
+
+def test_prv_is_never_above_rdp_and_empty_histories_spend_nothing():
+    # At very small epsilon PRV's error margin (0.01) would put it above RDP: both bound the same mechanism.
+    assert epsilon_of("prv", [(50.0, 0.5, 3)], 1e-5) == epsilon_of("rdp", [(50.0, 0.5, 3)], 1e-5)
+    assert epsilon_of("prv", [], 1e-5) == epsilon_of("prv", [(1.0, 0.1, 0)], 1e-5) == 0.0
+
+
 @pytest.mark.parametrize("history", PRV_HISTORIES)
 def test_prv_is_tighter_than_rdp_for_the_same_mechanism(history):
     prv, rdp = epsilon_of("prv", history, 1e-5), epsilon_of("rdp", history, 1e-5)

@@ -13,6 +13,7 @@ from opacus.accountants.analysis.prv import (
     PoissonSubsampledGaussianPRV,
     TruncatedPrivacyRandomVariable,
     compose_heterogeneous,
+    compute_safe_domain_size,
     discretize,
 )
 from opacus.accountants.analysis.rdp import get_privacy_spent as rdp_privacy_spent
@@ -32,6 +33,7 @@ __all__ = [
     "RDPAccountant",
     "TruncatedPrivacyRandomVariable",
     "compose_heterogeneous",
+    "compute_safe_domain_size",
     "discretize",
     "rdp_privacy_spent",
 ]

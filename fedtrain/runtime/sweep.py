@@ -97,7 +97,7 @@ def run_sweep(
         "epsilons": [_num(e) for e in epsilons],
         "seeds": seeds,
         "delta": base.privacy.dp_delta,
-        "accountant": base.privacy.dp_accountant,
+        "accountant": resolved["dp-accountant"],  # the DP defaults may set it (the linear recipe's prv)
         "wall_seconds": round(time.perf_counter() - t0, 2),
         "workers": workers,
         "rows": rows,
