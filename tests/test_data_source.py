@@ -276,3 +276,19 @@ def test_a_node_image_folder_may_hold_a_single_class(small_config, tmp_path):
     data = data_source(cfg, {"partition-id": 1, "data-path": str(tmp_path / "imgs")}).client_data(spec)
     # Assert
     assert set(data.train.y) == {7} and len(data.train.y) + len(data.eval.y) == 5
+
+
+def test_under_dp_standard_on_the_servers_own_file_is_no_private_statistic():
+    # With data-source=node the server fits standard on server-data-path (normalize-local is refused under DP):
+    # no client record is read, so it needs no opt-in and is not listed outside the budget. Pooled over the
+    # simulated clients' partitions it still is.
+    from fedtrain.config import load_config
+    from fedtrain.errors import ConfigError
+    from fedtrain.privacy.unaccounted import unaccounted_statistics
+
+    node = load_config(overrides={"data-source": "node", "server-data-path": "server.npz", "normalize": "standard",
+                                  "dp-level": "sample", "dp-target-epsilon": 3.0})  # fmt: skip
+    assert node.data.normalize == "standard"
+    assert not [s for s in unaccounted_statistics(node) if "normalize" in s]
+    with pytest.raises(ConfigError, match="pooled training data of all clients"):
+        load_config(overrides={"normalize": "standard", "dp-level": "sample"})

@@ -345,7 +345,9 @@ def _unaccounted_checks(cfg: RunConfig) -> list[str]:
     if pc.dp_level == "none" or pc.dp_allow_unaccounted_statistics:
         return problems
     level = f"dp-level={pc.dp_level!r}"
-    if cfg.data.normalize in ("standard", "minmax"):
+    # With data-source=node they are fitted on the server's own file (server-data-path; normalize-local is refused
+    # under DP), not on any client's records: nothing private is read.
+    if cfg.data.normalize in ("standard", "minmax") and cfg.data.data_source != "node":
         what = "mean and std" if cfg.data.normalize == "standard" else "minimum and maximum"
         problems.append(
             f"normalize={cfg.data.normalize!r} is refused under {level}: it fits the per-feature {what} on the "

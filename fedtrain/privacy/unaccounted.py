@@ -45,9 +45,10 @@ def unaccounted_statistics(cfg: RunConfig) -> list[str]:
         return []
     out: list[str] = []
     norm = cfg.data.normalize
-    if norm == "standard":
+    on_clients = cfg.data.data_source != "node"  # with node data they are fitted on the server's own file
+    if norm == "standard" and on_clients:
         out.append("normalize='standard': per-feature mean and std of the pooled training split of all clients")
-    elif norm == "minmax":
+    elif norm == "minmax" and on_clients:
         out.append("normalize='minmax': per-feature minimum and maximum of the pooled training split of all clients")
     if cfg.sample_dp and cfg.train.class_weights == "balanced":
         # Each record's weighted loss depends on the client's other labels: per-record clipping does not
