@@ -312,3 +312,18 @@ def test_multiplicity_of_an_identity_augmentation_changes_nothing_under_dp(small
 def test_recipe_keys_that_would_be_ignored_or_weaker_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(overrides=overrides)
+
+
+def test_node_data_recipe_centres_on_the_servers_own_file_when_it_has_one():
+    # dp-standard cannot run on node data (no statistics round yet); standard fitted on server-data-path reads no
+    # client record, so the recipe takes it there, and range without a server file.
+    from fedtrain.config.dp_defaults import dp_default_changes
+
+    node = "dp-level=sample dp-target-epsilon=1 data-source=node"
+    with_file = load_config(overrides=f"{node} server-data-path='server.npz'")
+    assert (with_file.model.model, with_file.data.normalize) == ("linear", "standard")
+    assert "normalize-dp-share" not in dp_default_changes(with_file)
+    bare = load_config(overrides=f"{node} classes='0,1' input-shape='1,8,8' input-max=16")
+    assert bare.data.normalize == "range"
+    mine = load_config(overrides=f"{node} server-data-path='server.npz' normalize='range'")
+    assert mine.data.normalize == "range"  # what the user set is kept

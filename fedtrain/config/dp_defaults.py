@@ -64,7 +64,7 @@ SAMPLE_DP_DEFAULTS: dict[str, Any] = {
 # (post-processing, free in privacy). Centred inputs matter most: DP-SGD's noise on the weights, times an uncentred
 # input, is a random offset of every class's logit; `dp-standard` estimates the means inside the budget. It needs
 # simulated partitions and torch clients (``_dp_standard_allowed``), with or without SecAgg+; elsewhere the recipe
-# keeps `range`.
+# takes `standard` fitted on the server's own file with node data and `server-data-path`, else `range`.
 LINEAR_DP_DEFAULTS: dict[str, Any] = {
     "model": "linear",
     "optimizer": "sgd",
@@ -128,6 +128,15 @@ def _dp_standard_allowed(cfg: RunConfig, share: float) -> bool:
     )
 
 
+def _fitted_on_server_file(cfg: RunConfig) -> bool:
+    """Whether ``standard`` would be fitted on the server's own file (node data with ``server-data-path``).
+
+    It reads no client record, so it costs no privacy: the linear recipe's centring where dp-standard cannot run
+    (+10 validation points at epsilon 1 on digits' node files, benchmarks/results/dp_tuning.md).
+    """
+    return cfg.data.data_source == "node" and bool(cfg.data.server_data_path)
+
+
 def _table(cfg: RunConfig, user_set: Set[str] = frozenset()) -> dict[str, Any]:
     """The DP defaults that apply to ``cfg`` (empty without DP)."""
     if cfg.privacy.dp_level == "none":
@@ -139,7 +148,7 @@ def _table(cfg: RunConfig, user_set: Set[str] = frozenset()) -> dict[str, Any]:
         user_share = "normalize-dp-share" in user_set
         share = cfg.data.normalize_dp_share if user_share else recipe["normalize-dp-share"]
         if not _dp_standard_allowed(cfg, share):
-            table["normalize"] = DP_DEFAULTS["normalize"]
+            table["normalize"] = "standard" if _fitted_on_server_file(cfg) else DP_DEFAULTS["normalize"]
     elif cfg.sample_dp:
         table.update(SAMPLE_DP_DEFAULTS)
     normalize = cfg.data.normalize if "normalize" in user_set else table.get("normalize", cfg.data.normalize)
