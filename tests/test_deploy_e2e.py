@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -114,6 +115,27 @@ def _run_walkthrough(
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, ""), wall
 
 
+def _ports(first: int, devices: int = 2, last: int = 19499) -> dict[str, str]:
+    """``LINK_PORT`` and ``NODE_PORT`` for loopback.sh: the first free block of ``1 + devices`` ports from ``first``.
+
+    The SuperLink takes the first, SuperNode i ``NODE_PORT + i``. Fixed ports failed a run on a shared machine
+    when another process held one ("address already in use"); a block is probed by binding each port.
+    """
+    for start in range(first, last - devices + 1):
+        held: list[socket.socket] = []
+        try:
+            for port in range(start, start + 1 + devices):
+                held.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                held[-1].bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+        return {"LINK_PORT": str(start), "NODE_PORT": str(start + 1)}
+    raise RuntimeError(f"no {1 + devices} free consecutive ports on 127.0.0.1 in {first}-{last}")
+
+
 def _assert_completed_federation(result: subprocess.CompletedProcess[str], work: Path) -> dict:
     """The run folder of a 2-node, 2-round sample-DP run: the in-process summary contract, ε per node."""
     assert result.returncode == 0, result.stdout[-4000:]
@@ -163,7 +185,7 @@ def test_the_deploy_doc_shows_the_walkthrough_script_word_for_word():
 
 # In the default run (about a minute): CI must see a real deployment complete, not only its refusals.
 def test_loopback_federation_with_tls_node_auth_and_sample_dp(tmp_path):
-    result, wall = _run_walkthrough(tmp_path, LINK_PORT="19400", NODE_PORT="19401")
+    result, wall = _run_walkthrough(tmp_path, **_ports(19400))
     _assert_completed_federation(result, tmp_path / "work")
     assert "registered successfully" in result.stdout and result.stdout.count("online") >= 2
     print(f"loopback walkthrough: {wall:.1f} s wall")
@@ -172,7 +194,7 @@ def test_loopback_federation_with_tls_node_auth_and_sample_dp(tmp_path):
 @pytest.mark.slow
 def test_secure_aggregation_over_the_deployment(tmp_path):
     # SecAgg+'s four stages over real SuperNodes, with sample-level DP (issue 10 asks for a real deployment)
-    result, wall = _run_walkthrough(tmp_path, LINK_PORT="19420", NODE_PORT="19421", RUN_EXTRA="secure-aggregation=true")
+    result, wall = _run_walkthrough(tmp_path, **_ports(19420), RUN_EXTRA="secure-aggregation=true")
     summary = _assert_completed_federation(result, tmp_path / "work")
     secagg = summary["secure_aggregation"]
     assert secagg["shares"] == 2 and secagg["halted_rounds"] == [] and secagg["clipped"] == 0
@@ -253,7 +275,7 @@ def test_the_walkthrough_states_an_unregistered_device_in_one_line(tmp_path):
     variant = tmp_path / "deploy" / "examples" / "unregistered.sh"
     variant.parent.mkdir(parents=True)
     variant.write_text(text.replace(register, "  true\n"))
-    result, _ = _run_walkthrough(tmp_path, timeout=300, script=variant, LINK_PORT="19415", NODE_PORT="19416")
+    result, _ = _run_walkthrough(tmp_path, timeout=300, script=variant, **_ports(19415))
     assert result.returncode == 1
     errors = [line for line in result.stdout.splitlines() if line.startswith("error:")]
     assert errors == [
@@ -297,7 +319,7 @@ def test_a_device_that_disconnects_mid_round_is_left_out_and_the_run_completes(t
     variant = tmp_path / "deploy" / "examples" / "disconnect.sh"
     variant.parent.mkdir(parents=True)
     variant.write_text(text)
-    result, wall = _run_walkthrough(tmp_path, timeout=600, script=variant, LINK_PORT="19430", NODE_PORT="19431")
+    result, wall = _run_walkthrough(tmp_path, timeout=600, script=variant, **_ports(19430, devices=3))
     assert result.returncode == 0, result.stdout[-4000:]
     assert "device-2 disconnected mid-round" in result.stdout
     run_dir = Path(_RUN_DIR.search(result.stdout).group(1))
