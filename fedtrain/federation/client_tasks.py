@@ -20,6 +20,7 @@ from fedtrain import wire
 from fedtrain.config import RunConfig
 from fedtrain.data import ArrayDataset, ClientData
 from fedtrain.errors import ConfigError, ModelError
+from fedtrain.federation.config_values import config_number
 from fedtrain.models import MLP
 from fedtrain.pretrain import pretrain_local
 from fedtrain.privacy.dp_sgd import DPPlan, dp_train_local, plan_steps
@@ -70,14 +71,6 @@ def client_task(phase: str) -> ClientTask:
             f"{', '.join(CLIENT_TASKS)}); register a ClientTask for it, in the same version on server and clients"
         )
     return CLIENT_TASKS.get(phase)
-
-
-def config_number(config: Mapping[str, Any], key: str, default: float | None = None) -> float:
-    """A numeric entry of the server's config (the server always sends it; ``default`` for older servers)."""
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"the server's config has {key}={value!r}, expected a number")
-    return float(value)
 
 
 class PretrainTask(ClientTask):

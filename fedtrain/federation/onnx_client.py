@@ -32,6 +32,7 @@ from fedtrain.edge.train.optim import OPTIMIZERS
 from fedtrain.edge.train.sampling import build_draws
 from fedtrain.edge.train.trainer import DPSettings, LocalData, balanced_class_weight, plan, train
 from fedtrain.federation.call_seed import call_seed
+from fedtrain.federation.config_values import config_number
 from fedtrain.federation.context import config_from_run_config
 from fedtrain.federation.secagg_client import as_fitres, from_fitins, is_secagg
 from fedtrain.logging import get_logger
@@ -136,11 +137,8 @@ def device_config(run_config: Mapping[str, Any]) -> RunConfig:
         return config_from_run_config(run_config)
 
 
-def _number(config: Mapping[str, Any], key: str, default: float | None = None) -> float:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise EdgeModelError(f"the server's config has {key}={value!r}, expected a number")
-    return float(value)
+# A bad entry of the server's config is a model error on a device (fedtrain.edge.errors), not a config error.
+_number = functools.partial(config_number, error=EdgeModelError)
 
 
 def _settings(cfg: RunConfig, phase: str) -> TrainConfig:
