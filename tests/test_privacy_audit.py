@@ -1,7 +1,8 @@
 """The audit's checks: epsilon rebuilt from the plan by an independent oracle, on resume and with any client.
 
 The oracle is Google's dp-accounting (not Opacus, which fedtrain's accountant uses), and the
-histories it checks are rebuilt from the plan and the data sizes, not read from fedtrain.
+histories it checks are rebuilt from the plan and the data sizes, not read from fedtrain. A ``prv`` run (the linear
+DP recipe's) is checked against Opacus' own PRV accountant, which fedtrain's faster one must equal.
 """
 
 from __future__ import annotations
@@ -126,6 +127,24 @@ def test_the_ten_line_script_of_the_docs_recomputes_every_epsilon(resumed_multi_
     assert printed.keys() == clients.keys()
     for pid, eps in printed.items():
         assert float(eps) == pytest.approx(clients[pid]["epsilon"], rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning")  # Opacus' log(1 - q), q = 1
+def test_a_prv_run_is_recomputed_by_opacus_own_prv_accountant(tmp_path):
+    # The linear DP recipe accounts with prv: privacy.json's segments, handed to Opacus' PRVAccountant (not
+    # fedtrain's faster domain bound), give every client's epsilon, as docs/privacy.md says an auditor can do.
+    from opacus.accountants import PRVAccountant
+
+    cfg = _config(tmp_path, dp_level="sample", dp_target_epsilon=2.0, num_rounds=3)
+    assert cfg.privacy.dp_accountant == "prv" and cfg.data.normalize == "dp-standard"  # the DP defaults
+    doc = json.loads((run_inprocess(cfg) / "privacy.json").read_text())["sample"]
+    assert doc["accountant"] == "prv" and len(doc["clients"]) == 3
+    for client in doc["clients"].values():
+        acc = PRVAccountant()
+        acc.history = [(s["noise_multiplier"], s["sample_rate"], s["steps"]) for s in client["segments"]]
+        assert len(acc.history) == 2  # the normalisation release, then DP-SGD
+        assert acc.get_epsilon(delta=doc["delta"]) == pytest.approx(client["epsilon"], rel=1e-3)
+        assert client["epsilon"] <= doc["target_epsilon"]
 
 
 def test_metrics_name_aggregates_as_aggregates(small_config):
