@@ -133,14 +133,12 @@ def _prv(history: list[tuple[float, float, int]], delta: float) -> float:
     at very small epsilon.
     """
     kept = tuple((s, q, n) for s, q, n in history if n > 0)
-    if not kept:
-        return 0.0
-    return min(_prv_cached(kept, delta), _rdp(list(kept), delta))
+    return _prv_cached(kept, delta) if kept else 0.0
 
 
 @functools.lru_cache(maxsize=1024)
 def _prv_cached(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
-    # The steps of Opacus' PRVAccountant.get_epsilon, with the domain from prv_domain_size.
+    # The steps of Opacus' PRVAccountant.get_epsilon, with the domain from prv_domain_size; then RDP's if lower.
     from fedtrain.privacy import opacus_api as op
 
     eps_error, delta_error = PRV_EPS_ERROR, delta * PRV_DELTA_ERROR_SHARE
@@ -154,7 +152,7 @@ def _prv_cached(history: tuple[tuple[float, float, int], ...], delta: float) -> 
         composed = op.compose_heterogeneous(dprvs=[op.discretize(t, domain) for t in truncated],
                                             num_self_compositions=steps)  # fmt: skip
         _, _, upper = composed.compute_epsilon(delta, delta_error, eps_error)
-    return float(upper)
+    return min(float(upper), _rdp(list(history), delta))
 
 
 @dataclass

@@ -65,13 +65,14 @@ def search_privacy(cfg: RunConfig, run_dirs: list[Path]) -> dict[str, Any]:
     curves = [t[0] for t in trials if t is not None]
     per_trial = max(t[1] for t in trials if t is not None)
     search = epsilon_from_rdp(np.sum(curves, axis=0), pc.dp_delta)
-    trial_accountant = pc.dp_accountant
-    out.update({"epsilon_per_trial": per_trial, "epsilon_search": search, "accountant": "rdp"})
-    out["trial_accountant"] = trial_accountant
+    out.update(
+        {"epsilon_per_trial": per_trial, "epsilon_search": search, "accountant": "rdp",
+         "trial_accountant": pc.dp_accountant}
+    )  # fmt: skip
     user = " User-level DP is not composed across trials." if cfg.user_dp else ""
     # The trials' own figures come from their accountant; composing them needs RDP curves, which bound each trial a
     # little above PRV's figure (so one trial's "search" epsilon can exceed its per-trial epsilon).
-    by = "" if trial_accountant == "rdp" else f" by {trial_accountant}"
+    by = "" if pc.dp_accountant == "rdp" else f" by {pc.dp_accountant}"
     out["statement"] = (
         f"Each trial spends at most epsilon = {per_trial:.3g} per client{by} (delta = {pc.dp_delta:g}). The search "
         f"selects on the server's validation split, and releasing its best trial is post-processing of all "
