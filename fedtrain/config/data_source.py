@@ -9,7 +9,16 @@ from __future__ import annotations
 from fedtrain.config.schema import RunConfig
 from fedtrain.errors import ConfigError
 
-__all__ = ["check_data_source", "parse_classes", "parse_input_shape"]
+__all__ = ["check_data_source", "fitted_on_server_file", "parse_classes", "parse_input_shape"]
+
+
+def fitted_on_server_file(cfg: RunConfig) -> bool:
+    """Whether ``standard``/``minmax`` are fitted on the server's own file rather than on client records.
+
+    With ``data-source=node`` the server fits them on ``server-data-path`` (:func:`check_data_source` requires
+    one, and refuses ``normalize-local`` under DP), so they read no client record and cost no privacy.
+    """
+    return cfg.data.data_source == "node"
 
 
 def parse_classes(text: str) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ import dataclasses
 from collections.abc import Set
 from typing import Any
 
+from fedtrain.config.data_source import fitted_on_server_file
 from fedtrain.config.dp_recipes import normalization_affordable
 from fedtrain.config.schema import SECTIONS, RunConfig
 
@@ -128,15 +129,6 @@ def _dp_standard_allowed(cfg: RunConfig, share: float) -> bool:
     )
 
 
-def _fitted_on_server_file(cfg: RunConfig) -> bool:
-    """Whether ``standard`` would be fitted on the server's own file (node data with ``server-data-path``).
-
-    It reads no client record, so it costs no privacy: the linear recipe's centring where dp-standard cannot run
-    (+10 validation points at epsilon 1 on digits' node files, benchmarks/results/dp_tuning.md).
-    """
-    return cfg.data.data_source == "node" and bool(cfg.data.server_data_path)
-
-
 def _table(cfg: RunConfig, user_set: Set[str] = frozenset()) -> dict[str, Any]:
     """The DP defaults that apply to ``cfg`` (empty without DP)."""
     if cfg.privacy.dp_level == "none":
@@ -148,7 +140,10 @@ def _table(cfg: RunConfig, user_set: Set[str] = frozenset()) -> dict[str, Any]:
         user_share = "normalize-dp-share" in user_set
         share = cfg.data.normalize_dp_share if user_share else recipe["normalize-dp-share"]
         if not _dp_standard_allowed(cfg, share):
-            table["normalize"] = "standard" if _fitted_on_server_file(cfg) else DP_DEFAULTS["normalize"]
+            # standard on the server's own file reads no client record: +10 validation points at epsilon 1 on
+            # digits' node files (benchmarks/results/dp_tuning.md); without such a file, range
+            with_file = fitted_on_server_file(cfg) and bool(cfg.data.server_data_path)
+            table["normalize"] = "standard" if with_file else DP_DEFAULTS["normalize"]
     elif cfg.sample_dp:
         table.update(SAMPLE_DP_DEFAULTS)
     normalize = cfg.data.normalize if "normalize" in user_set else table.get("normalize", cfg.data.normalize)

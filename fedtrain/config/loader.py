@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedtrain.config.data_source import check_data_source
+from fedtrain.config.data_source import check_data_source, fitted_on_server_file
 from fedtrain.config.dp_defaults import NONE_APPLIED, apply_dp_defaults, table_keys
 from fedtrain.config.dp_recipes import check_dp_recipes
 from fedtrain.config.export import check_export
@@ -345,9 +345,7 @@ def _unaccounted_checks(cfg: RunConfig) -> list[str]:
     if pc.dp_level == "none" or pc.dp_allow_unaccounted_statistics:
         return problems
     level = f"dp-level={pc.dp_level!r}"
-    # With data-source=node they are fitted on the server's own file (server-data-path; normalize-local is refused
-    # under DP), not on any client's records: nothing private is read.
-    if cfg.data.normalize in ("standard", "minmax") and cfg.data.data_source != "node":
+    if cfg.data.normalize in ("standard", "minmax") and not fitted_on_server_file(cfg):
         what = "mean and std" if cfg.data.normalize == "standard" else "minimum and maximum"
         problems.append(
             f"normalize={cfg.data.normalize!r} is refused under {level}: it fits the per-feature {what} on the "

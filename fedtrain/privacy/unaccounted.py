@@ -11,6 +11,7 @@ CLI, the server and the report can all call it.
 from __future__ import annotations
 
 from fedtrain.config import RunConfig
+from fedtrain.config.data_source import fitted_on_server_file
 
 __all__ = ["label_counts_allowed", "train_loss_shared", "unaccounted_statistics"]
 
@@ -45,7 +46,7 @@ def unaccounted_statistics(cfg: RunConfig) -> list[str]:
         return []
     out: list[str] = []
     norm = cfg.data.normalize
-    on_clients = cfg.data.data_source != "node"  # with node data they are fitted on the server's own file
+    on_clients = not fitted_on_server_file(cfg)
     if norm == "standard" and on_clients:
         out.append("normalize='standard': per-feature mean and std of the pooled training split of all clients")
     elif norm == "minmax" and on_clients:
