@@ -23,6 +23,12 @@ change of load on the machine hits every arm alike), one ``flwr run`` of each ar
   selects the runtime here (the nodes' config has no ``client-runtime``); on a device the node config's does,
   through the same code (``runtime_of``). Only with an ONNX arm in ``--arms`` do the nodes get that key.
 
+- ``fedtrain-warm``, ``fedtrain-warm-dp``: ``fedtrain`` and ``fedtrain-dp`` with each device's warm worker up
+  (``fedtrain deploy worker``, started before the run and stopped after it, outside the timing): the fresh ClientApp
+  process relays each message to it, and torch and Opacus are imported once per worker instead of once per message.
+  With a warm arm in ``--arms`` the nodes' config names the workers' sockets in every arm; in the other arms no
+  worker is up and the ClientApp handles the message itself after a failed connect (under a millisecond).
+
 - ``fedtrain@LABEL``, ``fedtrain-dp@LABEL`` (``--also LABEL=PATH``, repeatable): the same two runs with the app of
   another checkout (a worktree of an earlier commit), on the same deployment, interleaved with the others.
 
@@ -62,7 +68,7 @@ NOOP = ROOT / "benchmarks" / "deploy-noop"
 BIN = Path(sys.executable).parent
 TAG = "FEDTRAIN_DEPLOY_COST_TAG"
 NUM_PARAMS = 64 * 128 + 128 + 128 * 10 + 10  # the DP MLP recipe (hidden-sizes=128) on 8x8 digits
-FEDTRAIN_ARMS = ("fedtrain-dp", "fedtrain", "fedtrain-onnx-dp", "fedtrain-onnx")
+FEDTRAIN_ARMS = ("fedtrain-dp", "fedtrain-warm-dp", "fedtrain", "fedtrain-warm", "fedtrain-onnx-dp", "fedtrain-onnx")
 ARMS = ("noop", *FEDTRAIN_ARMS)
 
 
@@ -101,8 +107,9 @@ def _stop(tag: str) -> None:
 class Deployment:
     """A loopback deployment with TLS and node authentication: SuperLink, 2 registered SuperNodes."""
 
-    def __init__(self, work: Path, port: int, tag: str, onnx: bool = False) -> None:
-        self.work, self.port, self.tag, self.onnx = work, port, tag, onnx
+    def __init__(self, work: Path, port: int, tag: str, onnx: bool = False, warm: bool = False) -> None:
+        self.work, self.port, self.tag, self.onnx, self.warm = work, port, tag, onnx, warm
+        self.workers: list[subprocess.Popen[bytes]] = []
         self.graphs = work / "graphs" / "current"  # a link to the graphs of the ONNX arm that runs
         self.kit, self.data, self.cli = work / "kit", work / "data", work / "home" / "cli"
         self.env = {**os.environ, TAG: tag, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -115,7 +122,7 @@ class Deployment:
             raise RuntimeError(f"{cmd[0]} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
         return done.stdout + done.stderr
 
-    def _start(self, name: str, cmd: list[object], ready: str) -> None:
+    def _start(self, name: str, cmd: list[object], ready: str) -> subprocess.Popen[bytes]:
         home = self.work / "home" / name
         home.mkdir(parents=True, exist_ok=True)
         log = self.work / f"{name}.log"
@@ -127,6 +134,7 @@ class Deployment:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not come up: {log.read_text()[-2000:]}")
             time.sleep(0.5)
+        return proc
 
     def up(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
@@ -152,7 +160,24 @@ class Deployment:
 
     def node_config(self, i: int) -> str:
         extra = f" gradient-graphs='{self.graphs}'" if self.onnx else ""
+        if self.warm:
+            from fedtrain.deploy.launch import worker_socket
+
+            extra += f" warm-worker='{worker_socket(self.kit / 'devices' / f'device-{i}')}'"
         return f"data-path='{self.data / f'client-{i}.npz'}' partition-id={i} num-partitions=2{extra}"
+
+    def start_workers(self) -> None:
+        """Each device's warm worker (``fedtrain deploy worker``), up and serving."""
+        for i in (0, 1):
+            dev = self.kit / "devices" / f"device-{i}"
+            self.workers.append(self._start(f"worker-{i}", [BIN / "fedtrain", "deploy", "worker", dev], "ready on"))
+
+    def stop_workers(self) -> None:
+        for proc in self.workers:
+            proc.terminate()
+        for proc in self.workers:
+            proc.wait(timeout=60)
+        self.workers.clear()
 
     def publish_graphs(self, arm: str, rounds: int) -> Path:
         """The gradient graphs of ``arm``'s config (what the server publishes for an ONNX run), once."""
@@ -178,7 +203,8 @@ class Deployment:
 
 
 def fedtrain_config(data: Path, out_dir: Path, rounds: int, arm: str) -> dict[str, Any]:
-    """The run config of a fedtrain arm (``fedtrain``, ``fedtrain-dp``, ``fedtrain-onnx``, ``fedtrain-onnx-dp``)."""
+    """The run config of a fedtrain arm (``fedtrain``, ``fedtrain-dp``, ``fedtrain-onnx``, ``fedtrain-onnx-dp``; a warm
+    arm's is its base arm's: the worker is a node's process, not a run setting)."""
     if arm not in FEDTRAIN_ARMS:
         raise ValueError(f"not a fedtrain arm: {arm!r} (expected one of {', '.join(FEDTRAIN_ARMS)})")
     dp = arm.endswith("-dp")
@@ -223,7 +249,12 @@ def run_arm(dep: Deployment, arm: str, rounds: int, rep: int, apps: dict[str, Pa
         cfg = fedtrain_config(dep.data, out_dir, rounds, base)
         if "-onnx" in base:
             dep.point_graphs_at(dep.publish_graphs(base, rounds))
-        _, wall = dep.flwr_run(apps[label] if label else ROOT, _toml(cfg))
+        if "-warm" in base:
+            dep.start_workers()
+        try:
+            _, wall = dep.flwr_run(apps[label] if label else ROOT, _toml(cfg))
+        finally:
+            dep.stop_workers()
         run_dir = _newest(out_dir)
         assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
         seconds = _round_seconds(run_dir)
@@ -298,6 +329,10 @@ def write_markdown(path: Path, meta: dict[str, Any], table: dict[str, dict[str, 
         "the run's gradient graphs published before the first repeat, outside the timing). The nodes' venv has torch; "
         "the ONNX client does not import it (it trusts the server's check of the config's registry names), so these "
         "rows time what a torch-free device runs.",
+        "- `fedtrain-warm*`: `fedtrain` and `fedtrain-dp` with each device's warm worker up (`fedtrain deploy worker`, "
+        "started before the run and stopped after it): the fresh ClientApp process relays each message to it, which "
+        "imported torch and Opacus once. In the other arms no worker is up and the ClientApp handles each message "
+        "itself after a failed connect.",
         "- `*@LABEL`: the same run with the app of another checkout (`--also LABEL=PATH`: "
         + ", ".join(f"{k}: {v}" for k, v in meta.get("also", {}).items())
         + ").",
@@ -334,13 +369,14 @@ def main() -> None:
         apps[label] = Path(path).resolve()
     fedtrain_arms = [a for a in ARMS if a in chosen and a != "noop"]
     arms = ["noop"]
-    for base in fedtrain_arms:  # each fedtrain arm beside its other checkouts' runs (torch arms only)
-        arms += [f"{base}@{label}" for label in apps if "-onnx" not in base] + [base]
+    for base in fedtrain_arms:  # each fedtrain arm beside its other checkouts' runs (torch arms without workers only)
+        arms += [f"{base}@{label}" for label in apps if "-onnx" not in base and "-warm" not in base] + [base]
     load_start = os.getloadavg()
     tag = uuid.uuid4().hex
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="deploy-cost-") as tmp:
-        dep = Deployment(Path(tmp), args.port, tag, onnx=any("-onnx" in a for a in fedtrain_arms))
+        dep = Deployment(Path(tmp), args.port, tag, onnx=any("-onnx" in a for a in fedtrain_arms),
+                         warm=any("-warm" in a for a in fedtrain_arms))  # fmt: skip
         try:
             dep.up()
             for arm in fedtrain_arms:
@@ -350,7 +386,8 @@ def main() -> None:
                 for arm in arms:
                     results.append(run_arm(dep, arm, args.rounds, rep, apps))
                 for arm in fedtrain_arms:
-                    results.append(run_inprocess_arm(dep, arm, args.rounds, rep))
+                    if "-warm" not in arm:  # in-process, a warm arm is its base arm
+                        results.append(run_inprocess_arm(dep, arm, args.rounds, rep))
         finally:
             _stop(tag)
         assert not _tagged(tag), "a process the benchmark started is still alive"

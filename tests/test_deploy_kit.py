@@ -271,7 +271,8 @@ def test_units(kit, tmp_path):
     venv = "/opt/fedtrain/venv"
     files = write_units(kit.root, "fedtrain", venv, dest=tmp_path / "units")
     assert sorted(p.name for p in files) == [
-        "fedtrain-superlink.service", "fedtrain-supernode-device-0.service", "fedtrain-supernode-device-1.service"
+        "fedtrain-superlink.service", "fedtrain-supernode-device-0.service", "fedtrain-supernode-device-1.service",
+        "fedtrain-worker-device-0.service", "fedtrain-worker-device-1.service",
     ]  # fmt: skip
     link = _read_unit(tmp_path / "units" / "fedtrain-superlink.service")
     svc = link["Service"]
@@ -283,11 +284,23 @@ def test_units(kit, tmp_path):
     assert _unescape(svc["ExecStart"]) == superlink_command(kit.root, venv=venv)
     assert _unescape(svc["ExecStart"])[0] == f"{venv}/bin/flower-superlink"
     assert link["Install"]["WantedBy"] == "multi-user.target"
-    node = _read_unit(tmp_path / "units" / "fedtrain-supernode-device-1.service")["Service"]
+    node_unit = _read_unit(tmp_path / "units" / "fedtrain-supernode-device-1.service")
+    node = node_unit["Service"]
     dev = kit.devices["device-1"]
-    expected = supernode_command(dev.dir, "192.168.1.10:9411", dev.dir / "data.npz", local_port=9095, venv=venv)
+    expected = supernode_command(dev.dir, "192.168.1.10:9411", dev.dir / "data.npz", local_port=9095, venv=venv,
+                                 warm_worker=True)  # fmt: skip
     assert _unescape(node["ExecStart"]) == expected
+    assert _flags(expected)["--node-config"].endswith(f"warm-worker='{dev.dir / 'worker' / 'worker.sock'}'")
     assert node["Restart"] == "on-failure"
+    # The SuperNode wants its device's warm worker, which runs `fedtrain deploy worker` from the same venv.
+    assert "fedtrain-worker-device-1.service" in node_unit["Unit"]["Wants"].split()
+    worker = _read_unit(tmp_path / "units" / "fedtrain-worker-device-1.service")["Service"]
+    assert _unescape(worker["ExecStart"]) == [f"{venv}/bin/fedtrain", "deploy", "worker", str(dev.dir)]
+    assert worker["Restart"] == "on-failure" and worker["User"] == "fedtrain"
+    plain = write_units(kit.root, "fedtrain", venv, dest=tmp_path / "plain", warm_worker=False)
+    assert not any("worker" in p.name for p in plain)
+    plain_node = _read_unit(tmp_path / "plain" / "fedtrain-supernode-device-1.service")
+    assert "warm-worker" not in plain_node["Service"]["ExecStart"] and "worker" not in plain_node["Unit"]["Wants"]
     assert shlex.split(node["Environment"])[1].startswith(f"PATH={venv}/bin:")
     if shutil.which("systemd-analyze"):  # systemd's own parser, where it is installed
         proc = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, files)], capture_output=True,
@@ -307,8 +320,9 @@ def test_unit_for_one_device_folder(kit, tmp_path):
     dev = kit.devices["device-0"]
     with pytest.raises(DeployError, match="--superlink"):
         write_units(dev.dir, "pi", "/opt/v", dest=tmp_path)
-    (path,) = write_units(dev.dir, "pi", "/opt/v", superlink="link:9411", data_path="/data/%x.npz", dest=tmp_path)
-    cmd = _unescape(_read_unit(path)["Service"]["ExecStart"])
+    paths = write_units(dev.dir, "pi", "/opt/v", superlink="link:9411", data_path="/data/%x.npz", dest=tmp_path)
+    assert sorted(p.name for p in paths) == ["fedtrain-supernode-device-0.service", "fedtrain-worker-device-0.service"]
+    cmd = _unescape(_read_unit(paths[0])["Service"]["ExecStart"])
     assert _flags(cmd)["--node-config"].startswith("data-path='/data/%x.npz' partition-id=0")
     with pytest.raises(DeployError, match="--user"):
         write_units(kit.root, "Bad User", "/opt/v", dest=tmp_path)

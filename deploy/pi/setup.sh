@@ -14,7 +14,8 @@
 #
 # What it does: checks Python >= 3.11, makes the venv, installs pinned wheels (torch 2.13.0's aarch64 wheel from
 # PyPI is CPU-only), adds a swap file on small boards (torch needs it to import on 512 MB-1 GB), copies the device
-# folder to /etc/fedtrain/<name> (mode 700) and installs the systemd unit fedtrain-supernode-<name>.service.
+# folder to /etc/fedtrain/<name> (mode 700) and installs the systemd units fedtrain-supernode-<name>.service and
+# fedtrain-worker-<name>.service (its warm worker, which the SuperNode's unit starts with it).
 set -euo pipefail
 
 die() { echo "error: $*" >&2; exit 1; }

@@ -1,4 +1,4 @@
-"""``fedtrain deploy ...``: the deployment kit's commands (init, renew, superlink, supernode, units, status).
+"""``fedtrain deploy ...``: the deployment kit's commands (init, renew, superlink, supernode, worker, units, status).
 
 Registered on the ``fedtrain`` command by :func:`add_deploy_parser`. Only the standard library is imported here:
 ``fedtrain``'s parser is built at every start-up, so each command imports its module when it runs.
@@ -73,7 +73,7 @@ def _supernode(args: argparse.Namespace) -> int:
 
     cmd = supernode_command(
         args.device_dir, args.superlink, args.data_path, local_port=args.local_port, node_config=args.node_config,
-        max_retries=args.max_retries, max_wait_time=args.max_wait_time,
+        max_retries=args.max_retries, max_wait_time=args.max_wait_time, warm_worker=args.warm_worker,
     )  # fmt: skip
     if not args.print and not Path(args.data_path).expanduser().is_file():
         raise DeployError(f"--data-path {args.data_path} does not exist on this device: copy its data file there first")
@@ -84,12 +84,22 @@ def _supernode(args: argparse.Namespace) -> int:
     return _launch(cmd, args.print)
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from fedtrain.deploy.launch import worker_command, worker_socket
+    from fedtrain.federation.warm_worker import serve
+
+    worker_command(args.device_dir)  # refuses a folder that is not a device's
+    serve(args.socket or worker_socket(args.device_dir))
+    return 0
+
+
 def _units(args: argparse.Namespace) -> int:
     from fedtrain.deploy.units import write_units
 
     for path in write_units(
-        args.folder, args.user, args.venv, superlink=args.superlink, data_path=args.data_path, dest=args.dest
-    ):
+        args.folder, args.user, args.venv, superlink=args.superlink, data_path=args.data_path, dest=args.dest,
+        warm_worker=args.warm_worker,
+    ):  # fmt: skip
         print(path)
     return 0
 
@@ -163,8 +173,24 @@ def add_deploy_parser(subparsers: Any) -> None:
         action="store_true",
         help="run Flower as a child and end a refusal (unregistered key, TLS mismatch, no connection) in one line",
     )
+    node.add_argument(
+        "--warm-worker",
+        action="store_true",
+        help="let the device's warm worker (fedtrain deploy worker DEVICE_DIR) answer the messages: torch is imported "
+        "once instead of per message",
+    )
     node.add_argument("--print", action="store_true", help="print the command line instead of running it")
     node.set_defaults(func=_supernode)
+
+    worker = sub.add_parser(
+        "worker",
+        help="keep torch (and Opacus) loaded for this device's ClientApp, which Flower starts afresh per message",
+        description="Serve the device's ClientApp messages from one long-lived process (docs/deploy.md, warm worker). "
+        "Start the SuperNode with --warm-worker to use it; without a worker the ClientApp handles each message itself.",
+    )
+    worker.add_argument("device_dir", metavar="DEVICE_DIR", help="this device's devices/<name> folder from init")
+    worker.add_argument("--socket", metavar="PATH", help="Unix socket to serve (default DEVICE_DIR/worker/worker.sock)")
+    worker.set_defaults(func=_worker)
 
     units = sub.add_parser("units", help="write systemd units for the SuperLink and the SuperNodes")
     units.add_argument("folder", metavar="OUT_DIR", help="a deployment folder (all units) or one device folder")
@@ -178,6 +204,12 @@ def add_deploy_parser(subparsers: Any) -> None:
         help="each device's data file; {device_dir} and {name} are filled in (default: %(default)s)",
     )
     units.add_argument("--dest", metavar="DIR", help="folder for the units (default OUT_DIR/units or the device dir)")
+    units.add_argument(
+        "--no-warm-worker",
+        dest="warm_worker",
+        action="store_false",
+        help="no warm-worker unit per device: each message's ClientApp process imports torch itself",
+    )
     units.set_defaults(func=_units)
 
     status = sub.add_parser("status", help="registered and online nodes, the current run and its round")

@@ -32,11 +32,14 @@ __all__ = [
     "superlink_command",
     "supernode_command",
     "supervise_command",
+    "worker_command",
+    "worker_socket",
 ]
 
 NO_INSTALL_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 DEFAULT_DATABASE = Path("state") / "superlink.db"  # under OUT_DIR
 DEFAULT_LOCAL_PORT = 9094  # the SuperNode's own Runtime API (plain http on 127.0.0.1); one per node on a host
+WORKER_SOCKET = Path("worker") / "worker.sock"  # under the device folder: the warm worker's socket
 # Flower's own node-config syntax (flwr.common.config.parse_config_args): key=value, value quoted or bare.
 _PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
 
@@ -146,6 +149,7 @@ def supernode_command(
     venv: str | os.PathLike[str] | None = None,
     max_retries: int | None = None,
     max_wait_time: float | None = None,
+    warm_worker: bool = False,
 ) -> list[str]:
     """The ``flower-supernode`` command line of one device.
 
@@ -165,6 +169,9 @@ def supernode_command(
         Virtual environment whose ``bin/flower-supernode`` to run (default: this interpreter's).
     max_retries, max_wait_time
         Flower's connection retries and their time limit (default: Flower's, which retries for ever).
+    warm_worker
+        Point the ClientApp at the device's warm worker (:func:`worker_command`), which answers its messages with
+        torch already imported.
     """
     dev_dir = Path(device_dir).expanduser().resolve()
     dev = DevicePaths.under(dev_dir.parent, dev_dir.name)
@@ -183,10 +190,16 @@ def supernode_command(
     extra = parse_node_config(node_config)
     if "data-path" in extra:
         raise DeployError("give the data file as --data-path, not as data-path in --node-config")
+    if warm_worker and "warm-worker" in extra:
+        raise DeployError("give either --warm-worker or warm-worker in --node-config, not both")
     pairs = {"data-path": f"'{data}'"}
     for key in ("partition-id", "num-partitions"):
         if key in info:
             pairs[key] = str(info[key])
+    if warm_worker:
+        if "'" in str(dev_dir):
+            raise DeployError(f"{dev_dir} holds a quote; Flower's node config cannot carry the worker's socket path")
+        pairs["warm-worker"] = f"'{worker_socket(dev_dir)}'"
     pairs.update(extra)
     if "partition-id" not in pairs:
         raise DeployError(
@@ -203,6 +216,19 @@ def supernode_command(
         *(["--max-retries", str(max_retries)] if max_retries is not None else []),
         *(["--max-wait-time", str(max_wait_time)] if max_wait_time is not None else []),
     ]  # fmt: skip
+
+
+def worker_socket(device_dir: str | os.PathLike[str]) -> Path:
+    """The warm worker's socket of the device in ``device_dir`` (in a folder of its own, mode 700)."""
+    return Path(device_dir).expanduser().resolve() / WORKER_SOCKET
+
+
+def worker_command(device_dir: str | os.PathLike[str], venv: str | os.PathLike[str] | None = None) -> list[str]:
+    """The command line of the device's warm worker (``fedtrain deploy worker DEVICE_DIR``, from ``venv``'s bin)."""
+    dev_dir = Path(device_dir).expanduser().resolve()
+    if not (dev_dir / DEVICE_MANIFEST).is_file():
+        raise DeployError(f"point DEVICE_DIR at a devices/<name> folder of `fedtrain deploy init` (got {dev_dir})")
+    return [flower_tool("fedtrain", venv), "deploy", "worker", str(dev_dir)]
 
 
 # What Flower prints when a SuperNode is refused, in the order to test (the first match explains the exit).

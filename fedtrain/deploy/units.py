@@ -1,4 +1,6 @@
-"""systemd units for a deployment: ``fedtrain-superlink.service`` and one ``fedtrain-supernode-<name>.service``.
+"""systemd units for a deployment: the SuperLink's, and per device its SuperNode's and its warm worker's.
+
+``fedtrain-superlink.service``, ``fedtrain-supernode-<name>.service`` and ``fedtrain-worker-<name>.service``.
 
 Their ``ExecStart`` is exactly the launcher's command line (:mod:`fedtrain.deploy.launch`), so a unit and
 ``fedtrain deploy superlink|supernode --print`` never disagree. A unit per device, not a template: each device
@@ -13,10 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedtrain.deploy.errors import DeployError
-from fedtrain.deploy.launch import DEFAULT_LOCAL_PORT, NO_INSTALL_ENV, superlink_command, supernode_command
+from fedtrain.deploy.launch import (
+    DEFAULT_LOCAL_PORT,
+    NO_INSTALL_ENV,
+    superlink_command,
+    supernode_command,
+    worker_command,
+)
 from fedtrain.deploy.pki import DEVICE_MANIFEST, MANIFEST, load_manifest
 
-__all__ = ["superlink_unit", "supernode_unit", "systemd_quote", "write_units"]
+__all__ = ["superlink_unit", "supernode_unit", "systemd_quote", "worker_unit", "write_units"]
 
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
 DEFAULT_DATA_TEMPLATE = "{device_dir}/data.npz"
@@ -35,8 +43,8 @@ def systemd_quote(arg: str) -> str:
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _unit(description: str, user: str, command: Sequence[str], workdir: Path, after: str) -> str:
-    path = f"{Path(command[0]).parent}:{_SYSTEM_PATH}"  # command[0] is the venv's flower-superlink/-supernode
+def _unit(description: str, user: str, command: Sequence[str], workdir: Path, after: Sequence[str]) -> str:
+    path = f"{Path(command[0]).parent}:{_SYSTEM_PATH}"  # command[0] is the venv's flower-superlink/-supernode/fedtrain
     env = " ".join(systemd_quote(f"{k}={v}") for k, v in {**NO_INSTALL_ENV, "PATH": path}.items())
     return "\n".join(
         [
@@ -44,8 +52,8 @@ def _unit(description: str, user: str, command: Sequence[str], workdir: Path, af
             "# sudo systemctl daemon-reload && sudo systemctl enable --now THIS",
             "[Unit]",
             f"Description={description}",
-            f"After={after}",
-            f"Wants={after}",
+            f"After={' '.join(after)}",
+            f"Wants={' '.join(after)}",
             "StartLimitIntervalSec=0",  # keep retrying: a device may boot long before the SuperLink is up
             "",
             "[Service]",
@@ -85,7 +93,7 @@ def superlink_unit(
     _check(user, venv)
     cmd = superlink_command(out_dir, host=host, port=port, database=database, venv=venv)
     workdir = Path(out_dir).expanduser().resolve()
-    return _unit("fedtrain SuperLink (Flower)", user, cmd, workdir, "network-online.target")
+    return _unit("fedtrain SuperLink (Flower)", user, cmd, workdir, ["network-online.target"])
 
 
 def supernode_unit(
@@ -96,13 +104,28 @@ def supernode_unit(
     data_path: str | os.PathLike[str],
     local_port: int = DEFAULT_LOCAL_PORT,
     node_config: str = "",
+    warm_worker: bool = True,
 ) -> str:
-    """The text of one device's ``fedtrain-supernode-<name>.service``."""
+    """The text of one device's ``fedtrain-supernode-<name>.service`` (wanting its warm worker's unit, by default)."""
     _check(user, venv)
-    cmd = supernode_command(device_dir, superlink, data_path, local_port=local_port, node_config=node_config, venv=venv)
+    cmd = supernode_command(device_dir, superlink, data_path, local_port=local_port, node_config=node_config, venv=venv,
+                            warm_worker=warm_worker)  # fmt: skip
     name = Path(device_dir).expanduser().resolve().name
     workdir = Path(device_dir).expanduser().resolve()
-    return _unit(f"fedtrain SuperNode {name} (Flower)", user, cmd, workdir, "network-online.target")
+    after = ["network-online.target", *([_worker_unit_name(name)] if warm_worker else [])]
+    return _unit(f"fedtrain SuperNode {name} (Flower)", user, cmd, workdir, after)
+
+
+def _worker_unit_name(device: str) -> str:
+    return f"fedtrain-worker-{device}.service"
+
+
+def worker_unit(device_dir: str | os.PathLike[str], user: str, venv: str | os.PathLike[str]) -> str:
+    """The text of one device's ``fedtrain-worker-<name>.service``: its warm worker (torch loaded once)."""
+    _check(user, venv)
+    cmd = worker_command(device_dir, venv=venv)
+    workdir = Path(device_dir).expanduser().resolve()
+    return _unit(f"fedtrain warm worker {workdir.name}", user, cmd, workdir, ["local-fs.target"])
 
 
 def write_units(
@@ -113,6 +136,7 @@ def write_units(
     data_path: str = DEFAULT_DATA_TEMPLATE,
     dest: str | os.PathLike[str] | None = None,
     host: str = "0.0.0.0",
+    warm_worker: bool = True,
 ) -> list[Path]:
     """Write the units of a deployment folder (SuperLink + every device) or of one device folder.
 
@@ -130,6 +154,8 @@ def write_units(
         Folder for the unit files (default ``OUT_DIR/units``, or the device folder).
     host
         The SuperLink's bind address.
+    warm_worker
+        Write each device's warm-worker unit too, and let its SuperNode unit use the worker.
     """
     root = Path(folder).expanduser().resolve()
     if (root / MANIFEST).is_file():
@@ -141,14 +167,23 @@ def write_units(
             dev_dir = root / "devices" / dev["name"]
             data = data_path.format(device_dir=dev_dir, name=dev["name"])
             # distinct local ports, so that the units of one deployment can also run on one test host
-            unit = supernode_unit(dev_dir, user, venv, address, data, local_port=DEFAULT_LOCAL_PORT + i)
+            unit = supernode_unit(dev_dir, user, venv, address, data, local_port=DEFAULT_LOCAL_PORT + i,
+                                  warm_worker=warm_worker)  # fmt: skip
             texts[f"fedtrain-supernode-{dev['name']}.service"] = unit
+            if warm_worker:
+                texts[_worker_unit_name(dev["name"])] = worker_unit(dev_dir, user, venv)
     elif (root / DEVICE_MANIFEST).is_file():
         if not superlink:
             raise DeployError("a device folder's unit needs --superlink HOST:PORT (as the device reaches it)")
         out = Path(dest).expanduser().resolve() if dest else root
         data = data_path.format(device_dir=root, name=root.name)
-        texts = {f"fedtrain-supernode-{root.name}.service": supernode_unit(root, user, venv, superlink, data)}
+        texts = {
+            f"fedtrain-supernode-{root.name}.service": supernode_unit(
+                root, user, venv, superlink, data, warm_worker=warm_worker
+            )
+        }
+        if warm_worker:
+            texts[_worker_unit_name(root.name)] = worker_unit(root, user, venv)
     else:
         raise DeployError(
             f"{root} is neither a deployment folder ({MANIFEST}) nor a device folder ({DEVICE_MANIFEST}): run "

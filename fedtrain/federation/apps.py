@@ -7,8 +7,6 @@ imports the app folders.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -18,36 +16,21 @@ from fedtrain.privacy.client_mods import user_dp_clipping_mod
 
 __all__ = ["build_client_app", "build_server_app"]
 
-
-Handler = Callable[[Message, Context], Message]
-
-
-_RUNTIME_KEY = "client-runtime"  # fedtrain.federation.onnx_client.RUNTIME_KEY (which imports onnxruntime)
+_WORKER_KEY = "warm-worker"  # fedtrain.federation.warm_worker.WORKER_KEY (the relay is imported where it is used)
 
 
-def _handlers(context: Context) -> tuple[Handler, Handler]:
-    """This node's handlers, imported at its first message: torch + Opacus, or ONNX Runtime on a node without torch.
+def _handle(kind: str, msg: Message, context: Context) -> Message:
+    """``kind``'s reply: from the node's warm worker where its node config names one and it answers, else here."""
+    socket = str(context.node_config.get(_WORKER_KEY, "")).strip()
+    if socket:
+        from fedtrain.federation.warm_worker import relay
 
-    Chosen by the node config's ``client-runtime`` (else the run's); importing the torch handlers at load time would
-    keep a torch-free SuperNode from loading this ClientApp at all. A plain ``torch`` is read off the configs as they
-    are: the ONNX client's module (onnxruntime, the edge trainer) is imported only where it may run or must refuse.
-    """
-    from fedtrain.config.schema import RuntimeConfig
+        reply = relay(socket, kind, msg, context)
+        if reply is not None:
+            return reply
+    from fedtrain.federation.handlers import handler_for
 
-    raw = context.node_config.get(_RUNTIME_KEY, context.run_config.get(_RUNTIME_KEY, RuntimeConfig.client_runtime))
-    if str(raw).strip() == "torch":
-        from fedtrain.federation import client as torch_client
-
-        return torch_client.handle_train, torch_client.handle_evaluate
-    from fedtrain.federation.onnx_client import device_config, runtime_of
-
-    if runtime_of(device_config(context.run_config), context.node_config) == "onnx":
-        from fedtrain.federation import onnx_client
-
-        return onnx_client.handle_train, onnx_client.handle_evaluate
-    from fedtrain.federation import client
-
-    return client.handle_train, client.handle_evaluate
+    return handler_for(kind, context)(msg, context)
 
 
 def build_client_app() -> ClientApp:
@@ -59,12 +42,12 @@ def build_client_app() -> ClientApp:
     @app.train(mods=[secagg_mod, user_dp_clipping_mod])
     def train(msg: Message, context: Context) -> Message:
         """Train the global model on this node's local data."""
-        return _handlers(context)[0](msg, context)
+        return _handle("train", msg, context)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         """Evaluate the global model on this node's local evaluation share."""
-        return _handlers(context)[1](msg, context)
+        return _handle("evaluate", msg, context)
 
     return app
 

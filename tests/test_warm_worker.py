@@ -1,0 +1,173 @@
+"""The warm worker: a node's messages answered by one long-lived process, exactly as its fresh ClientApp would."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from multiprocessing.connection import Client
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedtrain.federation.warm_worker import (
+    WarmWorkerError,
+    WarmWorkerFailedError,
+    key_path,
+    relay,
+    serve,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# One message through the deployed ClientApp (clients.client_app:app, mods included) in a fresh process, as a
+# SuperNode runs it: the reply's arrays and the node's new Context.state go to OUT, with what the process imported.
+_FRESH = """
+import json, pickle, sys
+import numpy as np
+import clients.client_app as ca
+from flwr.common.serde import recorddict_to_proto
+msg, ctx = pickle.loads(open(sys.argv[1], 'rb').read())
+if sys.argv[3]:
+    ctx.node_config['warm-worker'] = sys.argv[3]
+reply = ca.app(msg, ctx)
+assert not reply.has_error(), reply.error
+arrays = {f"{r}/{k}": a.numpy() for r, rec in reply.content.array_records.items() for k, a in rec.items()}
+np.savez(sys.argv[2], **arrays)
+open(sys.argv[2] + '.state', 'wb').write(recorddict_to_proto(ctx.state).SerializeToString())
+metrics = {r: dict(rec) for r, rec in reply.content.metric_records.items()}
+print(json.dumps({"torch": "torch" in sys.modules, "metrics": metrics}))
+"""
+
+
+def _fresh(message: Path, out: Path, socket_path: Path | str = "") -> dict:
+    proc = subprocess.run([sys.executable, "-c", _FRESH, str(message), str(out), str(socket_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen]]:
+    """A warm worker serving on its own socket; stopped by its PID (SIGTERM) after the test."""
+    sock = tmp_path / "worker" / "w.sock"
+    code = f"from fedtrain.federation.warm_worker import serve; serve({str(sock)!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (sock.exists() and key_path(sock).exists()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the warm worker did not come up: {proc.communicate()[0][-2000:]}")
+        time.sleep(0.1)
+    yield sock, proc
+    proc.terminate()
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode is not None, output
+    assert not sock.exists() and not key_path(sock).exists(), "the worker left its socket or key behind"
+
+
+@pytest.mark.parametrize("name", ["plain", "dp"])
+def test_a_relayed_message_gives_the_fresh_processs_reply_and_state_without_importing_torch(
+    name, train_messages, worker, tmp_path
+):
+    sock, _ = worker
+    alone = _fresh(train_messages[name], tmp_path / "alone.npz")
+    relayed = _fresh(train_messages[name], tmp_path / "relayed.npz", sock)
+    assert alone["torch"] and not relayed["torch"]  # the relaying process never imports torch
+    assert relayed["metrics"] == alone["metrics"]
+    a, b = np.load(tmp_path / "alone.npz"), np.load(tmp_path / "relayed.npz")
+    assert sorted(a.files) == sorted(b.files) and a.files
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k])  # same seeds, same batches and noise: the same arrays
+    state = (tmp_path / "relayed.npz.state").read_bytes()
+    assert state == (tmp_path / "alone.npz.state").read_bytes()
+    if name == "dp":
+        assert relayed["metrics"]["metrics"]["dp-epsilon"] > 0 and len(state) > 0  # the accountant came back
+
+
+def test_without_a_worker_the_client_app_handles_the_message_itself(train_messages, tmp_path, fedtrain_log):
+    from fedtrain.federation import build_client_app
+
+    msg, ctx = pickle.loads(train_messages["plain"].read_bytes())
+    ctx.node_config["warm-worker"] = str(tmp_path / "nobody" / "w.sock")
+    reply = build_client_app()(msg, ctx)
+    assert not reply.has_error() and reply.content.array_records
+    assert any("no warm worker on" in line and "fedtrain deploy worker" in line for line in fedtrain_log)
+
+
+def test_a_handler_error_comes_back_by_name_and_the_worker_goes_on(train_messages, worker):
+    sock, _ = worker
+    msg, ctx = pickle.loads(train_messages["plain"].read_bytes())
+    broken, _ = pickle.loads(train_messages["plain"].read_bytes())
+    del broken.content.config_records["config"]  # a train message without its config (and data spec)
+    with pytest.raises(WarmWorkerFailedError, match=r"^DataError: the server's message carries no data spec"):
+        relay(sock, "train", broken, ctx)
+    before = dict(ctx.state)
+    reply = relay(sock, "train", msg, ctx)
+    assert reply is not None and reply.content.array_records
+    assert before == {} and reply.metadata.reply_to_message_id == msg.metadata.message_id
+
+
+def test_a_caller_without_the_key_is_refused_and_the_worker_goes_on(train_messages, worker):
+    from multiprocessing import AuthenticationError
+
+    sock, _ = worker
+    with pytest.raises((AuthenticationError, EOFError, ConnectionError)):
+        Client(str(sock), family="AF_UNIX", authkey=b"not the key")
+    msg, ctx = pickle.loads(train_messages["plain"].read_bytes())
+    assert relay(sock, "evaluate", msg, ctx) is not None
+
+
+def test_the_socket_folder_must_be_private_and_one_worker_serves_a_socket(worker, tmp_path):
+    sock, _ = worker
+    with pytest.raises(WarmWorkerError, match="already serves"):
+        serve(sock)
+    assert sock.exists()  # the running worker's socket was left alone
+    open_folder = tmp_path / "open"
+    open_folder.mkdir(mode=0o755)
+    os.chmod(open_folder, 0o755)
+    with pytest.raises(WarmWorkerError, match="chmod 700"):
+        serve(open_folder / "w.sock")
+    with pytest.raises(WarmWorkerError, match="longer than"):
+        serve(tmp_path / ("x" * 120) / "w.sock")
+
+
+def test_a_socket_file_left_by_a_killed_worker_is_replaced(tmp_path):
+    folder = tmp_path / "w"
+    folder.mkdir(mode=0o700)
+    stale = folder / "w.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(stale))
+    dead.close()  # the file stays, nothing listens
+    assert stale.exists()
+    code = f"from fedtrain.federation.warm_worker import serve; print(serve({str(stale)!r}, max_messages=1))"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not key_path(stale).exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        conn = Client(str(stale), family="AF_UNIX", authkey=key_path(stale).read_bytes())
+        conn.close()  # one connection that sends nothing: the worker counts it and stops (max_messages=1)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert out.strip().splitlines()[-1] == "1" and not stale.exists()
+
+
+def test_the_worker_command_refuses_a_folder_that_is_not_a_devices(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fedtrain.deploy.cli", "deploy", "worker", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 7
+    assert proc.stderr.strip().splitlines() == [
+        f"error: point DEVICE_DIR at a devices/<name> folder of `fedtrain deploy init` (got {tmp_path.resolve()})"
+    ]
