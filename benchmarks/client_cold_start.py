@@ -11,11 +11,15 @@ with sample-level DP, then replays each in fresh processes, timing:
   local work);
 - ``process``: the whole fresh process, start to exit, as the SuperNode sees it.
 
+With ``--warm``, each message is also replayed with the node's warm worker up (``fedtrain deploy worker``, started
+once from the same checkout before the repeats): the fresh process then relays the message to the worker, which
+has torch and Opacus loaded (rows under "..., warm worker").
+
 Several checkouts can be timed in one run (``--root before=/tmp/wt-before --root after=.``, worktrees of two
 commits): every repeat runs a bare ``python -c "import flwr.clientapp"`` process (Flower's own floor), then each
 message under each checkout, interleaved, so machine noise hits all alike.
 
-    python benchmarks/client_cold_start.py [--repeats 5] [--root LABEL=PATH ...] [--imports] [--out PATH.md]
+    python benchmarks/client_cold_start.py [--repeats 5] [--root LABEL=PATH ...] [--imports] [--warm] [--out PATH.md]
 """
 
 from __future__ import annotations
@@ -92,6 +96,31 @@ def _record(work: Path) -> dict[str, Path]:
     return recorded
 
 
+def _start_worker(sock: Path, root: Path) -> subprocess.Popen[str]:
+    """A warm worker of ``root``'s fedtrain on ``sock``, once it serves."""
+    code = f"from fedtrain.federation.warm_worker import serve; serve({str(sock)!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not sock.with_name(sock.name + ".key").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the warm worker did not come up: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.2)
+    return proc
+
+
+def _relayed(path: Path, sock: Path) -> Path:
+    """A copy of the recorded message whose node config names the warm worker at ``sock``."""
+    with path.open("rb") as fh:
+        msg, ctx = pickle.load(fh)
+    ctx.node_config["warm-worker"] = str(sock)
+    out = path.with_name(f"{path.stem}-{sock.parent.name}.pkl")
+    with out.open("wb") as fh:
+        pickle.dump((msg, ctx), fh)
+    return out
+
+
 def _fresh(args: list[str], root: Path) -> tuple[float, str]:
     t0 = time.perf_counter()
     out = subprocess.run(args, capture_output=True, text=True, cwd=root, check=True).stdout
@@ -153,6 +182,8 @@ def main() -> None:
     parser.add_argument("--label", default="", help="a note for the header")
     parser.add_argument("--root", type=_root, action="append", default=[],
                         help="LABEL=PATH: a checkout to time (a worktree); repeat to compare")  # fmt: skip
+    parser.add_argument("--warm", action="store_true",
+                        help="also replay each message relayed to a warm worker (fedtrain deploy worker)")  # fmt: skip
     parser.add_argument("--imports", action="store_true",
                         help="break each message's imports down by package (one -X importtime run)")  # fmt: skip
     args = parser.parse_args()
@@ -160,19 +191,32 @@ def main() -> None:
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         recorded = _record(Path(tmp))
-        rows: dict[str, dict[str, dict[str, list[float]]]] = {
-            label: {k: {"import": [], "handle": [], "process": []} for k in recorded} for label in roots
-        }
-        floor: list[float] = []
-        for _ in range(args.repeats):  # interleaved: floor, then every message under every checkout, again
-            floor.append(_fresh([sys.executable, "-c", "import flwr.clientapp, flwr.app"], ROOT)[0])
-            for kind, path in recorded.items():
-                for label, root in roots.items():
-                    wall, out = _fresh([sys.executable, "-c", _CHILD, str(path)], root)
-                    parts = json.loads(out.strip().splitlines()[-1])
-                    rows[label][kind]["process"].append(wall)
-                    rows[label][kind]["import"].append(parts["import"])
-                    rows[label][kind]["handle"].append(parts["handle"])
+        # label -> (checkout, message kind -> recorded message); a warm label replays relayed copies.
+        plans: dict[str, tuple[Path, dict[str, Path]]] = {lb: (r, recorded) for lb, r in roots.items()}
+        workers: list[subprocess.Popen[str]] = []
+        try:
+            if args.warm:
+                for i, (label, root) in enumerate(roots.items()):
+                    sock = Path(tmp) / f"worker{i}" / "w.sock"
+                    workers.append(_start_worker(sock, root))
+                    plans[f"{label}, warm worker"] = (root, {k: _relayed(p, sock) for k, p in recorded.items()})
+            rows: dict[str, dict[str, dict[str, list[float]]]] = {
+                label: {k: {"import": [], "handle": [], "process": []} for k in recorded} for label in plans
+            }
+            floor: list[float] = []
+            for _ in range(args.repeats):  # interleaved: floor, then every message under every checkout, again
+                floor.append(_fresh([sys.executable, "-c", "import flwr.clientapp, flwr.app"], ROOT)[0])
+                for kind in recorded:
+                    for label, (root, paths) in plans.items():
+                        wall, out = _fresh([sys.executable, "-c", _CHILD, str(paths[kind])], root)
+                        parts = json.loads(out.strip().splitlines()[-1])
+                        rows[label][kind]["process"].append(wall)
+                        rows[label][kind]["import"].append(parts["import"])
+                        rows[label][kind]["handle"].append(parts["handle"])
+        finally:
+            for proc in workers:  # by PID
+                proc.terminate()
+                proc.wait(timeout=60)
         imports = {lb: {k: _import_breakdown(p, r) for k, p in recorded.items()} for lb, r in roots.items()} if (
             args.imports) else {}  # fmt: skip
     load_end = os.getloadavg()
@@ -181,6 +225,7 @@ def main() -> None:
     note = f" ({args.label})" if args.label else ""
     flags = "".join(f" --root {lb}=..." for lb in roots) if args.root else ""
     flags += " --imports" if args.imports else ""
+    flags += " --warm" if args.warm else ""
     lines = [
         "# ClientApp cold start per message",
         "",
@@ -194,7 +239,7 @@ def main() -> None:
         "time; medians of the repeats. Floor: a process that only imports `flwr.clientapp` and `flwr.app`, Flower's "
         "own minimum per message.",
     ]
-    for label, root in roots.items():
+    for label, (root, _) in plans.items():
         lines += ["", f"## {label}: `{_commit(root)}`", "", *_table(med[label], fl)]
         if label in imports:
             found = {g for b in imports[label].values() for g in b}

@@ -184,10 +184,17 @@ def test_the_deploy_doc_shows_the_walkthrough_script_word_for_word():
 
 
 # In the default run (about a minute): CI must see a real deployment complete, not only its refusals.
+# With a warm worker per device (the recommended set-up); the slow SecAgg+ run below goes without.
 def test_loopback_federation_with_tls_node_auth_and_sample_dp(tmp_path):
-    result, wall = _run_walkthrough(tmp_path, **_ports(19400))
-    _assert_completed_federation(result, tmp_path / "work")
+    result, wall = _run_walkthrough(tmp_path, **_ports(19400), WARM_WORKER="1")
+    work = tmp_path / "work"
+    _assert_completed_federation(result, work)
     assert "registered successfully" in result.stdout and result.stdout.count("online") >= 2
+    for i in (0, 1):  # every train message of both rounds was answered by the device's own worker
+        worker_log = (work / "logs" / f"worker-{i}.log").read_text()
+        assert worker_log.count("answered a train message") == 2, worker_log[-2000:]
+        assert "no warm worker" not in (work / "logs" / f"device-{i}.log").read_text()
+        assert not (work / "kit" / "devices" / f"device-{i}" / "worker" / "worker.sock").exists()  # stopped, removed
     print(f"loopback walkthrough: {wall:.1f} s wall")
 
 

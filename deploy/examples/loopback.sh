@@ -10,6 +10,7 @@ LINK_PORT=${LINK_PORT:-9400}                    # its one port: Fleet, Control a
 NODE_PORT=${NODE_PORT:-9410}                    # SuperNode i's local Runtime API: NODE_PORT+i (plain http)
 ROUNDS=${ROUNDS:-2}
 RUN_EXTRA=${RUN_EXTRA:-}                        # more run config, e.g. "secure-aggregation=true"
+WARM_WORKER=${WARM_WORKER:-}                    # 1: a warm worker per device (torch loaded once, not per message)
 WAIT_S=${WAIT_S:-180}                           # how long to wait for a process to come up
 NETNS_LINK=${NETNS_LINK:-}                      # empty on loopback; network namespaces in the namespace test
 NETNS_NODES=${NETNS_NODES:-}
@@ -91,13 +92,19 @@ for i in 0 1; do
   FLWR_HOME=$CLI_HOME on_nodes flwr supernode register "$KIT/devices/device-$i/auth.key.pub" fedtrain
 done
 
-# 5. Two SuperNodes, each with its own key, its own data file and its own local port.
+# 5. Two SuperNodes, each with its own key, its own data file and its own local port (and its warm worker).
 for i in 0 1; do
+  WARM=""
+  if [ -n "$WARM_WORKER" ]; then
+    start "worker-$i" "$NETNS_NODES" fedtrain deploy worker "$KIT/devices/device-$i"
+    wait_for "worker-$i" "ready on"
+    WARM=" warm-worker='$KIT/devices/device-$i/worker/worker.sock'"
+  fi
   FLWR_HOME=$WORK/home/device-$i start "device-$i" "$NETNS_NODES" flower-supernode \
     --root-certificates "$KIT/devices/device-$i/ca.crt" \
     --auth-supernode-private-key "$KIT/devices/device-$i/auth.key" \
     --superlink "$LINK_HOST:$LINK_PORT" --host 127.0.0.1 --port $((NODE_PORT + i)) \
-    --node-config "data-path='$WORK/data/client-$i.npz' partition-id=$i num-partitions=2"
+    --node-config "data-path='$WORK/data/client-$i.npz' partition-id=$i num-partitions=2$WARM"
 done
 wait_for device-0 "SuperNode ID"
 wait_for device-1 "SuperNode ID"

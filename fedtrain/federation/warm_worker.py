@@ -25,6 +25,7 @@ import json
 import os
 import signal
 import stat
+import time
 import traceback
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
@@ -130,6 +131,7 @@ def _answer(conn: Connection) -> None:
 
     from fedtrain.federation.handlers import handler_for
 
+    start = time.perf_counter()
     header = json.loads(conn.recv_bytes())
     msg = message_from_proto(ProtoMessage.FromString(conn.recv_bytes()))
     context = context_from_proto(ProtoContext.FromString(conn.recv_bytes()))
@@ -147,6 +149,8 @@ def _answer(conn: Connection) -> None:
     conn.send_bytes(_OK)
     conn.send_bytes(recorddict_to_proto(reply.content).SerializeToString())
     conn.send_bytes(recorddict_to_proto(context.state).SerializeToString())
+    log.info("warm worker: answered a %s message of node %d in %.2f s", header["kind"], context.node_id,
+             time.perf_counter() - start)  # fmt: skip
 
 
 def serve(socket: str | os.PathLike[str], max_messages: int | None = None) -> int:
