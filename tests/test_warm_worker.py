@@ -54,9 +54,14 @@ def _fresh(message: Path, out: Path, socket_path: Path | str = "") -> dict:
 
 
 @pytest.fixture
-def worker(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen]]:
-    """A warm worker serving on its own socket; stopped by its PID (SIGTERM) after the test."""
-    sock = tmp_path / "worker" / "w.sock"
+def worker(request, tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen]]:
+    """A warm worker serving on its own socket; stopped by its PID (SIGTERM) after the test.
+
+    ``long``: a socket path over the 107 bytes a Unix socket address holds (served through /proc/self/fd).
+    """
+    long = getattr(request, "param", "short") == "long"
+    folder = tmp_path / ("deep" * 30) / "worker" if long else tmp_path / "worker"
+    sock = folder / "w.sock"
     code = f"from fedtrain.federation.warm_worker import serve; serve({str(sock)!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)  # fmt: skip
@@ -73,7 +78,8 @@ def worker(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen]]:
     assert not sock.exists() and not key_path(sock).exists(), "the worker left its socket or key behind"
 
 
-@pytest.mark.parametrize("name", ["plain", "dp"])
+@pytest.mark.parametrize(("name", "worker"), [("plain", "short"), ("dp", "short"), ("plain", "long")],
+                         indirect=["worker"])  # fmt: skip
 def test_a_relayed_message_gives_the_fresh_processs_reply_and_state_without_importing_torch(
     name, train_messages, worker, tmp_path
 ):
@@ -115,12 +121,14 @@ def test_a_handler_error_comes_back_by_name_and_the_worker_goes_on(train_message
     assert before == {} and reply.metadata.reply_to_message_id == msg.metadata.message_id
 
 
-def test_a_caller_without_the_key_is_refused_and_the_worker_goes_on(train_messages, worker):
+def test_a_caller_without_the_key_is_refused_and_the_worker_goes_on(train_messages, worker, monkeypatch):
     from multiprocessing import AuthenticationError
 
     sock, _ = worker
+    monkeypatch.chdir(sock.parent)  # a relative address: the long socket path does not fit one
     with pytest.raises((AuthenticationError, EOFError, ConnectionError)):
-        Client(str(sock), family="AF_UNIX", authkey=b"not the key")
+        Client(sock.name, family="AF_UNIX", authkey=b"not the key")
+    monkeypatch.undo()
     msg, ctx = pickle.loads(train_messages["plain"].read_bytes())
     assert relay(sock, "evaluate", msg, ctx) is not None
 
@@ -135,8 +143,8 @@ def test_the_socket_folder_must_be_private_and_one_worker_serves_a_socket(worker
     os.chmod(open_folder, 0o755)
     with pytest.raises(WarmWorkerError, match="chmod 700"):
         serve(open_folder / "w.sock")
-    with pytest.raises(WarmWorkerError, match="longer than"):
-        serve(tmp_path / ("x" * 120) / "w.sock")
+    with pytest.raises(WarmWorkerError, match="longer than"):  # a long folder is reached through its descriptor
+        serve(tmp_path / "w" / ("x" * 120 + ".sock"))
 
 
 def test_a_socket_file_left_by_a_killed_worker_is_replaced(tmp_path):

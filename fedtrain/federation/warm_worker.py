@@ -27,6 +27,7 @@ import signal
 import stat
 import time
 import traceback
+from collections.abc import Iterator
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
@@ -72,12 +73,27 @@ def key_path(socket: Path) -> Path:
     return socket.with_name(socket.name + ".key")
 
 
-def _check_socket_path(socket: Path) -> None:
-    if len(os.fsencode(socket)) > _MAX_SOCKET_PATH:
+@contextlib.contextmanager
+def _address(socket: Path) -> Iterator[str]:
+    """An address of ``socket`` within AF_UNIX's length limit: the path itself, or the same file through its folder.
+
+    Where the path is longer (deep folders, test folders), the address is ``/proc/self/fd/N/NAME`` over an open
+    descriptor of the folder (Linux).
+    """
+    if len(os.fsencode(socket)) <= _MAX_SOCKET_PATH:
+        yield str(socket)
+        return
+    short = f"/proc/self/fd/{10**6}/{socket.name}"  # the longest such address (descriptor numbers stay below this)
+    if len(os.fsencode(short)) > _MAX_SOCKET_PATH or not os.path.isdir("/proc/self/fd"):
         raise WarmWorkerError(
             f"the warm worker's socket path {socket} is longer than {_MAX_SOCKET_PATH} bytes (a Unix socket limit): "
             "give a shorter --socket"
         )
+    folder = os.open(socket.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{folder}/{socket.name}"
+    finally:
+        os.close(folder)
 
 
 def _private_folder(folder: Path) -> None:
@@ -96,7 +112,8 @@ def _serving(socket: Path) -> bool:
 
     probe = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
     try:
-        probe.connect(str(socket))
+        with _address(socket) as address:
+            probe.connect(address)
     except OSError:
         return False
     finally:
@@ -164,16 +181,23 @@ def serve(socket: str | os.PathLike[str], max_messages: int | None = None) -> in
         When the path is too long for a Unix socket, its folder is open to other users, or a worker already serves it.
     """
     path = Path(socket).expanduser().absolute()
-    _check_socket_path(path)
     _private_folder(path.parent)
-    if path.exists() or path.is_symlink():
-        if _serving(path):
-            raise WarmWorkerError(f"a warm worker already serves {path}: stop it first, or give another --socket")
-        path.unlink()  # left behind by a worker that was killed
-    runtime = _preload()
-    key = _write_key(key_path(path))
-    listener = Listener(str(path), family="AF_UNIX", authkey=key)
+    with _address(path) as address:
+        if path.exists() or path.is_symlink():
+            if _serving(path):
+                raise WarmWorkerError(f"a warm worker already serves {path}: stop it first, or give another --socket")
+            path.unlink()  # left behind by a worker that was killed
+        runtime = _preload()
+        key = _write_key(key_path(path))
+        listener = Listener(address, family="AF_UNIX", authkey=key)
+        try:
+            return _serve_on(listener, path, runtime, max_messages)
+        finally:
+            listener.close()  # removes the socket file (through the same address)
+            key_path(path).unlink(missing_ok=True)
 
+
+def _serve_on(listener: Listener, path: Path, runtime: str, max_messages: int | None) -> int:
     def stop(signum: int, _frame: Any) -> None:
         raise SystemExit(128 + signum)
 
@@ -196,8 +220,6 @@ def serve(socket: str | os.PathLike[str], max_messages: int | None = None) -> in
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        listener.close()  # removes the socket file
-        key_path(path).unlink(missing_ok=True)
     return served
 
 
@@ -212,10 +234,11 @@ def relay(socket: str | os.PathLike[str], kind: str, msg: Message, context: Cont
     WarmWorkerFailedError
         When the handler raised in the worker (the same error would have been raised here).
     """
-    path = Path(socket).expanduser()
+    path = Path(socket).expanduser().absolute()
     try:
         key = key_path(path).read_bytes()
-        conn = Client(str(path), family="AF_UNIX", authkey=key)
+        with _address(path) as address:
+            conn = Client(address, family="AF_UNIX", authkey=key)
     except (AuthenticationError, OSError, EOFError) as err:  # no worker (yet), or the key of an earlier one
         log.warning("no warm worker on %s (%s): this message is handled in the ClientApp's own process; start one "
                     "with `fedtrain deploy worker`", path, err or type(err).__name__)  # fmt: skip
