@@ -172,11 +172,11 @@ def test_the_shipped_client_app_loads_where_torch_cannot_be_imported() -> None:
         "import sys\n"
         "for m in ('torch', 'opacus', 'sklearn'): sys.modules[m] = None\n"
         "import clients.client_app as c\n"
-        "from fedtrain.federation.handlers import handlers_for\n"
+        "from fedtrain.federation.handlers import runtime_handlers\n"
         "from flwr.app import Context, RecordDict\n"
         "node = {'client-runtime': 'onnx'}\n"
         "ctx = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})\n"
-        "train, _ = handlers_for(ctx)\n"
+        "train, _ = runtime_handlers(ctx)\n"
         "assert train.__module__ == 'fedtrain.federation.onnx_client', train.__module__\n"
         "print(type(c.app).__name__)\n"
     )

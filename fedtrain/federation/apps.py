@@ -12,25 +12,22 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedtrain.federation.secagg_client import secagg_mod
+from fedtrain.federation.warm_worker import WORKER_KEY, relay
 from fedtrain.privacy.client_mods import user_dp_clipping_mod
 
 __all__ = ["build_client_app", "build_server_app"]
 
-_WORKER_KEY = "warm-worker"  # fedtrain.federation.warm_worker.WORKER_KEY (the relay is imported where it is used)
-
 
 def _handle(kind: str, msg: Message, context: Context) -> Message:
     """``kind``'s reply: from the node's warm worker where its node config names one and it answers, else here."""
-    socket = str(context.node_config.get(_WORKER_KEY, "")).strip()
+    socket = str(context.node_config.get(WORKER_KEY, "")).strip()
     if socket:
-        from fedtrain.federation.warm_worker import relay
-
         reply = relay(socket, kind, msg, context)
         if reply is not None:
             return reply
-    from fedtrain.federation.handlers import handler_for
+    from fedtrain.federation.handlers import message_handler
 
-    return handler_for(kind, context)(msg, context)
+    return message_handler(kind, context)(msg, context)
 
 
 def build_client_app() -> ClientApp:

@@ -104,8 +104,8 @@ def handle_train(msg: Message, context: Context) -> Message:
     """Run this round's local work for the message's phase and reply with the new weights.
 
     Under SecAgg+ the request and reply use Flower's legacy layout and the reply carries the update. This is the
-    torch runtime; :func:`fedtrain.federation.apps.build_client_app` sends an ``onnx`` node's messages to
-    :mod:`fedtrain.federation.onnx_client` instead (same layout).
+    torch runtime; :func:`fedtrain.federation.handlers.runtime_handlers` sends an ``onnx`` node's messages
+    to :mod:`fedtrain.federation.onnx_client` instead (same layout).
     """
     if is_secagg(msg):
         return Message(as_fitres(msg.content, train(from_fitins(msg.content), context)), reply_to=msg)

@@ -6,14 +6,14 @@ from collections.abc import Callable
 
 from flwr.app import Context, Message
 
-__all__ = ["Handler", "handler_for", "handlers_for"]
+__all__ = ["Handler", "message_handler", "runtime_handlers"]
 
 Handler = Callable[[Message, Context], Message]
 
 _RUNTIME_KEY = "client-runtime"  # fedtrain.federation.onnx_client.RUNTIME_KEY (which imports onnxruntime)
 
 
-def handlers_for(context: Context) -> tuple[Handler, Handler]:
+def runtime_handlers(context: Context) -> tuple[Handler, Handler]:
     """This node's (train, evaluate) handlers, imported at its first message: torch + Opacus, or ONNX Runtime.
 
     Chosen by the node config's ``client-runtime`` (else the run's); importing the torch handlers at load time would
@@ -38,9 +38,9 @@ def handlers_for(context: Context) -> tuple[Handler, Handler]:
     return client.handle_train, client.handle_evaluate
 
 
-def handler_for(kind: str, context: Context) -> Handler:
-    """The handler of a ``train`` or ``evaluate`` message."""
-    train, evaluate = handlers_for(context)
+def message_handler(kind: str, context: Context) -> Handler:
+    """The handler of a ``train`` or ``evaluate`` message on this node."""
+    train, evaluate = runtime_handlers(context)
     if kind == "train":
         return train
     if kind == "evaluate":

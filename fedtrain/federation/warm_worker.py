@@ -9,12 +9,14 @@ relays: the message and the node's Context go to the worker, the reply's content
 come back. The mods (SecAgg+ masking, user-level clipping) still run in the fresh process, around the relay.
 
 Every message carries its own Context, so the worker holds no node state between messages: the accountant in
-``Context.state`` is the SuperNode's, as without a worker, and a message the worker could not answer is handled in
-the fresh process (with a warning) without anything committed twice.
+``Context.state`` is the SuperNode's, as without a worker. The worker is an optimisation, never the authority: when it
+cannot be reached, fails, stops mid-message or does not answer within :data:`REPLY_TIMEOUT_S`, the fresh process
+handles the message itself (with a warning) and nothing of the worker's attempt is kept.
 
 The socket is a Unix socket in a folder only its user may enter; a connection must first answer an HMAC challenge on
-a random key the worker writes next to it (mode 600; ``multiprocessing.connection``'s authkey). Frames are protobuf
-and JSON bytes, never pickles.
+a random key the worker writes next to it (mode 600; ``multiprocessing.connection``'s challenge) before anything is
+read from it. Frames are protobuf and JSON bytes, never pickles. Each connection has its own thread, so a caller that
+connects and stays silent holds only its thread; messages are answered one at a time.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ import json
 import os
 import signal
 import stat
+import threading
 import time
 import traceback
 from collections.abc import Iterator
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing.connection import Client, Connection, Listener, answer_challenge, deliver_challenge
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +48,20 @@ from flwr.common.serde import (
 from flwr.proto.message_pb2 import Context as ProtoContext  # type: ignore[attr-defined, unused-ignore]
 from flwr.proto.message_pb2 import Message as ProtoMessage  # type: ignore[attr-defined, unused-ignore]
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict  # type: ignore[attr-defined, unused-ignore]
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped, unused-ignore]
 
 from fedtrain.errors import FedtrainError
 from fedtrain.logging import get_logger
 
-__all__ = ["WORKER_KEY", "WarmWorkerError", "WarmWorkerFailedError", "key_path", "relay", "serve"]
+__all__ = ["REPLY_TIMEOUT_S", "WORKER_KEY", "WarmWorkerError", "key_path", "relay", "serve"]
 
 log = get_logger()
 
 WORKER_KEY = "warm-worker"  # node config: the worker's socket path
 _OK, _FAILED = b"K", b"E"
 _MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux (104 on macOS)
+FRAME_TIMEOUT_S = 60.0  # the worker's wait for each frame of a request, once a caller has authenticated
+REPLY_TIMEOUT_S = 3600.0  # the ClientApp's wait for the worker's answer (a DP epoch on a small board takes minutes)
 
 
 class WarmWorkerError(FedtrainError):
@@ -64,8 +70,12 @@ class WarmWorkerError(FedtrainError):
     exit_code = 7
 
 
-class WarmWorkerFailedError(RuntimeError):
-    """The handler raised in the warm worker; the message names the original error (the worker logs its traceback)."""
+class _BadRequestError(Exception):
+    """A request the worker cannot read (a caller of another fedtrain version, or not a ClientApp)."""
+
+
+class _StopSignal(BaseException):  # not an error: the way out of a blocking accept
+    """SIGTERM or SIGINT: stop serving."""
 
 
 def key_path(socket: Path) -> Path:
@@ -98,7 +108,13 @@ def _address(socket: Path) -> Iterator[str]:
 
 def _private_folder(folder: Path) -> None:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    mode = stat.S_IMODE(folder.stat().st_mode)
+    info = folder.stat()
+    if info.st_uid != os.geteuid():
+        raise WarmWorkerError(
+            f"{folder} belongs to another user (uid {info.st_uid}); run the warm worker as that user, the SuperNode's, "
+            "or give a --socket in a folder of your own"
+        )
+    mode = stat.S_IMODE(info.st_mode)
     if mode & 0o077:
         raise WarmWorkerError(
             f"{folder} is open to other users (mode {mode:o}); the warm worker's socket needs a folder only its user "
@@ -121,13 +137,13 @@ def _serving(socket: Path) -> bool:
     return True
 
 
-def _write_key(path: Path) -> bytes:
-    key = os.urandom(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_key(path: Path, key: bytes) -> None:
+    """Write ``key`` (mode 600) by replacing the file at once: a caller never reads a half-written or stale key."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key)
-    os.chmod(path, 0o600)  # an older file of another mode keeps its mode through O_TRUNC
-    return key
+    os.replace(tmp, path)
 
 
 def _preload() -> str:
@@ -142,97 +158,144 @@ def _preload() -> str:
     return "torch"
 
 
-def _answer(conn: Connection) -> None:
-    """Read one request (header, message, context), run its handler, write the reply (or the error)."""
+def _frame(conn: Connection) -> bytes:
+    if not conn.poll(FRAME_TIMEOUT_S):
+        raise _BadRequestError(f"no frame within {FRAME_TIMEOUT_S:.0f} s")
+    return conn.recv_bytes()
+
+
+def _read_request(conn: Connection) -> tuple[str, Message, Context]:
+    try:
+        header = json.loads(_frame(conn))
+        kind = header["kind"]
+        msg = message_from_proto(ProtoMessage.FromString(_frame(conn)))
+        context = context_from_proto(ProtoContext.FromString(_frame(conn)))
+    except (ValueError, TypeError, KeyError, DecodeError) as err:
+        raise _BadRequestError(f"{type(err).__name__}: {err}") from None
+    if kind not in ("train", "evaluate"):
+        raise _BadRequestError(f"a {kind!r} message (train or evaluate)")
+    return str(kind), msg, context
+
+
+def _answer(conn: Connection, handling: threading.Lock) -> None:
+    """Read one request (header, message, context), run its handler, write the reply (or why there is none)."""
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedtrain.federation.handlers import handler_for
+    from fedtrain.federation.handlers import message_handler
 
-    start = time.perf_counter()
-    header = json.loads(conn.recv_bytes())
-    msg = message_from_proto(ProtoMessage.FromString(conn.recv_bytes()))
-    context = context_from_proto(ProtoContext.FromString(conn.recv_bytes()))
-    # What the SuperNode's ClientApp process sets when its task starts (a Message built here reads its sender there).
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = context.run_id, context.node_id, context.node_id
     try:
-        reply = handler_for(str(header["kind"]), context)(msg, context)
-        if reply.has_error():
-            raise WarmWorkerFailedError(f"the handler replied with an error: {reply.error.reason}")
-    except Exception as err:
-        log.error("warm worker: a %s message of node %d raised %s", header.get("kind"), context.node_id,
-                  traceback.format_exc().rstrip())  # fmt: skip
-        conn.send_bytes(_FAILED + json.dumps({"type": type(err).__name__, "message": str(err)}).encode())
+        kind, msg, context = _read_request(conn)
+    except _BadRequestError as err:
+        log.warning("warm worker: a request it cannot read (%s)", err)
+        conn.send_bytes(_FAILED + json.dumps({"type": "BadRequest", "message": str(err)}).encode())
         return
+    with handling:  # one message at a time, as a SuperNode runs its ClientApp processes
+        start = time.perf_counter()
+        # What a SuperNode sets when a ClientApp task starts; only the reply's content goes back, so the ids are
+        # placeholders (0: no Flower task runs here).
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = context.run_id, context.node_id, 0
+        try:
+            reply = message_handler(kind, context)(msg, context)
+            if reply.has_error():
+                raise RuntimeError(f"the handler replied with an error: {reply.error.reason}")
+        except Exception as err:
+            log.error("warm worker: a %s message of node %d raised %s", kind, context.node_id,
+                      traceback.format_exc().rstrip())  # fmt: skip
+            conn.send_bytes(_FAILED + json.dumps({"type": type(err).__name__, "message": str(err)}).encode())
+            return
+        content = recorddict_to_proto(reply.content).SerializeToString()
+        state = recorddict_to_proto(context.state).SerializeToString()
+        seconds = time.perf_counter() - start
     conn.send_bytes(_OK)
-    conn.send_bytes(recorddict_to_proto(reply.content).SerializeToString())
-    conn.send_bytes(recorddict_to_proto(context.state).SerializeToString())
-    log.info("warm worker: answered a %s message of node %d in %.2f s", header["kind"], context.node_id,
-             time.perf_counter() - start)  # fmt: skip
+    conn.send_bytes(content)
+    conn.send_bytes(state)
+    log.info("warm worker: answered a %s message of node %d in %.2f s", kind, context.node_id, seconds)
+
+
+def _why(err: BaseException) -> str:
+    return str(err) or type(err).__name__
 
 
 def serve(socket: str | os.PathLike[str], max_messages: int | None = None) -> int:
     """Serve train and evaluate messages on ``socket`` until SIGTERM/SIGINT (or ``max_messages``); returns the count.
 
-    Writes the connection key next to the socket (mode 600), removes both on exit.
+    The connection key is written next to the socket (mode 600) once the socket is bound, so "the key exists" means
+    "the worker serves"; both are removed on exit. A stop signal ends it normally (exit status 0 in the CLI).
 
     Raises
     ------
     WarmWorkerError
-        When the path is too long for a Unix socket, its folder is open to other users, or a worker already serves it.
+        When the path is too long for a Unix socket, its folder is another user's or open to others, something other
+        than a socket sits at the path, or a worker already serves it.
     """
     path = Path(socket).expanduser().absolute()
     _private_folder(path.parent)
     with _address(path) as address:
         if path.exists() or path.is_symlink():
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise WarmWorkerError(f"{path} exists and is not a socket: give the warm worker another --socket")
             if _serving(path):
                 raise WarmWorkerError(f"a warm worker already serves {path}: stop it first, or give another --socket")
             path.unlink()  # left behind by a worker that was killed
         runtime = _preload()
-        key = _write_key(key_path(path))
-        listener = Listener(address, family="AF_UNIX", authkey=key)
+        key = os.urandom(32)
         try:
-            return _serve_on(listener, path, runtime, max_messages)
+            listener = Listener(address, family="AF_UNIX")
+        except OSError as err:  # another worker bound it while this one was importing torch
+            raise WarmWorkerError(f"cannot serve {path}: {_why(err)} (is another warm worker starting?)") from None
+        try:
+            _write_key(key_path(path), key)
+            return _serve_on(listener, path, key, runtime, max_messages)
         finally:
             listener.close()  # removes the socket file (through the same address)
             key_path(path).unlink(missing_ok=True)
 
 
-def _serve_on(listener: Listener, path: Path, runtime: str, max_messages: int | None) -> int:
+def _serve_on(listener: Listener, path: Path, key: bytes, runtime: str, max_messages: int | None) -> int:
+    handling, counting = threading.Lock(), threading.Lock()
+    served = [0]
+
+    def one(conn: Connection) -> None:
+        with conn:
+            try:
+                deliver_challenge(conn, key)
+                answer_challenge(conn, key)
+            except (AuthenticationError, OSError, EOFError) as err:  # a caller without the key, or one that hung up
+                log.warning("warm worker: refused a connection on %s: %s", path, _why(err))
+                return
+            try:
+                _answer(conn, handling)
+            except (OSError, EOFError) as err:  # the ClientApp process went away mid-message
+                log.warning("warm worker: lost a ClientApp process mid-message: %s", _why(err))
+        with counting:
+            served[0] += 1
+
     def stop(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)
+        raise _StopSignal(signum)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    served = 0
     log.info("warm worker (%s client, pid %d) ready on %s", runtime, os.getpid(), path)
     try:
-        while max_messages is None or served < max_messages:
-            try:
-                conn = listener.accept()
-            except (AuthenticationError, OSError, EOFError) as err:  # a caller without the key, or one that hung up
-                log.warning("warm worker: refused a connection on %s: %s", path, err or type(err).__name__)
-                continue
-            with conn:
-                try:
-                    _answer(conn)
-                except (OSError, EOFError) as err:  # the ClientApp process went away mid-message
-                    log.warning("warm worker: lost a ClientApp process mid-message: %s", err or type(err).__name__)
-            served += 1
+        while max_messages is None or served[0] < max_messages:
+            conn = listener.accept()
+            thread = threading.Thread(target=one, args=(conn,), daemon=True, name="warm-worker-connection")
+            thread.start()
+            if max_messages is not None:  # a bounded run (tests): one connection at a time, so the count is seen
+                thread.join()
+    except _StopSignal as sig:
+        log.info("warm worker on %s stopped by signal %s after %d messages", path, sig, served[0])
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return served
+    return served[0]
 
 
 def relay(socket: str | os.PathLike[str], kind: str, msg: Message, context: Context) -> Message | None:
-    """``kind``'s reply to ``msg`` from the warm worker at ``socket``; ``None`` when no worker could answer.
+    """``kind``'s reply to ``msg`` from the warm worker at ``socket``; ``None`` when the worker gave none.
 
-    On success ``context.state`` is replaced by the worker's. On ``None`` nothing was changed, and the caller handles
-    the message itself.
-
-    Raises
-    ------
-    WarmWorkerFailedError
-        When the handler raised in the worker (the same error would have been raised here).
+    On a reply ``context.state`` is replaced by the worker's. On ``None`` (no worker, a failure there, a stop
+    mid-message, no answer within :data:`REPLY_TIMEOUT_S`) nothing was changed, a warning says why, and the caller
+    handles the message itself.
     """
     path = Path(socket).expanduser().absolute()
     try:
@@ -241,22 +304,26 @@ def relay(socket: str | os.PathLike[str], kind: str, msg: Message, context: Cont
             conn = Client(address, family="AF_UNIX", authkey=key)
     except (AuthenticationError, OSError, EOFError) as err:  # no worker (yet), or the key of an earlier one
         log.warning("no warm worker on %s (%s): this message is handled in the ClientApp's own process; start one "
-                    "with `fedtrain deploy worker`", path, err or type(err).__name__)  # fmt: skip
+                    "with `fedtrain deploy worker`", path, _why(err))  # fmt: skip
         return None
     with conn:
         try:
             conn.send_bytes(json.dumps({"kind": kind}).encode())
             conn.send_bytes(message_to_proto(msg).SerializeToString())
             conn.send_bytes(context_to_proto(context).SerializeToString())
+            if not conn.poll(REPLY_TIMEOUT_S):
+                raise TimeoutError(f"no answer within {REPLY_TIMEOUT_S:.0f} s")
             status = conn.recv_bytes()
             if status.startswith(_FAILED):
                 error = json.loads(status[len(_FAILED) :])
-                raise WarmWorkerFailedError(f"{error['type']}: {error['message']} (in the warm worker at {path})")
+                log.warning("the warm worker on %s could not answer (%s: %s): handling the message in the "
+                            "ClientApp's own process", path, error["type"], error["message"])  # fmt: skip
+                return None
             content = recorddict_from_proto(ProtoRecordDict.FromString(conn.recv_bytes()))
             state = recorddict_from_proto(ProtoRecordDict.FromString(conn.recv_bytes()))
-        except (OSError, EOFError) as err:  # the worker stopped mid-message: nothing of its work was kept
-            log.warning("the warm worker on %s stopped mid-message (%s): handling it in the ClientApp's own process",
-                        path, err or type(err).__name__)  # fmt: skip
+        except (OSError, EOFError, ValueError, DecodeError) as err:  # stopped mid-message: nothing of it is kept
+            log.warning("the warm worker on %s gave no reply (%s): handling the message in the ClientApp's own "
+                        "process", path, _why(err))  # fmt: skip
             return None
     context.state = state
     return Message(content, reply_to=msg)
