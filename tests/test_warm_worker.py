@@ -47,20 +47,13 @@ def _fresh(message: Path, out: Path, socket_path: Path | str = "") -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture
-def worker(request, tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen]]:
-    """A warm worker serving on its own socket; stopped by its PID (SIGTERM) after the test.
-
-    ``long``: a socket path over the 107 bytes a Unix socket address holds (served through /proc/self/fd).
-    """
-    long = getattr(request, "param", "short") == "long"
-    folder = tmp_path / ("deep" * 30) / "worker" if long else tmp_path / "worker"
-    sock = folder / "w.sock"
+def _serving_worker(sock: Path) -> Iterator[tuple[Path, subprocess.Popen]]:
+    """A warm worker serving on ``sock``; stopped by its PID (SIGTERM) afterwards, which must end it cleanly."""
     code = f"from fedtrain.federation.warm_worker import serve; serve({str(sock)!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)  # fmt: skip
     deadline = time.monotonic() + 120
-    while not (sock.exists() and key_path(sock).exists()):
+    while not key_path(sock).exists():  # written once the socket is bound: the worker serves
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"the warm worker did not come up: {proc.communicate()[0][-2000:]}")
@@ -70,6 +63,20 @@ def worker(request, tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen]]:
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, output  # a stop signal is a normal end (systemd counts anything else a failure)
     assert not sock.exists() and not key_path(sock).exists(), "the worker left its socket or key behind"
+
+
+@pytest.fixture
+def worker(request, tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen]]:
+    """A worker of this test's own. ``long``: a socket path over the 107 bytes a Unix socket address holds."""
+    long = getattr(request, "param", "short") == "long"
+    folder = tmp_path / ("deep" * 30) / "worker" if long else tmp_path / "worker"
+    yield from _serving_worker(folder / "w.sock")
+
+
+@pytest.fixture(scope="module")
+def shared_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, subprocess.Popen]]:
+    """One worker for the tests that only send it messages (torch's import, about 4 s, paid once)."""
+    yield from _serving_worker(tmp_path_factory.mktemp("shared") / "worker" / "w.sock")
 
 
 @pytest.mark.parametrize(("name", "worker"), [("plain", "short"), ("dp", "short"), ("plain", "long")],
@@ -102,8 +109,10 @@ def test_without_a_worker_the_client_app_handles_the_message_itself(train_messag
     assert any("no warm worker on" in line and "fedtrain deploy worker" in line for line in fedtrain_log)
 
 
-def test_a_failure_in_the_worker_leaves_the_state_alone_and_the_worker_goes_on(train_messages, worker, fedtrain_log):
-    sock, _ = worker
+def test_a_failure_in_the_worker_leaves_the_state_alone_and_the_worker_goes_on(
+    train_messages, shared_worker, fedtrain_log
+):
+    sock, _ = shared_worker
     msg, ctx = pickle.loads(train_messages["dp"].read_bytes())
     broken, _ = pickle.loads(train_messages["dp"].read_bytes())
     del broken.content.config_records["config"]  # a train message without its config (and data spec)
@@ -116,10 +125,10 @@ def test_a_failure_in_the_worker_leaves_the_state_alone_and_the_worker_goes_on(t
     assert "fedtrain-dp" in ctx.state  # the accountant of the message that ran came back
 
 
-def test_one_worker_answers_message_after_message_as_the_node_itself_would(train_messages, worker):
+def test_one_worker_answers_message_after_message_as_the_node_itself_would(train_messages, shared_worker):
     from fedtrain.federation.handlers import message_handler
 
-    sock, _ = worker
+    sock, _ = shared_worker
     for name in ("plain", "dp", "plain", "dp"):
         msg, ctx = pickle.loads(train_messages[name].read_bytes())
         here_msg, here_ctx = pickle.loads(train_messages[name].read_bytes())
@@ -162,8 +171,8 @@ def test_a_worker_that_stops_mid_message_changes_nothing(train_messages, tmp_pat
     assert sum("gave no reply" in line for line in fedtrain_log) == 2
 
 
-def test_an_unreadable_request_or_a_silent_caller_does_not_stop_the_worker(train_messages, worker, monkeypatch):
-    sock, _ = worker
+def test_an_unreadable_request_or_a_silent_caller_does_not_stop_the_worker(train_messages, shared_worker, monkeypatch):
+    sock, _ = shared_worker
     key = key_path(sock).read_bytes()
     monkeypatch.chdir(sock.parent)  # a relative address: the long socket path does not fit one
     silent = Client(sock.name, family="AF_UNIX", authkey=key)  # authenticated, then says nothing
@@ -176,10 +185,10 @@ def test_an_unreadable_request_or_a_silent_caller_does_not_stop_the_worker(train
     silent.close()
 
 
-def test_a_caller_without_the_key_is_refused_and_the_worker_goes_on(train_messages, worker, monkeypatch):
+def test_a_caller_without_the_key_is_refused_and_the_worker_goes_on(train_messages, shared_worker, monkeypatch):
     from multiprocessing import AuthenticationError
 
-    sock, _ = worker
+    sock, _ = shared_worker
     monkeypatch.chdir(sock.parent)  # a relative address: the long socket path does not fit one
     with pytest.raises((AuthenticationError, EOFError, ConnectionError)):
         Client(sock.name, family="AF_UNIX", authkey=b"not the key")
@@ -188,8 +197,8 @@ def test_a_caller_without_the_key_is_refused_and_the_worker_goes_on(train_messag
     assert relay(sock, "evaluate", msg, ctx) is not None
 
 
-def test_the_socket_folder_must_be_private_and_one_worker_serves_a_socket(worker, tmp_path):
-    sock, _ = worker
+def test_the_socket_folder_must_be_private_and_one_worker_serves_a_socket(shared_worker, tmp_path):
+    sock, _ = shared_worker
     with pytest.raises(WarmWorkerError, match="already serves"):
         serve(sock)
     assert sock.exists()  # the running worker's socket was left alone
@@ -240,12 +249,12 @@ def test_the_worker_command_refuses_a_folder_that_is_not_a_devices(tmp_path):
     ]
 
 
-def test_secure_aggregation_runs_its_mod_around_the_relay(worker, small_config, fedtrain_log, monkeypatch):
+def test_secure_aggregation_runs_its_mod_around_the_relay(shared_worker, small_config, fedtrain_log, monkeypatch):
     """SecAgg+ masks in the ClientApp's process while the worker trains (the legacy layout crosses the relay)."""
     import fedtrain.federation.apps as apps
     from fedtrain.runtime import run_inprocess
 
-    sock, _ = worker
+    sock, _ = shared_worker
     answered = []
 
     def counting_relay(*args, **kwargs):
