@@ -273,3 +273,30 @@ def test_secure_aggregation_runs_its_mod_around_the_relay(shared_worker, small_c
     assert answered == [True] * 6  # 3 nodes x 2 rounds, every train message answered by the worker
     assert not [line for line in fedtrain_log if "warm worker" in line and "handl" in line]  # no fallback
     assert abs(results["relayed"] - results["alone"]) <= 0.02  # the same run up to SecAgg+'s stochastic rounding
+
+
+def test_one_worker_serves_torch_and_onnx_nodes_of_a_dp_run(shared_worker, small_config, monkeypatch, tmp_path):
+    """Each message's context picks the runtime in the worker too: half the nodes on ONNX Runtime, under DP."""
+    import fedtrain.federation.apps as apps
+    from fedtrain.export.gradient_graph import publish_run_graphs
+    from fedtrain.runtime import run_inprocess
+
+    sock, _ = shared_worker
+    answered = []
+
+    def counting_relay(*args, **kwargs):
+        reply = relay(*args, **kwargs)
+        answered.append(reply is not None)
+        return reply
+
+    monkeypatch.setattr(apps, "relay", counting_relay)
+    cfg = small_config(dp_level="sample", model="mlp", batch_size=30, hidden_sizes="16", num_clients=4,
+                       num_rounds=2, fraction_evaluate=0.0)  # fmt: skip
+    graphs = tmp_path / "graphs"
+    publish_run_graphs(cfg, graphs, kinds=("clipped", "forward"))
+    onnx = {"client-runtime": "onnx", "gradient-graphs": str(graphs)}
+    nodes = [{**(onnx if i % 2 == 0 else {}), "warm-worker": str(sock)} for i in range(4)]
+    summary = json.loads((run_inprocess(cfg, node_configs=nodes) / "summary.json").read_text())
+    assert summary["status"] == "completed" and answered == [True] * 8  # 4 nodes x 2 rounds, all by the worker
+    per_client = summary["privacy"]["sample"]["per_client"]
+    assert len(per_client) == 4 and all(0 < c["epsilon"] <= cfg.privacy.dp_target_epsilon for c in per_client.values())
