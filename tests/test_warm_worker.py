@@ -47,26 +47,30 @@ def _fresh(message: Path, out: Path, socket_path: Path | str = "") -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _serving_worker(sock: Path) -> Iterator[tuple[Path, subprocess.Popen]]:
-    """A warm worker serving on ``sock``; stopped by its PID (SIGTERM) afterwards, which must end it cleanly."""
+def _serving_worker(sock: Path) -> Iterator[tuple[Path, Path]]:
+    """A warm worker serving on ``sock`` (and its log file); stopped by its PID (SIGTERM) afterwards, which must end
+    it cleanly: exit status 0, socket and key removed."""
+    log = sock.parent.parent / "worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     code = f"from fedtrain.federation.warm_worker import serve; serve({str(sock)!r})"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
     deadline = time.monotonic() + 120
     while not key_path(sock).exists():  # written once the socket is bound: the worker serves
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"the warm worker did not come up: {proc.communicate()[0][-2000:]}")
+            pytest.fail(f"the warm worker did not come up: {log.read_text()[-2000:]}")
         time.sleep(0.1)
-    yield sock, proc
+    yield sock, log
     proc.terminate()
-    output = proc.communicate(timeout=60)[0]
-    assert proc.returncode == 0, output  # a stop signal is a normal end (systemd counts anything else a failure)
+    proc.wait(timeout=60)
+    assert proc.returncode == 0, log.read_text()[-2000:]  # a stop signal is a normal end (systemd: not a failure)
     assert not sock.exists() and not key_path(sock).exists(), "the worker left its socket or key behind"
 
 
 @pytest.fixture
-def worker(request, tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen]]:
+def worker(request, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """A worker of this test's own. ``long``: a socket path over the 107 bytes a Unix socket address holds."""
     long = getattr(request, "param", "short") == "long"
     folder = tmp_path / ("deep" * 30) / "worker" if long else tmp_path / "worker"
@@ -74,7 +78,7 @@ def worker(request, tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen]]:
 
 
 @pytest.fixture(scope="module")
-def shared_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, subprocess.Popen]]:
+def shared_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """One worker for the tests that only send it messages (torch's import, about 4 s, paid once)."""
     yield from _serving_worker(tmp_path_factory.mktemp("shared") / "worker" / "w.sock")
 
@@ -114,15 +118,17 @@ def test_a_failure_in_the_worker_leaves_the_state_alone_and_the_worker_goes_on(
 ):
     sock, _ = shared_worker
     msg, ctx = pickle.loads(train_messages["dp"].read_bytes())
-    broken, _ = pickle.loads(train_messages["dp"].read_bytes())
-    del broken.content.config_records["config"]  # a train message without its config (and data spec)
-    assert relay(sock, "train", broken, ctx) is None  # the ClientApp then handles it itself
-    assert any("could not answer (DataError: the server's message carries no data spec" in x for x in fedtrain_log)
-    assert dict(ctx.state) == {}  # nothing of the failed attempt was kept
     reply = relay(sock, "train", msg, ctx)
     assert reply is not None and reply.content.array_records
     assert reply.metadata.reply_to_message_id == msg.metadata.message_id
     assert "fedtrain-dp" in ctx.state  # the accountant of the message that ran came back
+    before = ctx.state
+    broken, _ = pickle.loads(train_messages["dp"].read_bytes())
+    del broken.content.config_records["config"]  # a train message without its config (and data spec)
+    assert relay(sock, "train", broken, ctx) is None  # the ClientApp then handles it itself
+    assert any("could not answer (DataError: the server's message carries no data spec" in x for x in fedtrain_log)
+    assert ctx.state is before  # nothing of the failed attempt was kept
+    assert relay(sock, "train", msg, ctx) is not None  # and the worker goes on
 
 
 def test_one_worker_answers_message_after_message_as_the_node_itself_would(train_messages, shared_worker):
@@ -153,6 +159,7 @@ def test_a_worker_that_stops_mid_message_changes_nothing(train_messages, tmp_pat
         folder.mkdir(mode=0o700)
         sock, key = folder / "w.sock", os.urandom(32)
         key_path(sock).write_bytes(key)
+        key_path(sock).chmod(0o600)
         listener = Listener(str(sock), family="AF_UNIX", authkey=key)
 
         def fake(reply: bytes = half, listener: Listener = listener) -> None:
@@ -181,7 +188,9 @@ def test_an_unreadable_request_or_a_silent_caller_does_not_stop_the_worker(train
         assert garbage.recv_bytes().startswith(b"E")
     monkeypatch.undo()
     msg, ctx = pickle.loads(train_messages["plain"].read_bytes())
+    t0 = time.monotonic()
     assert relay(sock, "train", msg, ctx) is not None  # answered while the silent caller still holds its connection
+    assert time.monotonic() - t0 < 20  # not after the worker's 60 s wait for the silent caller's frames
     silent.close()
 
 
@@ -281,7 +290,7 @@ def test_one_worker_serves_torch_and_onnx_nodes_of_a_dp_run(shared_worker, small
     from fedtrain.export.gradient_graph import publish_run_graphs
     from fedtrain.runtime import run_inprocess
 
-    sock, _ = shared_worker
+    sock, log = shared_worker
     answered = []
 
     def counting_relay(*args, **kwargs):
@@ -296,7 +305,30 @@ def test_one_worker_serves_torch_and_onnx_nodes_of_a_dp_run(shared_worker, small
     publish_run_graphs(cfg, graphs, kinds=("clipped", "forward"))
     onnx = {"client-runtime": "onnx", "gradient-graphs": str(graphs)}
     nodes = [{**(onnx if i % 2 == 0 else {}), "warm-worker": str(sock)} for i in range(4)]
+    lines_before = log.read_text().count("\n")
     summary = json.loads((run_inprocess(cfg, node_configs=nodes) / "summary.json").read_text())
     assert summary["status"] == "completed" and answered == [True] * 8  # 4 nodes x 2 rounds, all by the worker
+    answers = [x for x in log.read_text().splitlines()[lines_before:] if "answered a train message" in x]
+    assert sum("(onnx client)" in x for x in answers) == 4 and sum("(torch client)" in x for x in answers) == 4
     per_client = summary["privacy"]["sample"]["per_client"]
     assert len(per_client) == 4 and all(0 < c["epsilon"] <= cfg.privacy.dp_target_epsilon for c in per_client.values())
+
+
+def test_a_socket_the_client_app_cannot_trust_or_another_version_is_not_used(
+    train_messages, shared_worker, tmp_path, monkeypatch, fedtrain_log
+):
+    import fedtrain
+
+    msg, ctx = pickle.loads(train_messages["plain"].read_bytes())
+    open_folder = tmp_path / "open"  # anyone could have put a socket (and a key) here
+    open_folder.mkdir()
+    os.chmod(open_folder, 0o755)
+    (open_folder / "w.sock.key").write_bytes(b"k" * 32)
+    assert relay(open_folder / "w.sock", "train", msg, ctx) is None
+    assert any("no warm worker on" in x and "open to other users" in x for x in fedtrain_log)
+    sock, _ = shared_worker
+    monkeypatch.setattr(fedtrain, "__version__", "0.0.0-other")  # a ClientApp of another fedtrain than the worker's
+    assert relay(sock, "train", msg, ctx) is None
+    assert any("could not answer" in x and "restart it" in x for x in fedtrain_log)
+    monkeypatch.undo()
+    assert relay(sock, "train", msg, ctx) is not None

@@ -90,7 +90,15 @@ def _worker(args: argparse.Namespace) -> int:
 
     worker_command(args.device_dir)  # refuses a folder that is not a device's
     serve(args.socket or worker_socket(args.device_dir))
-    return 0
+    # Served and cleaned up. A stop signal mid-message leaves a thread inside torch, and the interpreter's shutdown
+    # could then abort (SIGABRT, a failure to systemd): end the process here, the message's reply is void anyway.
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _units(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from fedtrain.config import RunConfig, TrainConfig
 from fedtrain.data import ArrayDataset, ClientData, data_source, received_spec
 from fedtrain.edge.errors import EdgeModelError
 from fedtrain.edge.train.accountant import EdgeAccountant, calibrate_noise
-from fedtrain.edge.train.graph import GradientGraph, graph_name, load_graph
+from fedtrain.edge.train.graph import MANIFEST, GradientGraph, graph_name, load_graph
 from fedtrain.edge.train.optim import OPTIMIZERS
 from fedtrain.edge.train.sampling import build_draws
 from fedtrain.edge.train.trainer import DPSettings, LocalData, balanced_class_weight, plan, train
@@ -183,8 +183,17 @@ def planned_segments(cfg: RunConfig, client: ClientData) -> list[tuple[float, in
     return segments
 
 
-@functools.lru_cache(maxsize=16)
 def _graph(folder: str, name: str, threads: int) -> GradientGraph:
+    """The graph ``name`` of ``folder``, loaded once per published version (a warm worker outlives runs)."""
+    try:
+        stamp = (Path(folder) / MANIFEST).stat().st_mtime_ns
+    except OSError:
+        stamp = 0  # load_graph says what is missing
+    return _loaded_graph(folder, name, threads, stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _loaded_graph(folder: str, name: str, threads: int, stamp: int) -> GradientGraph:
     return load_graph(Path(folder), name, threads=threads)
 
 

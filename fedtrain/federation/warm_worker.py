@@ -32,7 +32,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection, Listener, answer_challenge, deliver_challenge
+from multiprocessing.connection import Connection, Listener, answer_challenge, deliver_challenge
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from flwr.proto.message_pb2 import Message as ProtoMessage  # type: ignore[attr-
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict  # type: ignore[attr-defined, unused-ignore]
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped, unused-ignore]
 
+import fedtrain
 from fedtrain.errors import FedtrainError
 from fedtrain.logging import get_logger
 
@@ -61,6 +62,8 @@ WORKER_KEY = "warm-worker"  # node config: the worker's socket path
 _OK, _FAILED = b"K", b"E"
 _MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux (104 on macOS)
 FRAME_TIMEOUT_S = 60.0  # the worker's wait for each frame of a request, once a caller has authenticated
+HANDSHAKE_TIMEOUT_S = 30.0  # the ClientApp's wait to connect and for the worker's challenge (a frozen worker)
+BUSY_TIMEOUT_S = 60.0  # the worker's wait for an earlier message to finish (a SuperNode sends one at a time)
 REPLY_TIMEOUT_S = 3600.0  # the ClientApp's wait for the worker's answer (a DP epoch on a small board takes minutes)
 
 
@@ -108,18 +111,20 @@ def _address(socket: Path) -> Iterator[str]:
 
 def _private_folder(folder: Path) -> None:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = folder.stat()
+    problem = _not_private(folder)
+    if problem:
+        raise WarmWorkerError(f"{problem}: give the warm worker a --socket in a folder of your own (mode 700)")
+
+
+def _not_private(path: Path, mode_mask: int = 0o077) -> str:
+    """Why ``path`` is not this user's alone (another owner, or open to others); empty when it is."""
+    info = path.lstat()
     if info.st_uid != os.geteuid():
-        raise WarmWorkerError(
-            f"{folder} belongs to another user (uid {info.st_uid}); run the warm worker as that user, the SuperNode's, "
-            "or give a --socket in a folder of your own"
-        )
+        return f"{path} belongs to another user (uid {info.st_uid}, this process runs as {os.geteuid()})"
     mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        raise WarmWorkerError(
-            f"{folder} is open to other users (mode {mode:o}); the warm worker's socket needs a folder only its user "
-            f"may enter: chmod 700 {folder}, or give a --socket in another folder"
-        )
+    if mode & mode_mask:
+        return f"{path} is open to other users (mode {mode:o}; chmod {0o777 & ~mode_mask:o} {path})"
+    return ""
 
 
 def _serving(socket: Path) -> bool:
@@ -140,7 +145,8 @@ def _serving(socket: Path) -> bool:
 def _write_key(path: Path, key: bytes) -> None:
     """Write ``key`` (mode 600) by replacing the file at once: a caller never reads a half-written or stale key."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # left by a killed worker of the same pid: O_EXCL then gives mode 600 for sure
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key)
     os.replace(tmp, path)
@@ -167,13 +173,17 @@ def _frame(conn: Connection) -> bytes:
 def _read_request(conn: Connection) -> tuple[str, Message, Context]:
     try:
         header = json.loads(_frame(conn))
-        kind = header["kind"]
+        kind, version = header["kind"], header["fedtrain"]
         msg = message_from_proto(ProtoMessage.FromString(_frame(conn)))
         context = context_from_proto(ProtoContext.FromString(_frame(conn)))
     except (ValueError, TypeError, KeyError, DecodeError) as err:
         raise _BadRequestError(f"{type(err).__name__}: {err}") from None
     if kind not in ("train", "evaluate"):
         raise _BadRequestError(f"a {kind!r} message (train or evaluate)")
+    if version != fedtrain.__version__:
+        raise _BadRequestError(
+            f"a ClientApp of fedtrain {version}, this worker runs {fedtrain.__version__}: restart it"
+        )
     return str(kind), msg, context
 
 
@@ -189,13 +199,22 @@ def _answer(conn: Connection, handling: threading.Lock) -> None:
         log.warning("warm worker: a request it cannot read (%s)", err)
         conn.send_bytes(_FAILED + json.dumps({"type": "BadRequest", "message": str(err)}).encode())
         return
-    with handling:  # one message at a time, as a SuperNode runs its ClientApp processes
+    if not handling.acquire(timeout=BUSY_TIMEOUT_S):  # one message at a time, as a SuperNode runs its ClientApps
+        log.warning("warm worker: still busy with an earlier message after %.0f s; the ClientApp handles this one",
+                    BUSY_TIMEOUT_S)  # fmt: skip
+        conn.send_bytes(_FAILED + json.dumps({"type": "Busy", "message": "an earlier message is running"}).encode())
+        return
+    try:
+        if conn.poll(0):  # the caller sends nothing more: readable means it hung up (gave up waiting, or was killed)
+            log.warning("warm worker: the ClientApp of a %s message went away before it started", kind)
+            return
         start = time.perf_counter()
         # What a SuperNode sets when a ClientApp task starts; only the reply's content goes back, so the ids are
         # placeholders (0: no Flower task runs here).
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = context.run_id, context.node_id, 0
         try:
-            reply = message_handler(kind, context)(msg, context)
+            handler = message_handler(kind, context)
+            reply = handler(msg, context)
             if reply.has_error():
                 raise RuntimeError(f"the handler replied with an error: {reply.error.reason}")
         except Exception as err:
@@ -206,10 +225,14 @@ def _answer(conn: Connection, handling: threading.Lock) -> None:
         content = recorddict_to_proto(reply.content).SerializeToString()
         state = recorddict_to_proto(context.state).SerializeToString()
         seconds = time.perf_counter() - start
+        runtime = "onnx" if "onnx" in handler.__module__ else "torch"
+    finally:
+        handling.release()
     conn.send_bytes(_OK)
     conn.send_bytes(content)
     conn.send_bytes(state)
-    log.info("warm worker: answered a %s message of node %d in %.2f s", kind, context.node_id, seconds)
+    log.info("warm worker: answered a %s message of node %d (%s client) in %.2f s", kind, context.node_id, runtime,
+             seconds)  # fmt: skip
 
 
 def _why(err: BaseException) -> str:
@@ -236,7 +259,7 @@ def serve(socket: str | os.PathLike[str], max_messages: int | None = None) -> in
                 raise WarmWorkerError(f"{path} exists and is not a socket: give the warm worker another --socket")
             if _serving(path):
                 raise WarmWorkerError(f"a warm worker already serves {path}: stop it first, or give another --socket")
-            path.unlink()  # left behind by a worker that was killed
+            path.unlink(missing_ok=True)  # left behind by a worker that was killed
         runtime = _preload()
         key = os.urandom(32)
         try:
@@ -290,40 +313,92 @@ def _serve_on(listener: Listener, path: Path, key: bytes, runtime: str, max_mess
     return served[0]
 
 
+def _connect(address: str, key: bytes) -> Connection:
+    """An authenticated connection to the worker at ``address``, or an error within :data:`HANDSHAKE_TIMEOUT_S`.
+
+    The peer must run as this user (``SO_PEERCRED``, Linux): a process of another user that took the path gets
+    neither the model nor the Context.
+    """
+    import socket as sockets
+    import struct
+
+    sock = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    try:
+        sock.settimeout(HANDSHAKE_TIMEOUT_S)
+        sock.connect(address)
+        if hasattr(sockets, "SO_PEERCRED"):
+            _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(sockets.SOL_SOCKET, sockets.SO_PEERCRED, 12))
+            if uid != os.geteuid():
+                raise PermissionError(f"the socket's process runs as uid {uid}, not as this user ({os.geteuid()})")
+        sock.setblocking(True)
+    except BaseException:
+        sock.close()
+        raise
+    conn = Connection(sock.detach())
+    try:
+        if not conn.poll(HANDSHAKE_TIMEOUT_S):  # the worker sends its challenge first; a frozen one sends nothing
+            raise TimeoutError(f"no challenge from the worker within {HANDSHAKE_TIMEOUT_S:.0f} s")
+        answer_challenge(conn, key)
+        deliver_challenge(conn, key)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _trusted_key(path: Path) -> bytes:
+    """The worker's key, if its folder and the key file are this user's alone (else the socket may be anyone's)."""
+    problem = _not_private(path.parent) or _not_private(key_path(path), 0o177)
+    if problem:
+        raise PermissionError(problem)
+    if not stat.S_ISREG(key_path(path).lstat().st_mode):
+        raise PermissionError(f"{key_path(path)} is not a regular file")
+    return key_path(path).read_bytes()
+
+
 def relay(socket: str | os.PathLike[str], kind: str, msg: Message, context: Context) -> Message | None:
     """``kind``'s reply to ``msg`` from the warm worker at ``socket``; ``None`` when the worker gave none.
 
-    On a reply ``context.state`` is replaced by the worker's. On ``None`` (no worker, a failure there, a stop
-    mid-message, no answer within :data:`REPLY_TIMEOUT_S`) nothing was changed, a warning says why, and the caller
-    handles the message itself.
+    On a reply ``context.state`` is replaced by the worker's. On ``None`` (no worker, one that is not this user's, a
+    failure there, a stop mid-message, no answer within :data:`REPLY_TIMEOUT_S`) nothing was changed, a warning says
+    why, and the caller handles the message itself.
     """
     path = Path(socket).expanduser().absolute()
     try:
-        key = key_path(path).read_bytes()
+        key = _trusted_key(path)
         with _address(path) as address:
-            conn = Client(address, family="AF_UNIX", authkey=key)
-    except (AuthenticationError, OSError, EOFError) as err:  # no worker (yet), or the key of an earlier one
+            conn = _connect(address, key)
+    except (AuthenticationError, OSError, EOFError, WarmWorkerError) as err:  # no worker (yet), or not ours
         log.warning("no warm worker on %s (%s): this message is handled in the ClientApp's own process; start one "
                     "with `fedtrain deploy worker`", path, _why(err))  # fmt: skip
         return None
     with conn:
         try:
-            conn.send_bytes(json.dumps({"kind": kind}).encode())
+            conn.send_bytes(json.dumps({"kind": kind, "fedtrain": fedtrain.__version__}).encode())
             conn.send_bytes(message_to_proto(msg).SerializeToString())
             conn.send_bytes(context_to_proto(context).SerializeToString())
             if not conn.poll(REPLY_TIMEOUT_S):
                 raise TimeoutError(f"no answer within {REPLY_TIMEOUT_S:.0f} s")
             status = conn.recv_bytes()
-            if status.startswith(_FAILED):
-                error = json.loads(status[len(_FAILED) :])
-                log.warning("the warm worker on %s could not answer (%s: %s): handling the message in the "
-                            "ClientApp's own process", path, error["type"], error["message"])  # fmt: skip
+            if status != _OK:
+                why = status[len(_FAILED) :].decode(errors="replace") if status.startswith(_FAILED) else repr(status)
+                log.warning("the warm worker on %s could not answer (%s): handling the message in the ClientApp's "
+                            "own process", path, _failure(why))  # fmt: skip
                 return None
             content = recorddict_from_proto(ProtoRecordDict.FromString(conn.recv_bytes()))
             state = recorddict_from_proto(ProtoRecordDict.FromString(conn.recv_bytes()))
-        except (OSError, EOFError, ValueError, DecodeError) as err:  # stopped mid-message: nothing of it is kept
+        except Exception as err:  # stopped mid-message, or an answer it cannot read: nothing of it is kept
             log.warning("the warm worker on %s gave no reply (%s): handling the message in the ClientApp's own "
                         "process", path, _why(err))  # fmt: skip
             return None
     context.state = state
     return Message(content, reply_to=msg)
+
+
+def _failure(text: str) -> str:
+    """``TYPE: message`` from a failure frame's JSON; the text as it is when it is not that."""
+    try:
+        error = json.loads(text)
+        return f"{error['type']}: {error['message']}"
+    except (ValueError, TypeError, KeyError):
+        return text
