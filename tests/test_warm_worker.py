@@ -258,20 +258,27 @@ def test_the_worker_command_refuses_a_folder_that_is_not_a_devices(tmp_path):
     ]
 
 
-def test_secure_aggregation_runs_its_mod_around_the_relay(shared_worker, small_config, fedtrain_log, monkeypatch):
-    """SecAgg+ masks in the ClientApp's process while the worker trains (the legacy layout crosses the relay)."""
+@pytest.fixture
+def answered(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether the worker answered, per message the ClientApp relayed (in order)."""
     import fedtrain.federation.apps as apps
-    from fedtrain.runtime import run_inprocess
 
-    sock, _ = shared_worker
-    answered = []
+    calls: list[bool] = []
 
     def counting_relay(*args, **kwargs):
         reply = relay(*args, **kwargs)
-        answered.append(reply is not None)
+        calls.append(reply is not None)
         return reply
 
     monkeypatch.setattr(apps, "relay", counting_relay)
+    return calls
+
+
+def test_secure_aggregation_runs_its_mod_around_the_relay(shared_worker, small_config, fedtrain_log, answered):
+    """SecAgg+ masks in the ClientApp's process while the worker trains (the legacy layout crosses the relay)."""
+    from fedtrain.runtime import run_inprocess
+
+    sock, _ = shared_worker
     results = {}
     for arm, nodes in (("alone", None), ("relayed", [{"warm-worker": str(sock)}] * 3)):
         cfg = small_config(secure_aggregation=True, fraction_evaluate=0.0, out_dir=str(sock.parent.parent / arm))
@@ -284,21 +291,12 @@ def test_secure_aggregation_runs_its_mod_around_the_relay(shared_worker, small_c
     assert abs(results["relayed"] - results["alone"]) <= 0.02  # the same run up to SecAgg+'s stochastic rounding
 
 
-def test_one_worker_serves_torch_and_onnx_nodes_of_a_dp_run(shared_worker, small_config, monkeypatch, tmp_path):
+def test_one_worker_serves_torch_and_onnx_nodes_of_a_dp_run(shared_worker, small_config, answered, tmp_path):
     """Each message's context picks the runtime in the worker too: half the nodes on ONNX Runtime, under DP."""
-    import fedtrain.federation.apps as apps
     from fedtrain.export.gradient_graph import publish_run_graphs
     from fedtrain.runtime import run_inprocess
 
     sock, log = shared_worker
-    answered = []
-
-    def counting_relay(*args, **kwargs):
-        reply = relay(*args, **kwargs)
-        answered.append(reply is not None)
-        return reply
-
-    monkeypatch.setattr(apps, "relay", counting_relay)
     cfg = small_config(dp_level="sample", model="mlp", batch_size=30, hidden_sizes="16", num_clients=4,
                        num_rounds=2, fraction_evaluate=0.0)  # fmt: skip
     graphs = tmp_path / "graphs"
