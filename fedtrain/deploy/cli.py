@@ -85,11 +85,11 @@ def _supernode(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from fedtrain.deploy.launch import worker_command, worker_socket
+    from fedtrain.deploy.launch import device_folder, worker_socket
     from fedtrain.federation.warm_worker import serve
 
-    worker_command(args.device_dir)  # refuses a folder that is not a device's
-    serve(args.socket or worker_socket(args.device_dir))
+    dev_dir = device_folder(args.device_dir)  # refuses a folder that is not a device's, --socket or not
+    serve(args.socket or worker_socket(dev_dir))
     # Served and cleaned up. A stop signal mid-message leaves a thread inside torch, and the interpreter's shutdown
     # could then abort (SIGABRT, a failure to systemd): end the process here, the message's reply is void anyway.
     import logging

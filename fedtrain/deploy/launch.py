@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_LOCAL_PORT",
     "NO_INSTALL_ENV",
     "deploy_env",
+    "device_folder",
     "exec_command",
     "explain_supernode_exit",
     "flower_tool",
@@ -223,12 +224,17 @@ def worker_socket(device_dir: str | os.PathLike[str]) -> Path:
     return Path(device_dir).expanduser().resolve() / WORKER_SOCKET
 
 
-def worker_command(device_dir: str | os.PathLike[str], venv: str | os.PathLike[str] | None = None) -> list[str]:
-    """The command line of the device's warm worker (``fedtrain deploy worker DEVICE_DIR``, from ``venv``'s bin)."""
+def device_folder(device_dir: str | os.PathLike[str]) -> Path:
+    """``device_dir`` resolved, when it is a device's folder that ``init`` wrote (it holds device.json); else raises."""
     dev_dir = Path(device_dir).expanduser().resolve()
     if not (dev_dir / DEVICE_MANIFEST).is_file():
         raise DeployError(f"point DEVICE_DIR at a devices/<name> folder of `fedtrain deploy init` (got {dev_dir})")
-    return [flower_tool("fedtrain", venv), "deploy", "worker", str(dev_dir)]
+    return dev_dir
+
+
+def worker_command(device_dir: str | os.PathLike[str], venv: str | os.PathLike[str] | None = None) -> list[str]:
+    """The command line of the device's warm worker (``fedtrain deploy worker DEVICE_DIR``, from ``venv``'s bin)."""
+    return [flower_tool("fedtrain", venv), "deploy", "worker", str(device_folder(device_dir))]
 
 
 # What Flower prints when a SuperNode is refused, in the order to test (the first match explains the exit).

@@ -11,6 +11,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from fedtrain.federation.handlers import message_handler
 from fedtrain.federation.secagg_client import secagg_mod
 from fedtrain.federation.warm_worker import WORKER_KEY, relay
 from fedtrain.privacy.client_mods import user_dp_clipping_mod
@@ -25,8 +26,6 @@ def _handle(kind: str, msg: Message, context: Context) -> Message:
         reply = relay(socket, kind, msg, context)
         if reply is not None:
             return reply
-    from fedtrain.federation.handlers import message_handler
-
     return message_handler(kind, context)(msg, context)
 
 

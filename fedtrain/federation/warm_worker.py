@@ -187,6 +187,11 @@ def _read_request(conn: Connection) -> tuple[str, Message, Context]:
     return str(kind), msg, context
 
 
+def _send_failure(conn: Connection, kind: str, message: str) -> None:
+    """The answer without a reply: why, read back by :func:`_failure` (the ClientApp then handles the message)."""
+    conn.send_bytes(_FAILED + json.dumps({"type": kind, "message": message}).encode())
+
+
 def _answer(conn: Connection, handling: threading.Lock) -> None:
     """Read one request (header, message, context), run its handler, write the reply (or why there is none)."""
     from flwr.supercore.task_identity import TaskIdentity
@@ -197,12 +202,12 @@ def _answer(conn: Connection, handling: threading.Lock) -> None:
         kind, msg, context = _read_request(conn)
     except _BadRequestError as err:
         log.warning("warm worker: a request it cannot read (%s)", err)
-        conn.send_bytes(_FAILED + json.dumps({"type": "BadRequest", "message": str(err)}).encode())
+        _send_failure(conn, "BadRequest", str(err))
         return
     if not handling.acquire(timeout=BUSY_TIMEOUT_S):  # one message at a time, as a SuperNode runs its ClientApps
         log.warning("warm worker: still busy with an earlier message after %.0f s; the ClientApp handles this one",
                     BUSY_TIMEOUT_S)  # fmt: skip
-        conn.send_bytes(_FAILED + json.dumps({"type": "Busy", "message": "an earlier message is running"}).encode())
+        _send_failure(conn, "Busy", "an earlier message is running")
         return
     try:
         if conn.poll(0):  # the caller sends nothing more: readable means it hung up (gave up waiting, or was killed)
@@ -220,7 +225,7 @@ def _answer(conn: Connection, handling: threading.Lock) -> None:
         except Exception as err:
             log.error("warm worker: a %s message of node %d raised %s", kind, context.node_id,
                       traceback.format_exc().rstrip())  # fmt: skip
-            conn.send_bytes(_FAILED + json.dumps({"type": type(err).__name__, "message": str(err)}).encode())
+            _send_failure(conn, type(err).__name__, str(err))
             return
         content = recorddict_to_proto(reply.content).SerializeToString()
         state = recorddict_to_proto(context.state).SerializeToString()
